@@ -1,0 +1,38 @@
+"""sharpscape: loss landscapes, Hessian curvature and sharpness of PyTorch models.
+
+The public API is grouped by area; names are imported lazily on first use so that
+``import landscape`` stays cheap (no matplotlib/plotly/h5py until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from landscape._version import __version__
+
+# name -> module that defines it.  Each area keeps its own block.
+_LAZY: dict[str, str] = {
+    # --- evaluation core -------------------------------------------------------
+    "Objective": "landscape.objective",
+    # --- data, models, training, checkpoints (issue: training) ----------------
+    # --- directions, surfaces, HDF5 store (issue: surfaces) -------------------
+    # --- Hessian, estimators, metrics, comparison (issue: curvature) ----------
+    # --- plots, interactive figures, export, report (issue: seeing it) --------
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

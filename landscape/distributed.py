@@ -1,0 +1,130 @@
+"""Process groups for ``torchrun``: one helper set for training, surfaces and curvature.
+
+A single process (no ``torchrun``) is rank 0 of 1 and never initialises a process group,
+so every caller can use the same code path with or without distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from landscape._device import resolve_device
+
+__all__ = [
+    "DistContext",
+    "all_gather_object",
+    "barrier",
+    "broadcast_object",
+    "cleanup_distributed",
+    "init_distributed",
+    "shard",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the job.
+
+    Attributes:
+        rank: global rank.
+        world_size: number of processes.
+        local_rank: rank on this node (selects the CUDA device).
+        device: the device this process computes on.
+        initialized_here: whether :func:`init_distributed` created the process group
+            (and so :func:`cleanup_distributed` should destroy it).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes files and logs)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+
+def init_distributed(
+    backend: str | None = None, device: str | torch.device | None = None
+) -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) this returns a
+    single-process context and initialises nothing.
+
+    Args:
+        backend: ``"nccl"`` or ``"gloo"``; default ``nccl`` on CUDA, ``gloo`` on CPU.
+        device: the device type to use (``None``/"auto": CUDA when available). Under
+            torchrun, CUDA ranks use ``cuda:LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world_size > 1:
+        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(dev)
+    if world_size <= 1:
+        return DistContext(device=dev)
+    if dist.is_initialized():
+        return DistContext(rank, world_size, local_rank, dev, initialized_here=False)
+    if backend is None:
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    log.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
+    return DistContext(rank, world_size, local_rank, dev, initialized_here=True)
+
+
+def cleanup_distributed(ctx: DistContext) -> None:
+    """Destroy the process group if :func:`init_distributed` created it."""
+    if ctx.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op for a single process)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
+def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
+    """Return this rank's round-robin share of ``items`` (all of them for one process)."""
+    return list(items[ctx.rank :: ctx.world_size])
+
+
+def all_gather_object(obj: Any, ctx: DistContext) -> list[Any]:
+    """Gather one picklable object from every rank, in rank order.
+
+    Objects travel between the job's own processes only (never from files).
+    """
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    """Return ``obj`` as held by rank ``src`` on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj if ctx.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -17,6 +17,8 @@ _LAZY: dict[str, str] = {
     "Objective": "landscape.objective",
     # --- data, models, training, checkpoints (issue: training) ----------------
     # --- directions, surfaces, HDF5 store (issue: surfaces) -------------------
+    "Surface": "landscape.store",
+    "read_surface": "landscape.store",
     # --- Hessian, estimators, metrics, comparison (issue: curvature) ----------
     # --- plots, interactive figures, export, report (issue: seeing it) --------
 }

@@ -16,6 +16,18 @@ _LAZY: dict[str, str] = {
     # --- evaluation core -------------------------------------------------------
     "Objective": "landscape.objective",
     # --- data, models, training, checkpoints (issue: training) ----------------
+    "DATA_NAMES": "landscape.data",
+    "DataBundle": "landscape.data",
+    "load_data": "landscape.data",
+    "MODEL_NAMES": "landscape.models",
+    "build_model": "landscape.models",
+    "train": "landscape.training",
+    "TrainResult": "landscape.training",
+    "Checkpoint": "landscape.checkpoint",
+    "load_checkpoint": "landscape.checkpoint",
+    "save_checkpoint": "landscape.checkpoint",
+    "run_checkpoints": "landscape.checkpoint",
+    "file_sha256": "landscape.checkpoint",
     # --- directions, surfaces, HDF5 store (issue: surfaces) -------------------
     "Surface": "landscape.store",
     "read_surface": "landscape.store",

@@ -1,0 +1,672 @@
+"""Training with any optimizer of :mod:`optimizers`, resumable checkpoints and torchrun DDP.
+
+:func:`train` is the library function behind ``landscape train``. One run folder
+(``out``) holds::
+
+    RUN/config.json              # the run's configuration (checked when resuming)
+    RUN/metrics.jsonl            # one JSON object per epoch (epoch 0 = initialisation)
+    RUN/checkpoints/epoch_0000.pt, epoch_0005.pt, ...   # every save_every epochs
+    RUN/final.pt                 # the last epoch
+
+Re-running the same call (or command) on an existing run folder resumes from its last
+checkpoint: the model, the optimizer state (including a wrapped base optimizer's), the LR
+schedule, the RNG states of torch, numpy and Python and the generator of the data order
+are restored, so the continuation is bit-identical to an uninterrupted run on the CPU.
+
+Under ``torchrun --nproc_per_node=K`` the same call trains with DistributedDataParallel
+(gloo on the CPU, nccl on CUDA): each epoch's seeded permutation is padded to a multiple
+of K and dealt round-robin (as ``DistributedSampler`` does), ``batch_size`` is the global
+batch (``batch_size / K`` per process), and only rank 0 evaluates and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from landscape._version import __version__
+from landscape.checkpoint import (
+    load_state_dict_strict,
+    read_checkpoint,
+    run_checkpoints,
+    save_checkpoint,
+)
+from landscape.data import DataBundle, as_bundle, load_data, take_batch
+from landscape.distributed import (
+    DistContext,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+)
+from landscape.models import build_model, model_spec
+
+__all__ = ["TrainResult", "cosine_factor", "train"]
+
+log = logging.getLogger(__name__)
+
+# Configuration entries that must match for a run folder to be resumed.
+_RESUME_KEYS = ("model", "data", "optimizer", "hparams", "epochs", "batch_size", "seed", "amp")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (unwrapped from DDP), in eval mode.
+        metrics: one dict per epoch, epoch 0 being the initialisation.
+        data: the data bundle trained on.
+        run_dir: the run folder, or ``None`` when nothing was written.
+        final_checkpoint: ``RUN/final.pt`` or ``None``.
+        resumed_from: the epoch the run resumed from, or ``None`` for a fresh start.
+        completed: whether all epochs ran (``False`` after ``stop_after_epoch``).
+        config: the run's configuration (as in ``config.json``).
+        rank: this process's rank (metrics are only collected on rank 0).
+    """
+
+    model: nn.Module
+    metrics: list[dict[str, Any]]
+    data: DataBundle
+    run_dir: Path | None = None
+    final_checkpoint: Path | None = None
+    resumed_from: int | None = None
+    completed: bool = True
+    config: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+
+
+def cosine_factor(step: int, total: int) -> float:
+    """Cosine LR multiplier ``(1 + cos(π·step/total)) / 2`` (1 at the start, 0 at the end)."""
+    if total <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+@contextlib.contextmanager
+def _rng_scope(device: torch.device) -> Iterator[None]:
+    """Let training seed the global RNGs, restoring the caller's states afterwards."""
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global state is restored
+    py_state = random.getstate()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - inside _rng_scope
+    random.seed(seed)
+
+
+def _rng_state(device: torch.device, data_gen: torch.Generator) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": [int(version), [int(v) for v in internal], gauss_next],
+        "data": data_gen.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device, data_gen: torch.Generator):
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["gauss"],
+        )
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    data_gen.set_state(state["data"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def _optimizer_hparams(name: str) -> dict[str, Any]:
+    import optimizers
+
+    return dict(optimizers.optimizer_hparams(name))
+
+
+def _resolve_hparams(name: str, hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The optimizer's own hyper-parameters: its defaults updated by ``hparams``."""
+    defaults = _optimizer_hparams(name)
+    given = dict(hparams or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        allowed = ", ".join(sorted(defaults)) or "none"
+        raise ValueError(
+            f"Invalid hparams for optimizer {name!r}: {', '.join(unknown)} (it takes: {allowed})"
+        )
+    return {**defaults, **given}
+
+
+def _build_optimizer(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    import optimizers
+
+    return optimizers.build_optimizer(name, params, **kwargs)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _batches_of_epoch(
+    n: int, batch_size: int, gen: torch.Generator, ctx: DistContext
+) -> list[torch.Tensor]:
+    """This rank's index batches for one epoch (seeded permutation, DistributedSampler-like)."""
+    perm = torch.randperm(n, generator=gen)
+    if ctx.world_size > 1:
+        total = math.ceil(n / ctx.world_size) * ctx.world_size
+        if total > n:
+            perm = torch.cat([perm, perm[: total - n]])
+        perm = perm[ctx.rank :: ctx.world_size]
+        batch_size = batch_size // ctx.world_size
+    batches = list(torch.split(perm, batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # BatchNorm cannot train on a single example
+    return batches
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if int(row["epoch"]) <= upto:
+                rows.append(row)
+    return rows
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def _json_ready(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def _latest_resumable(run_dir: Path) -> Path | None:
+    """The last epoch checkpoint of a run folder (or ``final.pt`` when present)."""
+    final = run_dir / "final.pt"
+    if final.is_file():
+        return final
+    try:
+        paths = run_checkpoints(run_dir)
+    except FileNotFoundError:
+        return None
+    return paths[-1] if paths else None
+
+
+def _clear_run(run_dir: Path) -> None:
+    for f in [run_dir / "final.pt", run_dir / "metrics.jsonl", run_dir / "config.json"]:
+        f.unlink(missing_ok=True)
+    ckdir = run_dir / "checkpoints"
+    if ckdir.is_dir():
+        for f in ckdir.glob("epoch_*.pt"):
+            f.unlink()
+
+
+def _check_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key in _RESUME_KEYS:
+        if old.get(key) != config.get(key):
+            raise ValueError(
+                f"{run_dir}: holds a run with a different configuration ({key}: "
+                f"{old.get(key)!r} there, {config.get(key)!r} now); choose another output "
+                "folder or start over with resume=False (--no-resume)"
+            )
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    model: str | nn.Module = "cnn",
+    data: str | DataBundle | Any = "digits",
+    *,
+    optimizer: str = "sgd",
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    base_optimizer: str = "sgd",
+    hparams: Mapping[str, Any] | None = None,
+    label_noise: float = 0.0,
+    n_per_class: int | None = None,
+    val_fraction: float = 0.0,
+    data_dir: str | None = None,
+    data_kwargs: Mapping[str, Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    save_every: int = 1,
+    out: str | Path | None = None,
+    resume: bool = True,
+    eval_batch_size: int = 1024,
+    progress: bool | None = None,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train a classifier with a cosine LR schedule and write a resumable run folder.
+
+    Args:
+        model: a name of :data:`landscape.models.MODEL_NAMES` (built for the data, with
+            ``model_kwargs``) or your own ``nn.Module`` (trained in place; its checkpoints
+            then load with ``load_checkpoint(path, model=...)``).
+        data: a name of :data:`landscape.data.DATA_NAMES` (loaded with the data options
+            below), a :class:`~landscape.data.DataBundle`, a ``Dataset`` or an
+            ``(inputs, targets)`` pair (see :func:`landscape.data.as_bundle`).
+        optimizer: a name of ``optimizers.OPTIMIZER_NAMES``.
+        epochs: number of epochs.
+        batch_size: global batch size (split evenly across torchrun processes).
+        lr: peak learning rate; it follows a cosine schedule to 0 over all steps.
+        momentum: momentum of the (base) SGD optimizer.
+        weight_decay: weight decay of the (base) optimizer.
+        base_optimizer: base of the sharpness-aware optimizers (``"sgd"`` or ``"adam"``).
+        hparams: the optimizer's own hyper-parameters (e.g. ``{"rho": 0.05}``); the
+            others keep their defaults (``optimizers.optimizer_hparams(name)``).
+        label_noise: fraction of training labels corrupted (built-in data only).
+        n_per_class: training examples kept per class (built-in data only).
+        val_fraction: fraction held out for validation (built-in data only).
+        data_dir: folder of the CIFAR files.
+        data_kwargs: further options of :func:`landscape.data.load_data`.
+        model_kwargs: further options of :func:`landscape.models.build_model`.
+        seed: seed of the initialisation, data order and data options.
+        device: ``None``/"auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        amp: bf16 autocast of the forward passes on CUDA (ignored on the CPU).
+        save_every: write ``checkpoints/epoch_XXXX.pt`` every this many epochs (and at
+            epoch 0).
+        out: run folder; ``None`` writes nothing (and cannot resume).
+        resume: continue the run in ``out`` if there is one (its configuration must
+            match); ``False`` deletes its checkpoints and starts over.
+        eval_batch_size: batch size of the per-epoch evaluation.
+        progress: tqdm progress bars (``None``: only on a terminal).
+        stop_after_epoch: stop after this epoch as if the process had been killed (for
+            time-sliced jobs); call again to continue.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad names or values, or ``out`` holding a different run.
+    """
+    for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ValueError(f"Invalid {pname}: {value} (at least 1)")
+    if int(save_every) < 1:
+        raise ValueError(f"Invalid save_every: {save_every} (at least 1)")
+    if lr <= 0:
+        raise ValueError(f"Invalid lr: {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"Invalid weight_decay: {weight_decay}")
+    if base_optimizer not in ("sgd", "adam"):
+        raise ValueError(f"Invalid base_optimizer: {base_optimizer!r} (expected sgd or adam)")
+    full_hparams = _resolve_hparams(optimizer, hparams)
+
+    # ---- data ------------------------------------------------------------------------
+    if isinstance(data, str):
+        bundle = load_data(
+            data,
+            data_dir=data_dir,
+            seed=seed,
+            label_noise=label_noise,
+            n_per_class=n_per_class,
+            val_fraction=val_fraction,
+            **dict(data_kwargs or {}),
+        )
+    else:
+        if label_noise or n_per_class or val_fraction or data_kwargs:
+            raise ValueError(
+                "Invalid data options: label_noise, n_per_class, val_fraction and "
+                "data_kwargs apply to built-in dataset names only"
+            )
+        bundle = as_bundle(data)
+
+    # ---- configuration ---------------------------------------------------------------
+    if isinstance(model, str):
+        mspec: dict[str, Any] | None = model_spec(
+            model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {})
+        )
+    elif isinstance(model, nn.Module):
+        if model_kwargs:
+            raise ValueError("Invalid model_kwargs: they apply to built-in model names only")
+        mspec = None
+    else:
+        raise ValueError(f"Invalid model: expected a name or an nn.Module, got {model!r}")
+    opt_hparams = {
+        "lr": float(lr),
+        "momentum": float(momentum),
+        "weight_decay": float(weight_decay),
+        "base": base_optimizer,
+        **full_hparams,
+    }
+    config = _json_ready(
+        {
+            "model": mspec,
+            "data": bundle.spec,
+            "optimizer": optimizer,
+            "hparams": opt_hparams,
+            "epochs": int(epochs),
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "amp": bool(amp),
+            "save_every": int(save_every),
+            "version": __version__,
+        }
+    )
+
+    ctx = init_distributed(device=device)
+    try:
+        if ctx.world_size > 1 and batch_size % ctx.world_size:
+            raise ValueError(
+                f"Invalid batch_size: {batch_size} is not divisible by the {ctx.world_size} "
+                "processes"
+            )
+        config["world_size"] = ctx.world_size
+        with _rng_scope(ctx.device):
+            opts = {
+                "out": out,
+                "resume": resume,
+                "eval_batch_size": int(eval_batch_size),
+                "progress": progress,
+                "stop_after_epoch": stop_after_epoch,
+            }
+            return _train(model, mspec, bundle, config, ctx, opts)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _train(
+    model_in: str | nn.Module,
+    mspec: dict[str, Any] | None,
+    bundle: DataBundle,
+    config: dict[str, Any],
+    ctx: DistContext,
+    opts: dict[str, Any],
+) -> TrainResult:
+    out = opts["out"]
+    seed = config["seed"]
+    epochs = config["epochs"]
+    dev = ctx.device
+    run_dir = None if out is None else Path(out)
+    use_amp = bool(config["amp"]) and dev.type == "cuda"
+    if config["amp"] and not use_amp:
+        log.warning("amp: bf16 autocast applies on CUDA only; training in float32 on %s", dev)
+
+    # ---- resume decision (rank 0 decides, everyone follows) ---------------------------
+    resume_path: Path | None = None
+    if run_dir is not None and ctx.is_main:
+        if opts["resume"]:
+            _check_config(run_dir, config)
+            resume_path = _latest_resumable(run_dir)
+        else:
+            _clear_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    resume_path = broadcast_object(resume_path, ctx)
+    barrier(ctx)
+
+    # ---- model, optimizer, schedule ---------------------------------------------------
+    _seed_all(seed)
+    if isinstance(model_in, str):
+        assert mspec is not None
+        spec = dict(mspec)
+        net_module = build_model(spec.pop("name"), **spec)
+    else:
+        net_module = model_in
+    net_module.to(dev)
+    if ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net: nn.Module = DDP(net_module, device_ids=[dev] if dev.type == "cuda" else None)
+    else:
+        net = net_module
+    hp = dict(config["hparams"])
+    opt = _build_optimizer(
+        config["optimizer"],
+        net_module.parameters(),
+        model=net,
+        base=hp.pop("base"),
+        lr=hp.pop("lr"),
+        momentum=hp.pop("momentum"),
+        weight_decay=hp.pop("weight_decay"),
+        **hp,
+    )
+    n_train = len(bundle.train)  # type: ignore[arg-type]
+    data_gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = len(_batches_of_epoch(n_train, config["batch_size"], data_gen, ctx))
+    data_gen.manual_seed(seed)
+    total_steps = steps_per_epoch * epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, total_steps))
+
+    # ---- evaluation (rank 0) -----------------------------------------------------------
+    evals: dict[str, Any] = {}
+    if ctx.is_main:
+        from landscape.objective import Objective
+
+        splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
+        if bundle.clean_targets is not None:
+            splits["train_clean"] = bundle.clean_train()
+        evals = {
+            k: Objective(net_module, ds, device=dev, batch_size=opts["eval_batch_size"])
+            for k, ds in splits.items()
+            if ds is not None
+        }
+
+    def evaluate(epoch: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": epoch}
+        for split, obj in evals.items():
+            res = obj.evaluate()
+            row[f"{split}_loss"] = res["loss"]
+            if "acc" in res:
+                row[f"{split}_acc"] = res["acc"]
+        row["lr"] = float(opt.param_groups[0]["lr"])
+        row.update(extra)
+        return row
+
+    meta_base = {"optimizer": config["optimizer"], "hparams": config["hparams"], "seed": seed}
+
+    def save(path: Path, epoch: int, row: Mapping[str, Any], elapsed: float) -> None:
+        state = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(dev, data_gen),
+            "elapsed": float(elapsed),
+        }
+        save_checkpoint(
+            path,
+            net_module,
+            model_spec=mspec,
+            data_spec=bundle.spec,
+            meta={**meta_base, "epoch": epoch, "metrics": dict(row), "epochs": epochs},
+            training_state=state,
+        )
+
+    # ---- start or resume ---------------------------------------------------------------
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 0
+    elapsed0 = 0.0
+    t_start = time.perf_counter()
+    if resume_path is not None:
+        ck = read_checkpoint(resume_path, map_location="cpu")
+        if not isinstance(ck, Mapping) or "training_state" not in ck:
+            raise ValueError(f"{resume_path}: has no training state to resume from")
+        load_state_dict_strict(net_module, ck["state_dict"], resume_path)
+        ts = ck["training_state"]
+        opt.load_state_dict(ts["optimizer"])
+        sched.load_state_dict(ts["scheduler"])
+        _set_rng_state(ts["rng"], dev, data_gen)
+        start_epoch = int(ck["meta"]["epoch"])
+        elapsed0 = float(ts.get("elapsed", 0.0))
+        if run_dir is not None and ctx.is_main:
+            metrics = _read_metrics(run_dir / "metrics.jsonl", start_epoch)
+        log.info("resuming %s from epoch %d (%s)", run_dir, start_epoch, resume_path)
+    elif ctx.is_main:
+        row = evaluate(0, {"time": 0.0, "epoch_time": 0.0})
+        metrics.append(row)
+        if run_dir is not None:
+            _write_metrics(run_dir / "metrics.jsonl", metrics)
+            save(run_dir / "checkpoints" / "epoch_0000.pt", 0, row, 0.0)
+    if ctx.is_main and run_dir is not None and resume_path is not None:
+        _write_metrics(run_dir / "metrics.jsonl", metrics)
+    barrier(ctx)
+
+    # ---- the loop ---------------------------------------------------------------------
+    train_ds = bundle.train
+    show = opts["progress"]
+    disable = (None if show is None else not show) if ctx.is_main else True
+    autocast = (
+        (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+        if use_amp
+        else contextlib.nullcontext
+    )
+    stop_after = opts["stop_after_epoch"]
+    completed = start_epoch >= epochs
+    epoch_bar = tqdm(
+        range(start_epoch + 1, epochs + 1),
+        desc="epochs",
+        unit="epoch",
+        disable=disable,
+        initial=start_epoch,
+        total=epochs,
+    )
+    for epoch in epoch_bar:
+        t_epoch = time.perf_counter()
+        net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.float64, device=dev)
+        seen = 0
+        batches = _batches_of_epoch(n_train, config["batch_size"], data_gen, ctx)
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="batch", disable=disable)
+        for i, idx in enumerate(bar):
+            x, y = take_batch(train_ds, idx)
+            x = x.to(dev, non_blocking=True).float()
+            y = y.to(dev, non_blocking=True)
+            first: dict[str, torch.Tensor] = {}
+
+            def closure(
+                part: Any = None,
+                x: torch.Tensor = x,
+                y: torch.Tensor = y,
+                first: dict[str, torch.Tensor] = first,
+            ) -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                xb, yb = (x, y) if part is None else (x[part], y[part])
+                with autocast():
+                    outputs = net(xb)
+                loss = F.cross_entropy(outputs.float(), yb)
+                if part is None and "correct" not in first:
+                    first["correct"] = (outputs.detach().argmax(-1) == yb).sum()
+                loss.backward()
+                return loss
+
+            loss = opt.step(closure)
+            sched.step()
+            n_b = len(idx)
+            if loss is not None:
+                loss_sum += loss.detach().double() * n_b
+            if "correct" in first:
+                correct += first["correct"].double()
+            seen += n_b
+            if not disable and (i % 10 == 0 or i == len(batches) - 1):
+                bar.set_postfix(
+                    loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * float(correct) / seen:.1f}"
+                )
+        bar.close()
+        barrier(ctx)
+        if ctx.is_main:
+            now = time.perf_counter()
+            extra = {
+                "batch_loss": float(loss_sum) / max(seen, 1),
+                "batch_acc": 100.0 * float(correct) / max(seen, 1),
+            }
+            row = evaluate(epoch, extra)
+            row["epoch_time"] = now - t_epoch
+            row["time"] = elapsed0 + now - t_start
+            metrics.append(row)
+            epoch_bar.set_postfix(
+                loss=f"{row['train_loss']:.4f}", acc=f"{row.get('train_acc', float('nan')):.1f}"
+            )
+            log.info(
+                "epoch %d/%d: %s",
+                epoch,
+                epochs,
+                ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+            )
+            if run_dir is not None:
+                _write_metrics(run_dir / "metrics.jsonl", metrics)
+                if epoch % config["save_every"] == 0:
+                    save(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt", epoch, row, row["time"])
+                if epoch == epochs:
+                    save(run_dir / "final.pt", epoch, row, row["time"])
+        barrier(ctx)
+        if epoch == epochs:
+            completed = True
+        if stop_after is not None and epoch >= stop_after and epoch < epochs:
+            break
+    epoch_bar.close()
+
+    if start_epoch >= epochs and ctx.is_main and run_dir is not None:
+        log.info("%s: already complete (%d epochs)", run_dir, epochs)
+    net_module.eval()
+    final = None if run_dir is None else run_dir / "final.pt"
+    return TrainResult(
+        model=net_module,
+        metrics=metrics,
+        data=bundle,
+        run_dir=run_dir,
+        final_checkpoint=final if (final is not None and completed) else None,
+        resumed_from=None if resume_path is None else start_epoch,
+        completed=completed,
+        config=copy.deepcopy(config),
+        rank=ctx.rank,
+    )

@@ -32,6 +32,13 @@ _LAZY: dict[str, str] = {
     "Surface": "landscape.store",
     "read_surface": "landscape.store",
     # --- Hessian, estimators, metrics, comparison (issue: curvature) ----------
+    "HessianOperator": "landscape.hessian",
+    "lanczos_eigen": "landscape.hessian",
+    "power_iteration": "landscape.hessian",
+    "hutchinson_trace": "landscape.hessian",
+    "hutchpp_trace": "landscape.hessian",
+    "fd_trace": "landscape.hessian",
+    "slq_density": "landscape.hessian",
     # --- plots, interactive figures, export, report (issue: seeing it) --------
 }
 

@@ -1,0 +1,31 @@
+"""Hessian curvature: the Hessian as a linear operator and estimators that take it.
+
+- :class:`HessianOperator`: Hessian-vector products (exact double backward with the
+  first-order graph reused, forward-over-reverse, or finite differences) over any model,
+  loss and data, optionally restricted to a block of parameters.
+- Eigenpairs: :func:`lanczos_eigen` (Lanczos, full re-orthogonalisation, residual
+  stopping), :func:`power_iteration` (baseline).
+- Traces: :func:`hutchinson_trace` (with per-block traces), :func:`hutchpp_trace`,
+  :func:`fd_trace` (CR-SAM's finite differences).
+- Spectral density: :func:`slq_density` (stochastic Lanczos quadrature).
+"""
+
+from landscape.hessian.density import SpectralDensity, slq_density
+from landscape.hessian.eigen import EigenResult, lanczos_eigen, power_iteration
+from landscape.hessian.operator import FiniteDifferenceWarning, HessianOperator, default_fd_step
+from landscape.hessian.trace import TraceResult, fd_trace, hutchinson_trace, hutchpp_trace
+
+__all__ = [
+    "EigenResult",
+    "FiniteDifferenceWarning",
+    "HessianOperator",
+    "SpectralDensity",
+    "TraceResult",
+    "default_fd_step",
+    "fd_trace",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos_eigen",
+    "power_iteration",
+    "slq_density",
+]

@@ -1,0 +1,123 @@
+"""Extreme Hessian eigenpairs by Lanczos with full re-orthogonalisation."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from landscape.hessian._krylov import LanczosState, lanczos_run, ritz
+from landscape.hessian.eigen._result import EigenResult
+from landscape.hessian.operator import HessianOperator
+
+__all__ = ["lanczos_eigen"]
+
+logger = logging.getLogger(__name__)
+
+_WHICH = ("largest", "smallest", "magnitude")
+
+
+def _wanted(values: np.ndarray, k: int, which: str) -> np.ndarray:
+    """Indices of the ``k`` wanted Ritz values (``values`` ascending), in output order."""
+    if which == "largest":
+        return np.arange(len(values))[::-1][:k]
+    if which == "smallest":
+        return np.arange(len(values))[:k]
+    return np.argsort(-np.abs(values), kind="stable")[:k]
+
+
+def lanczos_eigen(
+    op: HessianOperator,
+    k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-3,
+    max_products: int = 100,
+    seed: int = 0,
+    *,
+    v0: torch.Tensor | None = None,
+    progress: bool | None = None,
+) -> EigenResult:
+    """Top-``k`` eigenpairs of a Hessian operator by Lanczos with full re-orthogonalisation.
+
+    Each step costs one Hessian-vector product; the Krylov basis is kept (``steps × dim``
+    in the operator's dtype) and every new vector is orthogonalised against all of it
+    (twice), so no spurious copies of converged eigenvalues appear. The run stops when
+    each of the ``k`` wanted Ritz pairs has residual ``‖H v − λ v‖ ≤ tol·|λ|`` (the
+    residual is ``|β_m s_{m,i}|``, free of extra products) or after ``max_products``.
+    When the Krylov space becomes invariant a fresh random start vector continues the run
+    in the orthogonal complement, so repeated eigenvalues are found too.
+
+    Args:
+        op: the Hessian operator.
+        k: number of eigenpairs.
+        which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"magnitude"``.
+        tol: relative residual tolerance.
+        max_products: cap on Hessian-vector products (a warning is logged when the pairs
+            have not converged by then; they are returned flagged ``converged=False``).
+        seed: seed of the Gaussian start vector (and of restart vectors).
+        v0: explicit start vector (flat), instead of a random one.
+        progress: progress bar (``None``: only on a terminal).
+
+    Returns:
+        An :class:`EigenResult`; eigenvectors are unit-norm tensor lists aligned with
+        ``op.params``.
+    """
+    if k < 1:
+        raise ValueError(f"Invalid k: {k} (must be >= 1)")
+    if k > op.dim:
+        raise ValueError(f"Invalid k: {k} exceeds the dimension {op.dim}")
+    if which not in _WHICH:
+        raise ValueError(f"Invalid which: {which!r} (expected one of {_WHICH})")
+    if not tol > 0:
+        raise ValueError(f"Invalid tol: {tol} (must be > 0)")
+    if max_products < k:
+        raise ValueError(f"Invalid max_products: {max_products} (must be >= k={k})")
+    gen = torch.Generator().manual_seed(seed)
+    start = op.random_vector(gen) if v0 is None else op.to_flat(op.to_list(v0))
+    if float(torch.linalg.vector_norm(start)) == 0.0:
+        raise ValueError("Invalid v0: the zero vector")
+
+    def stop(state: LanczosState) -> bool:
+        if state.steps < min(k + 1, op.dim):
+            return False
+        values, _, res = ritz(state)
+        idx = _wanted(values, k, which)
+        return bool(np.all(res[idx] <= tol * np.abs(values[idx])))
+
+    state = lanczos_run(
+        op.matvec,
+        start,
+        max_products,
+        new_start=lambda: op.random_vector(gen),
+        stop=stop,
+        progress=progress,
+        desc=f"lanczos top-{k}",
+    )
+    values, vectors, res = ritz(state)
+    idx = _wanted(values, min(k, len(values)), which)
+    s = torch.as_tensor(vectors[:, idx], dtype=state.basis.dtype, device=state.basis.device)
+    flat = (state.basis.T @ s).T  # (k, dim)
+    flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+    eigvecs = [[t.clone() for t in op.to_list(row)] for row in flat]
+    conv = [bool(res[i] <= tol * abs(values[i])) for i in idx]
+    if len(idx) < k:
+        conv += [False] * (k - len(idx))
+    result = EigenResult(
+        eigenvalues=torch.as_tensor(values[idx]),
+        eigenvectors=eigvecs,
+        products=state.products,
+        residuals=torch.as_tensor(res[idx]),
+        converged=all(conv),
+        converged_each=conv,
+        info={"method": "lanczos", "which": which, "tol": tol, "steps": state.steps},
+    )
+    if not result.converged:
+        logger.warning(
+            "lanczos_eigen: %d of %d eigenpairs not converged to tol=%g after %d products",
+            k - sum(conv),
+            k,
+            tol,
+            state.products,
+        )
+    return result

@@ -1,0 +1,552 @@
+"""Loss surfaces: evaluate ``L(θ* + αδ + βη)`` on a grid, fast, resumable, distributed.
+
+:func:`compute_surface` is the one grid loop. Each point is set afresh from the saved θ*
+with grouped foreach operations (``θ ← θ*``, ``θ += αδ``, ``θ += βη``: no drift however
+many points), evaluated with :class:`landscape.objective.Objective` (data cached on the
+device once, exact sample weights, eval mode, ``inference_mode``), and written to HDF5
+(:mod:`landscape.store`) a chunk at a time. Under ``torchrun`` the points are shared
+round-robin between ranks and rank 0 alone writes the file. The user's model is left
+exactly as given (weights, buffers and train/eval modes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landscape.directions import Directions, custom_directions, direction_targets, random_directions
+from landscape.distributed import (
+    DistContext,
+    all_gather_object,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    shard,
+)
+from landscape.objective import Objective
+from landscape.store import Surface, directions_sha256, open_surface_file, read_surface
+from optimizers._foreach import tl_add_, tl_clone, tl_copy_
+
+__all__ = ["EVALUATION_MODES", "GridSpec", "compute_surface", "parse_grid"]
+
+log = logging.getLogger(__name__)
+
+EVALUATION_MODES = ("loop", "vmap", "auto")
+
+
+# --------------------------------------------------------------------------- grid specs
+@dataclass(frozen=True)
+class GridSpec:
+    """An evenly spaced grid ``numpy.linspace(start, stop, num)``, written ``start:stop:num``."""
+
+    start: float
+    stop: float
+    num: int
+
+    def values(self) -> np.ndarray:
+        """The grid coordinates (float64)."""
+        return np.linspace(self.start, self.stop, self.num, dtype=np.float64)
+
+    def __str__(self) -> str:
+        return f"{self.start:g}:{self.stop:g}:{self.num}"
+
+
+def parse_grid(spec: str | GridSpec, *, name: str = "grid") -> GridSpec:
+    """Parse ``"start:stop:num"`` (e.g. ``"-1:1:51"``) into a :class:`GridSpec`.
+
+    Raises:
+        ValueError: for anything else (the message names ``name`` and the bad spec).
+    """
+    if isinstance(spec, GridSpec):
+        return spec
+    parts = str(spec).strip().split(":")
+    if len(parts) != 3:
+        raise ValueError(f"Invalid {name}: {spec!r} (expected start:stop:num, e.g. -1:1:51)")
+    try:
+        start, stop = float(parts[0]), float(parts[1])
+        num = int(parts[2])
+    except ValueError:
+        raise ValueError(
+            f"Invalid {name}: {spec!r} (start and stop must be numbers, num an integer)"
+        ) from None
+    if not (math.isfinite(start) and math.isfinite(stop)):
+        raise ValueError(f"Invalid {name}: {spec!r} (start and stop must be finite)")
+    if num < 1:
+        raise ValueError(f"Invalid {name}: {spec!r} (num must be at least 1)")
+    if num > 1 and start == stop:
+        raise ValueError(f"Invalid {name}: {spec!r} (start equals stop with {num} points)")
+    return GridSpec(start, stop, num)
+
+
+def _coords(grid: Any, name: str) -> tuple[np.ndarray, str]:
+    if isinstance(grid, str | GridSpec):
+        g = parse_grid(grid, name=name)
+        return g.values(), str(g)
+    arr = np.asarray(grid, dtype=np.float64).reshape(-1)
+    if arr.size == 0 or not np.isfinite(arr).all():
+        raise ValueError(f"Invalid {name}: coordinates must be finite and non-empty")
+    return arr, "[" + ",".join(f"{v:g}" for v in arr) + "]"
+
+
+# --------------------------------------------------------------------------- evaluation
+class _Evaluator:
+    """Sets grid points on the model and evaluates them (loop or vmap)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: list[Tensor],
+        names: list[str],
+        origin: list[Tensor],
+        dx: list[Tensor],
+        dy: list[Tensor] | None,
+        objectives: Mapping[str, Objective],
+    ) -> None:
+        self.model = model
+        self.targets = targets
+        self.names = names
+        self.origin = origin
+        self.dx = dx
+        self.dy = dy
+        self.objectives = objectives
+
+    @torch.no_grad()
+    def set_point(self, a: float, b: float) -> None:
+        """θ ← θ* + a δ + b η, computed afresh from θ*."""
+        tl_copy_(self.targets, self.origin)
+        if a != 0.0:
+            tl_add_(self.targets, self.dx, a)
+        if b != 0.0 and self.dy is not None:
+            tl_add_(self.targets, self.dy, b)
+
+    def loop(self, points: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
+        out = []
+        for a, b in points:
+            self.set_point(a, b)
+            res: dict[str, float] = {}
+            for split, obj in self.objectives.items():
+                res.update({f"{split}_{k}": v for k, v in obj.evaluate().items()})
+            out.append(res)
+        return out
+
+    def vmap(self, points: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
+        """Evaluate several points in one batched forward (``torch.func`` + ``vmap``)."""
+        from torch.func import functional_call, vmap
+
+        stacked = {}
+        for i, name in enumerate(self.names):
+            rows = []
+            for a, b in points:
+                t = self.origin[i]
+                if a != 0.0:
+                    t = torch.add(t, self.dx[i], alpha=a)
+                if b != 0.0 and self.dy is not None:
+                    t = torch.add(t, self.dy[i], alpha=b)
+                rows.append(t)
+            stacked[name] = torch.stack(rows)
+        k = len(points)
+        out: list[dict[str, float]] = [{} for _ in range(k)]
+        for split, obj in self.objectives.items():
+            sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
+            with obj.eval_mode(), torch.inference_mode():
+                for batch in obj.batches():
+
+                    def fwd(params: dict[str, Tensor], inputs: Any = batch.inputs) -> Any:
+                        return functional_call(self.model, params, (inputs,))
+
+                    outs = vmap(fwd)(stacked)
+                    for j in range(k):
+                        o = outs[j]
+                        vals = {"loss": obj.loss_fn(o, batch.targets)}
+                        if obj._wants_accuracy(o, batch.targets):
+                            correct = (o.argmax(dim=-1) == batch.targets).sum()
+                            vals["acc"] = correct.double() * (100.0 / batch.size)
+                        for mname, fn in obj.metrics.items():
+                            vals[mname] = torch.as_tensor(fn(o, batch.targets), device=obj.device)
+                        for mname, v in vals.items():
+                            term = v.detach().double() * batch.weight
+                            s = sums[j]
+                            s[mname] = s[mname] + term if mname in s else term
+            for j in range(k):
+                for mname, v in sums[j].items():
+                    f = float(v)
+                    out[j][f"{split}_{mname}"] = f if math.isfinite(f) else math.nan
+        return out
+
+
+def _probe_fields(objectives: Mapping[str, Objective]) -> list[str]:
+    """The value fields: ``<split>_loss``, ``<split>_acc`` when accuracy applies, metrics."""
+    fields = []
+    for split, obj in objectives.items():
+        first = next(obj.batches())
+        with obj.eval_mode(), torch.inference_mode():
+            out = obj.outputs(first.inputs)
+            acc = obj._wants_accuracy(out, first.targets)
+        fields.append(f"{split}_loss")
+        if acc:
+            fields.append(f"{split}_acc")
+        fields.extend(f"{split}_{m}" for m in obj.metrics)
+    return fields
+
+
+def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
+    return directions_sha256(tensors)
+
+
+# --------------------------------------------------------------------------- main loop
+def compute_surface(
+    model: nn.Module,
+    data: Any,
+    *,
+    x: str | GridSpec | Sequence[float] | np.ndarray,
+    y: str | GridSpec | Sequence[float] | np.ndarray | None = None,
+    directions: Directions
+    | Sequence[Tensor]
+    | tuple[Sequence[Tensor], Sequence[Tensor]]
+    | None = None,
+    test_data: Any = None,
+    loss_fn: Callable[[Any, Any], Tensor] | None = None,
+    metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+    norm: str = "filter",
+    ignore: str | None = "biasbn",
+    states: bool = False,
+    orthogonalize: bool = False,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    max_cache_bytes: int = 2**30,
+    device: str | torch.device | None = None,
+    evaluation: str = "loop",
+    points_per_batch: int = 4,
+    flush_seconds: float = 1.0,
+    progress: bool | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    dist: DistContext | None = None,
+) -> Surface:
+    """Evaluate the loss (and accuracy, metrics, test split) on a 1-D or 2-D grid.
+
+    Point ``(α, β)`` is ``θ* + α δ + β η`` with θ* the model's current weights (or the
+    ``origin`` of ``directions``). Values are returned as a :class:`~landscape.store.Surface`
+    and, with ``out``, written to HDF5 as they are computed; rerunning with the same
+    arguments resumes an interrupted file.
+
+    Args:
+        model: any ``nn.Module``; it is moved nowhere (data goes to its device) and is
+            left exactly as given.
+        data: evaluation data for the ``train_*`` fields (any form :class:`Objective`
+            takes: tensor pair, Dataset, DataLoader, iterable of tuple/dict batches).
+        x: grid along δ: ``"start:stop:num"``, a :class:`GridSpec` or coordinates.
+        y: grid along η for a 2-D surface (None: 1-D).
+        directions: a :class:`Directions`, a tensor list (δ), or a pair (δ, η) aligned with
+            ``list(model.parameters())``; None draws random ones (``norm``, ``ignore``,
+            ``states``, ``orthogonalize``, ``seed``).
+        test_data: optional data for the ``test_*`` fields.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch mean (default
+            cross-entropy).
+        metrics: extra ``name -> fn(outputs, targets)`` batch-mean metrics.
+        norm: normalisation of random directions (``filter``, ``layer``, ``model``, ``none``).
+        ignore: ``"biasbn"`` zeroes random directions of tensors with ``dim ≤ 1``.
+        states: random directions also move BatchNorm running statistics.
+        orthogonalize: make the random η orthogonal to δ.
+        seed: seed of the random directions.
+        out: HDF5 file to write (and resume); None keeps the surface in memory only.
+        overwrite: replace an existing ``out`` from a different computation.
+        batch_size: evaluation batch size.
+        max_samples: use only the first samples of each split.
+        max_cache_bytes: data up to this size is cached on the device, else streamed.
+        device: where the data lives (default: the model's device).
+        evaluation: ``"loop"`` (one point at a time), ``"vmap"`` (``points_per_batch``
+            points per batched forward with ``torch.func``) or ``"auto"`` (times both on
+            the first points and keeps the faster).
+        points_per_batch: points per vmap call, and per gather round under torchrun.
+        flush_seconds: results are written to disk at least this often (and at the end).
+        progress: show a tqdm bar (None: only on a terminal).
+        attrs: extra metadata stored in the file (checkpoint path and hash, data spec…).
+        dist: a :class:`~landscape.distributed.DistContext`; default from ``torchrun``'s
+            environment (a single process otherwise).
+
+    Returns:
+        The surface (on every rank).
+    """
+    if evaluation not in EVALUATION_MODES:
+        raise ValueError(f"Invalid evaluation: {evaluation!r}; expected one of {EVALUATION_MODES}")
+    if points_per_batch < 1:
+        raise ValueError(f"Invalid points_per_batch: {points_per_batch}")
+    xs, xspec = _coords(x, "x")
+    ys, yspec = (None, None) if y is None else _coords(y, "y")
+
+    # Directions ---------------------------------------------------------------
+    if directions is None:
+        directions = random_directions(
+            model,
+            ndim=1 if ys is None else 2,
+            norm=norm,
+            ignore=ignore,
+            states=states,
+            orthogonalize=orthogonalize,
+            seed=seed,
+        )
+    elif not isinstance(directions, Directions):
+        seq = list(directions)
+        if len(seq) == 2 and all(isinstance(d, list | tuple) for d in seq):
+            directions = custom_directions(model, seq[0], seq[1])
+        else:
+            directions = custom_directions(model, seq)
+    if ys is not None and directions.y is None:
+        raise ValueError("Invalid directions: a 2-D grid (y given) needs two directions")
+    if ys is None and directions.y is not None:
+        log.info("1-D grid: the second direction is not used")
+
+    names, targets = direction_targets(model, directions.states)
+    if names != list(directions.names):
+        raise ValueError("Invalid directions: they do not match the model's parameters")
+
+    def place(ts: Sequence[Tensor]) -> list[Tensor]:
+        return [
+            d.detach().to(device=t.device, dtype=t.dtype) for d, t in zip(ts, targets, strict=True)
+        ]
+
+    dx = place(directions.x)
+    dy = place(directions.y) if (ys is not None and directions.y is not None) else None
+    saved = tl_clone(targets)
+    origin = place(directions.origin) if directions.origin is not None else saved
+
+    own_ctx = dist is None
+    ctx = init_distributed(device=device) if own_ctx else dist
+    try:
+        # Evaluation data -------------------------------------------------------
+        okw = {
+            "loss_fn": loss_fn,
+            "device": device,
+            "batch_size": batch_size,
+            "max_samples": max_samples,
+            "max_cache_bytes": max_cache_bytes,
+            "metrics": metrics,
+        }
+        objectives = {"train": Objective(model, data, **okw)}
+        if test_data is not None:
+            objectives["test"] = Objective(model, test_data, **okw)
+        fields = _probe_fields(objectives)
+        shape = (len(xs),) if ys is None else (len(ys), len(xs))
+
+        identity = {
+            "origin_sha256": _tensor_sha256(origin),
+            "directions_sha256": directions.sha256()
+            if dy is not None
+            else directions_sha256(dx, [*names, "ndim=1"]),
+            "n_samples": {s: o.n_samples for s, o in objectives.items()},
+            "states": bool(directions.states),
+        }
+        from landscape._version import __version__
+
+        meta = {
+            **{k: v for k, v in directions.attrs.items()},
+            "grid_x": xspec,
+            "grid_y": yspec,
+            "ndim": 1 if ys is None else 2,
+            "n_samples": {s: o.n_samples for s, o in objectives.items()},
+            "batch_size": batch_size,
+            "max_samples": max_samples,
+            "package_version": __version__,
+            "param_names": names,
+            **dict(attrs or {}),
+        }
+
+        # The file (rank 0) and the points still to do ---------------------------
+        writer = None
+        err = None
+        done = np.zeros(shape, dtype=bool)
+        if ctx.is_main and out is not None:
+            try:
+                writer = open_surface_file(
+                    out,
+                    x=xs,
+                    y=ys,
+                    fields=fields,
+                    identity=identity,
+                    attrs=meta,
+                    x_direction=dx,
+                    y_direction=dy,
+                    names=names,
+                    trajectory=directions.trajectory,
+                    overwrite=overwrite,
+                )
+                done = writer.done.copy()
+            except (ValueError, OSError) as exc:
+                err = exc
+        if ctx.distributed:
+            err_msg = broadcast_object(None if err is None else str(err), ctx)
+            if err is None and err_msg is not None:
+                err = ValueError(err_msg)
+            done = broadcast_object(done, ctx)
+        if err is not None:
+            raise err if isinstance(err, ValueError) else ValueError(str(err))
+
+        values = {f: np.full(shape, np.nan) for f in fields}
+        pending = [int(i) for i in np.flatnonzero(~done.ravel())]
+        mine = shard(pending, ctx)
+
+        def coords_of(flat: int) -> tuple[float, float]:
+            if ys is None:
+                return float(xs[flat]), 0.0
+            iy, ix = divmod(flat, len(xs))
+            return float(xs[ix]), float(ys[iy])
+
+        ev = _Evaluator(model, targets, names, origin, dx, dy, objectives)
+        mode = evaluation
+        nonfinite = 0
+        from tqdm.auto import tqdm
+
+        if not ctx.is_main or progress is False:
+            disable: bool | None = True
+        else:
+            disable = None if progress is None else False
+        bar = tqdm(
+            total=done.size,
+            initial=int(done.sum()),
+            unit="pt",
+            desc="surface",
+            disable=disable,
+            smoothing=0.1,
+        )
+        buffer: list[tuple[int, dict[str, float]]] = []
+        last_flush = time.perf_counter()
+
+        def record(items: list[tuple[int, dict[str, float]]]) -> None:
+            nonlocal nonfinite, last_flush
+            for flat, res in items:
+                idx = np.unravel_index(flat, shape)
+                for f in fields:
+                    values[f][idx] = res.get(f, math.nan)
+                if not math.isfinite(res.get(fields[0], math.nan)):
+                    nonfinite += 1
+            buffer.extend(items)
+            bar.update(len(items))
+
+        def flush(force: bool = False) -> None:
+            nonlocal last_flush
+            if (
+                writer is not None
+                and buffer
+                and (force or time.perf_counter() - last_flush >= flush_seconds)
+            ):
+                writer.write([i for i, _ in buffer], [r for _, r in buffer])
+                buffer.clear()
+                last_flush = time.perf_counter()
+            elif writer is None:
+                buffer.clear()
+
+        def run(batch_idx: list[int], how: str) -> list[tuple[int, dict[str, float]]]:
+            pts = [coords_of(i) for i in batch_idx]
+            res = ev.vmap(pts) if how == "vmap" else ev.loop(pts)
+            return list(zip(batch_idx, res, strict=True))
+
+        try:
+            pos = 0
+            if mode == "auto":
+                mode, pos, items = _choose_mode(mine, run, points_per_batch, ctx)
+                gathered = all_gather_object(items, ctx)
+                record([it for part in gathered for it in part])
+                flush()
+            if ctx.distributed:
+                left = max(all_gather_object(len(mine) - pos, ctx))
+                rounds = math.ceil(left / points_per_batch)
+                for r in range(rounds):
+                    chunk = mine[pos + r * points_per_batch : pos + (r + 1) * points_per_batch]
+                    items = run(chunk, mode) if chunk else []
+                    gathered = all_gather_object(items, ctx)
+                    record([it for part in gathered for it in part])
+                    flush()
+            else:
+                step = points_per_batch if mode == "vmap" else 1
+                while pos < len(mine):
+                    record(run(mine[pos : pos + step], mode))
+                    pos += step
+                    flush()
+            flush(force=True)
+        finally:
+            bar.close()
+            if writer is not None:
+                if buffer:  # finished points of an interrupted run are kept
+                    writer.write([i for i, _ in buffer], [r for _, r in buffer])
+                total_bad = int(np.sum(writer.done & ~np.isfinite(_first_field(writer))))
+                writer.set_attrs({"nonfinite_points": total_bad, "evaluation": mode})
+                writer.close()
+            with torch.no_grad():
+                tl_copy_(targets, saved)
+        if nonfinite:
+            log.warning(
+                "%d of %d grid points gave a non-finite loss (stored as NaN)",
+                nonfinite,
+                len(pending),
+            )
+        surface: Surface | None = None
+        if ctx.is_main:
+            if out is not None:
+                surface = read_surface(out)
+            else:
+                d = np.ones(shape, dtype=bool)
+                surface = Surface(
+                    x=xs, y=ys, values=values, done=d, attrs=meta, trajectory=directions.trajectory
+                )
+        if ctx.distributed:
+            surface = broadcast_object(surface, ctx)
+        assert surface is not None
+        return surface
+    finally:
+        if own_ctx:
+            cleanup_distributed(ctx)
+
+
+def _first_field(writer: Any) -> np.ndarray:
+    return np.asarray(writer._f[writer.fields[0]][()], dtype=np.float64)
+
+
+def _choose_mode(
+    mine: list[int],
+    run: Callable[[list[int], str], list[tuple[int, dict[str, float]]]],
+    k: int,
+    ctx: DistContext,
+) -> tuple[str, int, list[tuple[int, dict[str, float]]]]:
+    """Time the loop and vmap on the first real points.
+
+    Returns the faster mode, the number of points used and their results.
+    """
+    pos = 0
+    timing = {}
+    done: list[tuple[int, dict[str, float]]] = []
+    for how in ("loop", "vmap"):
+        chunk = mine[pos : pos + k]
+        if not chunk:
+            break
+        start = time.perf_counter()
+        try:
+            items = run(chunk, how)
+        except Exception as exc:  # vmap may not support every model
+            log.info("vmap evaluation unavailable for this model (%s); using the loop", exc)
+            timing[how] = math.inf
+            continue
+        timing[how] = (time.perf_counter() - start) / len(chunk)
+        done.extend(items)
+        pos += len(chunk)
+    loop_t = timing.get("loop", math.inf)
+    vmap_t = timing.get("vmap", math.inf)
+    if ctx.distributed:
+        # Every rank must take the same decision: use the slowest rank's view.
+        views = all_gather_object((loop_t, vmap_t), ctx)
+        loop_t = max(v[0] for v in views)
+        vmap_t = max(v[1] for v in views)
+    mode = "vmap" if vmap_t < loop_t else "loop"
+    log.info("evaluation auto: loop %.4g s/point, vmap %.4g s/point -> %s", loop_t, vmap_t, mode)
+    return mode, pos, done

@@ -1,0 +1,314 @@
+"""Shared helpers of the plotting modules: loading inputs and preparing values.
+
+Every plot takes a :class:`landscape.store.Surface` or the path of an HDF5 file in the
+layout of ``analysis.md`` (read with :func:`landscape.store.read_surface`), picks one
+metric, masks unfinished and non-finite cells and, for log scales, positive values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SurfaceLike = Any  # a landscape.store.Surface, or a path to one
+
+_LOSS_LABELS = {
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+    "train_acc": "train accuracy (%)",
+    "test_acc": "test accuracy (%)",
+}
+
+
+def as_surface(surface: SurfaceLike) -> Any:
+    """Return ``surface`` itself, or the surface stored at that path."""
+    if isinstance(surface, str | os.PathLike):
+        path = Path(surface)
+        if not path.exists():
+            raise FileNotFoundError(f"surface file not found: {path}")
+        from landscape.store import read_surface
+
+        return read_surface(path)
+    if not hasattr(surface, "values") or not hasattr(surface, "x"):
+        raise ValueError(
+            f"surface must be a landscape.store.Surface or a path, got {type(surface).__name__}"
+        )
+    return surface
+
+
+def surface_ndim(surface: Any) -> int:
+    """Number of grid dimensions (1 or 2) of a surface."""
+    ndim = getattr(surface, "ndim", None)
+    if ndim is None:
+        ndim = 1 if getattr(surface, "y", None) is None else 2
+    return int(ndim)
+
+
+def surface_label(surface: Any, default: str = "surface") -> str:
+    """A short human label for a surface (its file stem, else ``default``)."""
+    path = getattr(surface, "path", None)
+    return Path(path).stem if path else default
+
+
+def metric_label(metric: str) -> str:
+    """Axis label of a metric name."""
+    return _LOSS_LABELS.get(metric, metric.replace("_", " "))
+
+
+def is_accuracy(metric: str) -> bool:
+    """True for accuracy-like metrics (higher is better, percent)."""
+    return metric.endswith("acc") or metric.endswith("accuracy")
+
+
+def metric_values(surface: Any, metric: str) -> np.ndarray:
+    """The float64 values of ``metric`` with unfinished or non-finite cells set to NaN.
+
+    Shape (nx,) for 1-D surfaces and (ny, nx) for 2-D ones (rows are y).
+    """
+    values = getattr(surface, "values", {}) or {}
+    if metric not in values:
+        raise ValueError(
+            f"metric {metric!r} is not in the surface; available: {sorted(values) or 'none'}"
+        )
+    z = np.array(values[metric], dtype=np.float64, copy=True)
+    done = getattr(surface, "done", None)
+    if done is not None:
+        done = np.asarray(done, dtype=bool)
+        if done.shape == z.shape:
+            z[~done] = np.nan
+    z[~np.isfinite(z)] = np.nan
+    x = np.asarray(surface.x, dtype=np.float64)
+    if surface_ndim(surface) == 2:
+        y = np.asarray(surface.y, dtype=np.float64)
+        if z.shape != (y.size, x.size):
+            raise ValueError(
+                f"metric {metric!r} has shape {z.shape}, expected (ny, nx) = {(y.size, x.size)}"
+            )
+    elif z.shape != (x.size,):
+        raise ValueError(f"metric {metric!r} has shape {z.shape}, expected (nx,) = {(x.size,)}")
+    return z
+
+
+def positive_floor(z: np.ndarray) -> float:
+    """Smallest positive finite value of ``z`` (for log scales)."""
+    pos = z[np.isfinite(z) & (z > 0)]
+    if pos.size == 0:
+        raise ValueError("log scale needs positive values, and the metric has none")
+    return float(pos.min())
+
+
+def for_log(z: np.ndarray) -> np.ndarray:
+    """Copy of ``z`` with non-positive values raised to the smallest positive one."""
+    floor = positive_floor(z)
+    out = z.copy()
+    bad = np.isfinite(out) & (out <= 0)
+    if bad.any():
+        logger.warning("log scale: %d non-positive cells shown at %.3g", int(bad.sum()), floor)
+        out[bad] = floor
+    return out
+
+
+def value_range(
+    arrays: Iterable[np.ndarray], vmin: float | None, vmax: float | None, log: bool
+) -> tuple[float, float]:
+    """Shared (vmin, vmax) over several arrays, ignoring NaN; positive for log scales."""
+    finite = [a[np.isfinite(a)] for a in arrays]
+    finite = [a[a > 0] if log else a for a in finite]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        raise ValueError("nothing to plot: every cell is NaN or unfinished")
+    lo = min(float(a.min()) for a in finite) if vmin is None else float(vmin)
+    hi = max(float(a.max()) for a in finite) if vmax is None else float(vmax)
+    if log and lo <= 0:
+        raise ValueError(f"vmin must be positive on a log scale, got {lo}")
+    if hi <= lo:  # a flat surface still needs a non-empty range
+        pad = abs(lo) * 1e-3 or 1e-3
+        lo, hi = (lo / (1 + 1e-3), hi * (1 + 1e-3)) if log else (lo - pad, hi + pad)
+    return lo, hi
+
+
+def contour_levels(lo: float, hi: float, levels: int | Sequence[float], log: bool) -> np.ndarray:
+    """Contour levels: explicit values, or ``levels`` many spaced evenly (geometric if log)."""
+    if not isinstance(levels, int | np.integer):
+        out = np.asarray(sorted(float(v) for v in levels), dtype=np.float64)
+        if out.size < 2:
+            raise ValueError("levels must give at least two values")
+        return out
+    if levels < 2:
+        raise ValueError(f"levels must be at least 2, got {levels}")
+    if log:
+        return np.geomspace(lo, hi, int(levels))
+    return np.linspace(lo, hi, int(levels))
+
+
+def cell_edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around grid centres (midpoints; ends extended by half a step)."""
+    c = np.asarray(centres, dtype=np.float64)
+    if c.size == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def axis_labels(surface: Any) -> tuple[str, str]:
+    """Labels of the two direction axes, with PCA explained variance when stored."""
+    attrs = getattr(surface, "attrs", {}) or {}
+    ratio = None
+    for key in ("explained_variance_ratio", "explained_variance", "pca_explained_variance"):
+        if key in attrs:
+            ratio = np.atleast_1d(np.asarray(attrs[key], dtype=np.float64))
+            break
+    if ratio is not None and ratio.size >= 2:
+        return (f"PC1 ({100 * ratio[0]:.1f} %)", f"PC2 ({100 * ratio[1]:.1f} %)")
+    return ("α (x direction)", "β (y direction)")
+
+
+def trajectory_of(surface: Any) -> np.ndarray | None:
+    """The (T, 2) projected training path stored with a surface, or None."""
+    traj = getattr(surface, "trajectory", None)
+    if traj is None:
+        return None
+    traj = np.asarray(traj, dtype=np.float64)
+    if traj.ndim != 2 or traj.shape[1] != 2 or traj.shape[0] == 0:
+        return None
+    return traj
+
+
+def interpolate_on_grid(surface: Any, z: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of the (ny, nx) grid ``z`` at (x, y) ``points``.
+
+    Points outside the grid get NaN; NaN cells propagate.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    x = np.asarray(surface.x, dtype=np.float64)
+    y = np.asarray(surface.y, dtype=np.float64)
+    interp = RegularGridInterpolator((y, x), z, bounds_error=False, fill_value=np.nan)
+    return interp(np.column_stack([points[:, 1], points[:, 0]]))
+
+
+# --- spectra and training curves ------------------------------------------------------
+
+
+@dataclass
+class Spectrum:
+    """A spectral density on a grid (what :func:`landscape.hessian.slq_density` returns)."""
+
+    grid: np.ndarray
+    density: np.ndarray
+    label: str = "spectrum"
+    lambda_min: float | None = None
+    lambda_max: float | None = None
+
+
+def as_spectrum(obj: Any, label: str | None = None) -> Spectrum:
+    """A :class:`Spectrum` from a density result, its ``to_dict()``, or a JSON file of it.
+
+    JSON files may hold the dict itself or nest it under a ``"density"`` key (as written by
+    ``landscape hessian --out``).
+    """
+    if isinstance(obj, Spectrum):
+        return obj
+    if isinstance(obj, str | os.PathLike):
+        path = Path(obj)
+        if not path.exists():
+            raise FileNotFoundError(f"spectral density file not found: {path}")
+        with path.open() as fh:
+            data = json.load(fh)
+        found = find_density_dict(data)
+        if found is None:
+            raise ValueError(f"{path} holds no spectral density (no 'grid' and 'density')")
+        return as_spectrum(found, label or path.stem)
+    if isinstance(obj, Mapping):
+        if "grid" not in obj or "density" not in obj:
+            raise ValueError("a spectral density needs 'grid' and 'density'")
+        get = obj.get
+    elif hasattr(obj, "grid") and hasattr(obj, "density"):
+
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(obj, key, default)
+
+    else:
+        raise ValueError(f"not a spectral density: {type(obj).__name__}")
+    grid = np.asarray(_numpy(get("grid")), dtype=np.float64).ravel()
+    density = np.asarray(_numpy(get("density")), dtype=np.float64)
+    if density.ndim > 1:  # several runs: average them
+        density = density.reshape(-1, grid.size).mean(axis=0)
+    if density.shape != grid.shape:
+        raise ValueError(f"density shape {density.shape} does not match grid {grid.shape}")
+    lmin, lmax = get("lambda_min"), get("lambda_max")
+    return Spectrum(
+        grid=grid,
+        density=density,
+        label=label or str(get("label") or "spectrum"),
+        lambda_min=None if lmin is None else float(_numpy(lmin)),
+        lambda_max=None if lmax is None else float(_numpy(lmax)),
+    )
+
+
+def find_density_dict(data: Any) -> Mapping | None:
+    """The first mapping with 'grid' and 'density' keys inside a JSON document."""
+    if isinstance(data, Mapping):
+        if "grid" in data and "density" in data:
+            return data
+        for value in data.values():
+            found = find_density_dict(value)
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for value in data:
+            found = find_density_dict(value)
+            if found is not None:
+                return found
+    return None
+
+
+def _numpy(value: Any) -> Any:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def read_metrics_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of a run's ``metrics.jsonl`` (a run folder or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"training metrics not found: {path}")
+    records = []
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return records
+
+
+def curves_from_records(records: Sequence[Mapping]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-metric (epoch, value) arrays from training records (numeric fields only)."""
+    out: dict[str, tuple[list, list]] = {}
+    for i, rec in enumerate(records):
+        epoch = rec.get("epoch", i)
+        for key, value in rec.items():
+            if key in ("epoch", "time") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float) and math.isfinite(value):
+                out.setdefault(key, ([], []))
+                out[key][0].append(epoch)
+                out[key][1].append(value)
+    return {k: (np.asarray(e, dtype=np.float64), np.asarray(v)) for k, (e, v) in out.items()}

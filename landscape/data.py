@@ -151,17 +151,26 @@ def _to_dataset(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> T
 def _stratified_split(
     y: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (keep, held_out) with ``round(fraction * n_c)`` held out per class."""
+    """Split indices into (keep, held_out), holding out exactly ``round(fraction * n)``.
+
+    Each class gives ``floor(fraction * n_c)`` examples, and the remaining ones go to the
+    classes with the largest fractional parts (largest-remainder apportionment).
+    """
+    classes = np.unique(y)
+    counts = np.array([(y == c).sum() for c in classes])
+    quota = fraction * counts
+    take = np.floor(quota).astype(np.int64)
+    extra = round(fraction * len(y)) - int(take.sum())
+    if extra > 0:
+        order = np.lexsort((rng.permutation(len(classes)), -(quota - take)))
+        take[order[:extra]] += 1
     keep, held = [], []
-    for c in np.unique(y):
+    for c, k in zip(classes, take):
         idx = np.flatnonzero(y == c)
         idx = idx[rng.permutation(len(idx))]
-        k = round(fraction * len(idx))
         held.append(idx[:k])
         keep.append(idx[k:])
-    keep_idx = np.sort(np.concatenate(keep))
-    held_idx = np.sort(np.concatenate(held))
-    return keep_idx, held_idx
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
 def apply_label_noise(

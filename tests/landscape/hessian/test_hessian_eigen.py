@@ -1,0 +1,88 @@
+import pytest
+import torch
+from _hessian_problems import (
+    LowRankRegression,
+    classification_data,
+    dense_hessian,
+    low_rank_data,
+    mse,
+    tanh_mlp,
+)
+
+from landscape.hessian import HessianOperator, lanczos_eigen, power_iteration
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    model = tanh_mlp(hidden=8)
+    x, y = classification_data(n=40)
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, data=(x, y), dtype=torch.float64)
+    return op, H
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_top5_to_1e6_with_residuals(problem, which):
+    op, H = problem
+    exact = torch.linalg.eigvalsh(H)
+    want = exact.flip(0)[:5] if which == "largest" else exact[:5]
+    res = lanczos_eigen(op, k=5, which=which, tol=1e-9, max_products=op.dim)
+    assert res.converged and all(res.converged_each)
+    assert res.products == res.info["steps"] <= op.dim
+    torch.testing.assert_close(res.eigenvalues, want, rtol=1e-6, atol=0)
+    for lam, vec, r in zip(res.eigenvalues, res.eigenvectors, res.residuals, strict=True):
+        v = op.to_flat(vec)
+        assert abs(float(v.norm()) - 1) < 1e-10
+        true_res = float((H @ v - lam * v).norm())
+        assert true_res <= 1e-8 * abs(float(lam))
+        assert abs(true_res - float(r)) <= 1e-8 * abs(float(lam))
+        assert [t.shape for t in vec] == [p.shape for p in op.params]
+
+
+def test_stopping_rule_and_unconverged_flag(problem, caplog):
+    op, H = problem
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    res = lanczos_eigen(op, k=1, tol=1e-3)
+    assert res.converged and float(res.residuals[0]) <= 1e-3 * abs(float(res.eigenvalues[0]))
+    assert abs(float(res.eigenvalues[0]) - lam) <= 1e-3 * lam
+    short = lanczos_eigen(op, k=5, tol=1e-12, max_products=6)
+    assert short.products == 6 and not short.converged
+    assert len(short.eigenvalues) == 5
+    assert "not converged" in caplog.text
+
+
+def test_magnitude_and_repeated_eigenvalues():
+    """A Hessian with a repeated top eigenvalue: restarts after breakdown find both copies."""
+    model = LowRankRegression(d=12)
+    x, y = low_rank_data(n=100, d=12, top=(5.0, 5.0, 2.0))
+    x = torch.cat([x, -x])  # symmetric data, same Hessian 2XᵀX/N
+    y = torch.cat([y, y])
+    H = dense_hessian(model, x, y, loss_fn=mse)
+    op = HessianOperator(model, data=(x, y), loss_fn=mse, dtype=torch.float64)
+    exact = torch.linalg.eigvalsh(H).flip(0)
+    res = lanczos_eigen(op, k=3, which="magnitude", tol=1e-10, max_products=12)
+    torch.testing.assert_close(res.eigenvalues, exact[:3], rtol=1e-8, atol=0)
+
+
+def test_power_iteration_baseline(problem):
+    op, H = problem
+    exact = torch.linalg.eigvalsh(H)
+    top = exact[exact.abs().argmax()]
+    res = power_iteration(op, k=1, tol=1e-8, max_products=500)
+    assert res.converged
+    assert abs(float(res.eigenvalues[0]) - float(top)) <= 1e-5 * abs(float(top))
+    lz = lanczos_eigen(op, k=1, tol=1e-4)
+    assert lz.products < res.products
+
+
+def test_bad_arguments(problem):
+    op, _ = problem
+    with pytest.raises(ValueError, match="k"):
+        lanczos_eigen(op, k=0)
+    with pytest.raises(ValueError, match="which"):
+        lanczos_eigen(op, which="middle")
+    with pytest.raises(ValueError, match="tol"):
+        lanczos_eigen(op, tol=0)
+    with pytest.raises(ValueError, match="max_products"):
+        lanczos_eigen(op, k=5, max_products=3)

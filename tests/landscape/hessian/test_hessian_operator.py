@@ -1,0 +1,244 @@
+import gc
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _hessian_problems import classification_data, dense_hessian, mse, tanh_mlp
+from scipy.sparse.linalg import eigsh
+from torch import nn
+
+from landscape.hessian import FiniteDifferenceWarning, HessianOperator, default_fd_step
+from landscape.objective import Objective
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(
+    ("method", "batch_size"), [("exact", 64), ("exact", 16), ("forward", 16), ("fd", 16)]
+)
+def test_products_match_dense_hessian(method, batch_size):
+    model = tanh_mlp()
+    x, y = classification_data(n=40)
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(
+        Objective(model, (x, y), batch_size=batch_size), method=method, dtype=torch.float64
+    )
+    assert op.reuse_graph == (method == "exact" and batch_size == 64)
+    V = torch.randn(op.dim, 3, dtype=torch.float64)
+    tol = 1e-8 if method == "fd" else 1e-12
+    assert _rel(op @ V, H @ V) < tol
+    assert op.products == 3
+
+
+def test_float32_products_and_list_interface():
+    model = tanh_mlp()
+    x, y = classification_data()
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, data=(x, y))
+    assert op.dtype == torch.float32 and op.dim == H.shape[0]
+    v = torch.randn(op.dim)
+    hv = op.hvp(op.to_list(v))
+    assert [t.shape for t in hv] == [p.shape for p in model.parameters()]
+    assert _rel(op.to_flat(hv).double(), H @ v.double()) < 1e-5
+    first = (op @ op.to_list(v))[0].reshape(-1).double()
+    assert _rel(first, (H @ v.double())[: hv[0].numel()]) < 1e-5
+
+
+def test_gradient_matches_autograd():
+    model = tanh_mlp()
+    x, y = classification_data()
+    op = HessianOperator(model, data=(x, y))
+    g = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    for a, b in zip(op.gradient(), g, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_parameter_subset_is_the_diagonal_block():
+    model = tanh_mlp()
+    x, y = classification_data()
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, ["2"], data=(x, y), dtype=torch.float64)  # last layer
+    assert op.param_names == ["2.weight", "2.bias"]
+    start = sum(p.numel() for p in model[0].parameters())
+    torch.testing.assert_close(op.to_dense(), H[start:, start:])
+    op_w = HessianOperator(model, [model[0].weight], data=(x, y), dtype=torch.float64)
+    n = model[0].weight.numel()
+    torch.testing.assert_close(op_w.to_dense(), H[:n, :n])
+    with pytest.raises(ValueError, match="params"):
+        HessianOperator(model, ["nope"], data=(x, y))
+    with pytest.raises(ValueError, match="params"):
+        HessianOperator(model, [torch.zeros(3, requires_grad=True)], data=(x, y))
+
+
+class WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.unused = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("method", ["exact", "forward", "fd"])
+def test_unused_parameter_gives_zeros(method):
+    torch.manual_seed(0)
+    model = WithUnused()
+    x, y = classification_data(d_in=4)
+    op = HessianOperator(model, data=(x, y), method=method, dtype=torch.float64)
+    assert op.param_names == ["unused", "lin.weight", "lin.bias"]
+    dense = op.to_dense()
+    assert dense[:5].abs().max() == 0 and dense[:, :5].abs().max() == 0
+    H = dense_hessian(model, x, y, names=["lin.weight", "lin.bias"])
+    torch.testing.assert_close(dense[5:, 5:], H, atol=1e-7, rtol=1e-6)
+
+
+def test_dict_batches_and_exact_weighting():
+    model = tanh_mlp()
+    x, y = classification_data(n=37)
+    H = dense_hessian(model, x, y)
+    batches = [{"x": x[i : i + 10], "y": y[i : i + 10]} for i in range(0, 37, 10)]  # last: 7
+    op = HessianOperator(Objective(model, batches), dtype=torch.float64)
+    torch.testing.assert_close(op.to_dense(), H)
+
+
+def test_mode_and_grads_left_as_found():
+    model = nn.Sequential(
+        nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3)
+    )
+    x, y = classification_data()
+    model.train()
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = model[1].running_mean.clone()
+    for method in ("exact", "forward", "fd"):
+        with HessianOperator(model, data=(x, y), method=method) as op:
+            op.matvec(torch.randn(op.dim))
+            op.gradient()
+        assert all(m.training for m in model.modules())
+        assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
+        assert all(p.grad is None for p in list(model.parameters())[1:])
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        assert torch.equal(model[1].running_mean, stats)
+
+
+def test_eval_mode_is_used_for_products():
+    """Dropout off and BatchNorm on running statistics: the product is deterministic."""
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3)).train()
+    x, y = classification_data()
+    op = HessianOperator(model, data=(x, y), dtype=torch.float64)
+    v = torch.randn(op.dim, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), op.matvec(v))
+    eval_model = nn.Sequential(*list(model)).eval()
+    H = dense_hessian(eval_model, x, y)
+    torch.testing.assert_close(op.matvec(v), H @ v)
+    model.train()
+
+
+def test_reused_graph_does_not_grow_and_is_released():
+    model = tanh_mlp()
+    x, y = classification_data()
+    op = HessianOperator(model, data=(x, y))
+    v = torch.randn(op.dim)
+
+    def live_tensors():
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    op.matvec(v)
+    n1 = live_tensors()
+    for _ in range(20):
+        op.matvec(v)
+    assert live_tensors() == n1
+    assert op._graph is not None
+    op.close()
+    assert op._graph is None
+    assert live_tensors() < n1
+
+
+def test_graph_rebuilt_when_weights_move():
+    model = tanh_mlp()
+    x, y = classification_data()
+    op = HessianOperator(model, data=(x, y), dtype=None)
+    v = torch.randn(op.dim)
+    op.matvec(v)
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)
+    H = dense_hessian(model, x, y)
+    assert _rel(op.matvec(v).double(), H @ v.double()) < 1e-5
+
+
+def test_to_scipy_eigsh_agrees_with_dense():
+    model = tanh_mlp()
+    x, y = classification_data()
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, data=(x, y), dtype=torch.float64)
+    vals = eigsh(op.to_scipy(), k=2, which="LA", return_eigenvectors=False)
+    torch.testing.assert_close(torch.tensor(sorted(vals)), torch.linalg.eigvalsh(H)[-2:])
+
+
+def test_fd_smooth_model_matches_exact_in_float32():
+    model = tanh_mlp()
+    x, y = classification_data()
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, data=(x, y), method="fd")
+    assert op.h == default_fd_step(torch.float32)
+    v = torch.randn(op.dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FiniteDifferenceWarning)
+        hv = op.matvec(v)
+    assert _rel(hv.double(), H @ v.double()) < 1e-2
+    before = [p.detach().clone() for p in model.parameters()]
+    op.matvec(v)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_fd_kink_check_warns_on_relu_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = classification_data(d_in=4)
+    with torch.no_grad():
+        model[0].bias.zero_()
+    x[:10] = 0.0  # ten samples sit exactly on the ReLU kinks (pre-activation = bias = 0)
+    op = HessianOperator(model, data=(x, y), method="fd")
+    with pytest.warns(FiniteDifferenceWarning, match="differ"):
+        op.matvec(torch.randn(op.dim))
+    with warnings.catch_warnings():  # checked once by default
+        warnings.simplefilter("error", FiniteDifferenceWarning)
+        op.matvec(torch.randn(op.dim))
+
+
+def test_negative_definite_loss_and_custom_loss():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(30, 3)
+    y = torch.randn(30, 1)
+
+    def neg(out, t):
+        return -mse(out, t)
+
+    H = dense_hessian(model, x, y, loss_fn=neg)
+    op = HessianOperator(model, data=(x, y), loss_fn=neg, dtype=torch.float64)
+    torch.testing.assert_close(op.to_dense(), H)
+    assert torch.linalg.eigvalsh(H).max() <= 1e-12
+
+
+def test_bad_arguments():
+    model = tanh_mlp()
+    x, y = classification_data()
+    with pytest.raises(ValueError, match="data"):
+        HessianOperator(model)
+    with pytest.raises(ValueError, match="method"):
+        HessianOperator(model, data=(x, y), method="magic")
+    with pytest.raises(ValueError, match="h"):
+        HessianOperator(model, data=(x, y), method="fd", h=-1.0)
+    with pytest.raises(ValueError, match="fd_check"):
+        HessianOperator(model, data=(x, y), fd_check="sometimes")
+    op = HessianOperator(model, data=(x, y))
+    with pytest.raises(ValueError, match="vector"):
+        op.matvec(torch.zeros(op.dim + 1))

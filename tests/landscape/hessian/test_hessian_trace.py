@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+import torch
+from _hessian_problems import (
+    LowRankRegression,
+    classification_data,
+    dense_hessian,
+    low_rank_data,
+    mse,
+    tanh_mlp,
+)
+from torch import nn
+
+from landscape.hessian import HessianOperator, fd_trace, hutchinson_trace, hutchpp_trace
+from landscape.objective import Objective
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    model = tanh_mlp()
+    x, y = classification_data(n=40)
+    H = dense_hessian(model, x, y)
+    obj = Objective(model, (x, y))
+    return obj, HessianOperator(obj, dtype=torch.float64), H
+
+
+def _unbiased(estimates, stderrs, exact):
+    """The mean over seeds lies within 3 standard errors of the exact value."""
+    est = np.asarray(estimates)
+    se_mean = est.std(ddof=1) / np.sqrt(len(est))
+    assert abs(est.mean() - exact) <= 3 * se_mean
+    # each run's own standard error matches the spread over seeds (within a factor 2)
+    assert 0.5 < np.median(stderrs) / est.std(ddof=1) < 2.0
+
+
+def test_hutchinson_unbiased_with_calibrated_stderr(problem):
+    _, op, H = problem
+    runs = [hutchinson_trace(op, num_products=20, seed=s) for s in range(30)]
+    assert all(r.products == 20 and len(r.samples) == 20 for r in runs)
+    _unbiased([r.value for r in runs], [r.stderr for r in runs], float(H.trace()))
+
+
+def test_hutchpp_unbiased(problem):
+    _, op, H = problem
+    runs = [hutchpp_trace(op, num_products=21, seed=s) for s in range(30)]
+    assert all(r.products == 21 for r in runs)
+    _unbiased([r.value for r in runs], [r.stderr for r in runs], float(H.trace()))
+
+
+def test_hutchpp_variance_far_below_hutchinson_on_low_rank_hessian():
+    model = LowRankRegression(d=40)
+    x, y = low_rank_data(n=200, d=40)
+    H = dense_hessian(model, x, y, loss_fn=mse)
+    op = HessianOperator(model, data=(x, y), loss_fn=mse, dtype=torch.float64)
+    exact = float(H.trace())
+    hutch = np.array([hutchinson_trace(op, 30, seed=s).value for s in range(20)])
+    hpp = np.array([hutchpp_trace(op, 30, seed=s).value for s in range(20)])
+    assert np.mean((hpp - exact) ** 2) < 0.05 * np.mean((hutch - exact) ** 2)
+    assert abs(hpp.mean() - exact) <= 3 * hpp.std(ddof=1) / np.sqrt(20) + 1e-9 * exact
+
+
+def test_target_rel_stderr_stops_early(problem):
+    _, op, H = problem
+    res = hutchinson_trace(op, num_products=2000, target_rel_stderr=0.05, seed=1)
+    assert res.converged and res.products < 2000
+    assert res.stderr <= 0.05 * abs(res.value)
+    assert abs(res.value - float(H.trace())) <= 4 * res.stderr
+    res = hutchpp_trace(op, num_products=300, target_rel_stderr=0.02, seed=1)
+    assert res.converged and res.products < 300
+
+
+def test_per_block_traces_in_one_pass(problem):
+    _, op, H = problem
+    res = hutchinson_trace(op, num_products=300, seed=3, per_block=True)
+    assert res.products == 300
+    assert list(res.blocks) == op.param_names
+    assert abs(sum(v for v, _ in res.blocks.values()) - res.value) < 1e-9 * abs(res.value)
+    diag = torch.diagonal(H)
+    for name, sl in op.blocks():
+        value, se = res.blocks[name]
+        assert abs(value - float(diag[sl].sum())) <= 4 * se + 1e-12
+
+
+def test_negative_trace_is_estimated():
+    """PyHessian stops after two samples on a negative trace; the stderr rule does not."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 2)
+    x, y = torch.randn(50, 6), torch.randn(50, 2)
+
+    def neg(out, t):
+        return -mse(out, t)  # a concave quadratic: negative semi-definite Hessian
+
+    H = dense_hessian(model, x, y, loss_fn=neg)
+    exact = float(H.trace())
+    assert exact < 0
+    op = HessianOperator(model, data=(x, y), loss_fn=neg, dtype=torch.float64)
+    res = hutchinson_trace(op, num_products=500, target_rel_stderr=0.02, seed=0)
+    assert res.products >= 10 and res.converged
+    assert res.value < 0 and abs(res.value - exact) <= 4 * res.stderr
+
+
+@pytest.mark.parametrize("form", ["loss", "gradient"])
+def test_fd_trace_unbiased_and_weights_restored(problem, form):
+    obj, _, H = problem
+    before = [p.detach().clone() for p in obj.params]
+    res = fd_trace(obj, num_probes=200, seed=0, form=form, dtype=torch.float64)
+    exact = float(H.trace())
+    assert res.products == 200 and res.info["method"] == f"fd_{form}"
+    assert abs(res.value - exact) <= 4 * res.stderr
+    # the same probes through exact products give the same estimate
+    ref = hutchinson_trace(HessianOperator(obj, dtype=torch.float64), 200, seed=0)
+    assert abs(res.value - ref.value) <= 1e-4 * abs(exact)
+    assert all(torch.equal(a, b) for a, b in zip(before, obj.params, strict=True))
+
+
+def test_fd_trace_float32_loss_form(problem):
+    obj, _, H = problem
+    res = fd_trace(obj, num_probes=200, seed=0)
+    assert abs(res.value - float(H.trace())) <= 4 * res.stderr + 0.02 * float(H.trace())
+
+
+def test_bad_arguments(problem):
+    obj, op, _ = problem
+    with pytest.raises(ValueError, match="num_products"):
+        hutchinson_trace(op, num_products=0)
+    with pytest.raises(ValueError, match="target_rel_stderr"):
+        hutchinson_trace(op, target_rel_stderr=-1)
+    with pytest.raises(ValueError, match="num_products"):
+        hutchpp_trace(op, num_products=2)
+    with pytest.raises(ValueError, match="form"):
+        fd_trace(obj, form="hessian")

@@ -1,0 +1,420 @@
+"""Interactive figures with plotly: 3-D landscapes, curves, spectra; offline HTML pages.
+
+Functions return :class:`plotly.graph_objects.Figure` objects, which notebooks display
+inline; :func:`write_html` saves one or several figures as ONE offline page with
+plotly.js embedded once (inline in the first figure, reused by the others).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape.plotting._common import (
+    SurfaceLike,
+    as_spectrum,
+    as_surface,
+    axis_labels,
+    curves_from_records,
+    for_log,
+    interpolate_on_grid,
+    is_accuracy,
+    metric_label,
+    metric_values,
+    surface_label,
+    surface_ndim,
+    trajectory_of,
+    value_range,
+)
+
+__all__ = [
+    "figures_to_html",
+    "interactive_line",
+    "interactive_spectrum",
+    "interactive_surface",
+    "interactive_surfaces",
+    "interactive_training_curves",
+    "write_html",
+]
+
+_COLORSCALE = "Viridis"
+
+
+def _go():
+    import plotly.graph_objects as go
+
+    return go
+
+
+def _hover_extras(surface: Any, metric: str) -> tuple[np.ndarray | None, str]:
+    """Customdata stacking the other stored metrics, and the hover lines showing them."""
+    others = [m for m in sorted(surface.values) if m != metric]
+    if not others:
+        return None, ""
+    stack = np.stack([metric_values(surface, m) for m in others], axis=-1)
+    lines = "".join(
+        f"<br>{html.escape(metric_label(m))}: %{{customdata[{i}]:.4g}}"
+        for i, m in enumerate(others)
+    )
+    return stack, lines
+
+
+def interactive_surface(
+    surface: SurfaceLike,
+    metric: str = "train_loss",
+    *,
+    log: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    contours: bool = True,
+    trajectory: bool = True,
+    title: str | None = None,
+    name: str | None = None,
+) -> Any:
+    """Rotatable 3-D surface with contour lines projected on the floor.
+
+    Hovering shows the coordinates and every stored metric (losses and accuracies);
+    the stored training path, if any, is drawn on the surface (its height interpolated
+    from the grid).  1-D surfaces are drawn as curves (see :func:`interactive_line`).
+
+    Args:
+        surface: a surface or its file.
+        metric: the metric giving the height and colour.
+        log: height is ``log10`` of the metric (hover still shows the value).
+        vmin: clip heights below this.
+        vmax: clip heights above this (like the original paper's ``zlim``).
+        contours: project contour lines on the floor of the scene.
+        trajectory: draw the stored training path.
+        title: figure title; default file name and metric.
+        name: trace name (legend entry).
+    """
+    go = _go()
+    surface = as_surface(surface)
+    if surface_ndim(surface) == 1:
+        return interactive_line(surface, title=title)
+    fig = go.Figure()
+    for trace in _surface_traces(surface, metric, log, vmin, vmax, contours, trajectory, name):
+        fig.add_trace(trace)
+    _layout_3d(fig, surface, metric, log, title)
+    return fig
+
+
+def _surface_traces(surface, metric, log, vmin, vmax, contours, trajectory, name, **extra):
+    go = _go()
+    raw = metric_values(surface, metric)
+    z = for_log(raw) if log else raw
+    lo, hi = value_range([z], vmin, vmax, log)
+    z = np.clip(z, lo, hi)
+    if log:
+        z = np.log10(z)
+    x, y = np.asarray(surface.x), np.asarray(surface.y)
+    custom, extra_lines = _hover_extras(surface, metric)
+    value = f"{html.escape(metric_label(metric))}: "
+    # The true value is shown even when the height is log10 of it.
+    if custom is None:
+        custom = raw[..., None]
+    else:
+        custom = np.concatenate([custom, raw[..., None]], axis=-1)
+    k = custom.shape[-1] - 1
+    xl, yl = axis_labels(surface)
+    hover = (
+        f"{html.escape(xl)}: %{{x:.4g}}<br>{html.escape(yl)}: %{{y:.4g}}"
+        f"<br>{value}%{{customdata[{k}]:.4g}}{extra_lines}<extra>%{{fullData.name}}</extra>"
+    )
+    label = name or surface_label(surface)
+    traces = [
+        go.Surface(
+            x=x,
+            y=y,
+            z=z,
+            customdata=custom,
+            hovertemplate=hover,
+            name=label,
+            showlegend=True,
+            colorscale=_COLORSCALE,
+            contours={
+                "z": {
+                    "show": contours,
+                    "usecolormap": True,
+                    "project": {"z": contours},
+                    "highlightcolor": "white",
+                }
+            },
+            colorbar={"title": {"text": ("log10 " if log else "") + metric_label(metric)}},
+            **extra,
+        )
+    ]
+    path = trajectory_of(surface) if trajectory else None
+    if path is not None:
+        pz_raw = interpolate_on_grid(surface, raw, path)
+        pz = np.clip(for_log(pz_raw) if log else pz_raw, lo, hi)
+        if log:
+            pz = np.log10(pz)
+        traces.append(
+            go.Scatter3d(
+                x=path[:, 0],
+                y=path[:, 1],
+                z=pz,
+                mode="lines+markers",
+                line={"color": "crimson", "width": 5},
+                marker={"size": 3, "color": "crimson"},
+                name=f"{label}: training path",
+                customdata=np.arange(len(path)),
+                hovertemplate=(
+                    "checkpoint %{customdata}<br>x: %{x:.4g}<br>y: %{y:.4g}"
+                    "<extra>training path</extra>"
+                ),
+            )
+        )
+    return traces
+
+
+def _layout_3d(fig, surface, metric, log, title):
+    xl, yl = axis_labels(surface)
+    zl = ("log10 " if log else "") + metric_label(metric)
+    fig.update_layout(
+        title={"text": html.escape(title or f"{surface_label(surface)}: {metric_label(metric)}")},
+        scene={"xaxis_title": xl, "yaxis_title": yl, "zaxis_title": zl},
+        margin={"l": 0, "r": 0, "t": 40, "b": 0},
+        legend={"x": 0.0, "y": 1.0},
+        height=600,
+    )
+
+
+def interactive_surfaces(
+    surfaces: Sequence[SurfaceLike],
+    metric: str = "train_loss",
+    *,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    contours: bool = True,
+    trajectory: bool = True,
+    title: str | None = None,
+) -> Any:
+    """Several surfaces in ONE 3-D scene, togglable, on one shared colour scale.
+
+    Buttons show one surface at a time (or all); clicking a legend entry toggles a
+    surface too.  Heights and colours use the same range for every surface.
+
+    Args:
+        surfaces: 2-D surfaces or their files.
+        metric: the metric giving height and colour.
+        labels: one name per surface; default the file names.
+        log: heights are ``log10`` of the metric.
+        vmin: shared lower clip; default the minimum over all surfaces.
+        vmax: shared upper clip; default the maximum over all surfaces.
+        contours: project contour lines on the floor.
+        trajectory: draw stored training paths.
+        title: figure title.
+    """
+    go = _go()
+    loaded = [as_surface(s) for s in surfaces]
+    if not loaded:
+        raise ValueError("surfaces must hold at least one surface")
+    if any(surface_ndim(s) != 2 for s in loaded):
+        raise ValueError("interactive_surfaces needs 2-D surfaces")
+    if labels is not None and len(labels) != len(loaded):
+        raise ValueError(f"labels has {len(labels)} entries for {len(loaded)} surfaces")
+    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
+    zs = [metric_values(s, metric) for s in loaded]
+    lo, hi = value_range([for_log(z) if log else z for z in zs], vmin, vmax, log)
+    cmin, cmax = (np.log10(lo), np.log10(hi)) if log else (lo, hi)
+    fig = go.Figure()
+    owner: list[int] = []
+    for i, (s, name) in enumerate(zip(loaded, names)):
+        traces = _surface_traces(
+            s, metric, log, lo, hi, contours, trajectory, name, coloraxis="coloraxis"
+        )
+        for t in traces:
+            if isinstance(t, go.Surface):
+                t.colorbar = None
+            fig.add_trace(t)
+            owner.append(i)
+    buttons = [
+        {
+            "label": html.escape(name),
+            "method": "update",
+            "args": [{"visible": [o == i for o in owner]}],
+        }
+        for i, name in enumerate(names)
+    ]
+    buttons.append({"label": "all", "method": "update", "args": [{"visible": [True] * len(owner)}]})
+    _layout_3d(
+        fig, loaded[0], metric, log, title or f"{metric_label(metric)}: {len(names)} surfaces"
+    )
+    fig.update_layout(
+        coloraxis={
+            "colorscale": _COLORSCALE,
+            "cmin": cmin,
+            "cmax": cmax,
+            "colorbar": {"title": {"text": ("log10 " if log else "") + metric_label(metric)}},
+        },
+        updatemenus=[
+            {"type": "buttons", "direction": "right", "x": 0.0, "y": 1.08, "buttons": buttons}
+        ],
+        scene={"zaxis": {"range": [cmin, cmax]}},
+    )
+    return fig
+
+
+def interactive_line(
+    surfaces: SurfaceLike | Sequence[SurfaceLike],
+    *,
+    metrics: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    title: str | None = None,
+) -> Any:
+    """1-D curves (loss on the left axis, accuracy on the right) of one or more surfaces.
+
+    Args:
+        surfaces: one 1-D surface (or file) or a list of them.
+        metrics: metrics to draw; default every stored one.
+        labels: one name per surface.
+        log: log-scale loss axis.
+        title: figure title.
+    """
+    go = _go()
+    items = list(surfaces) if isinstance(surfaces, list | tuple) else [surfaces]
+    loaded = [as_surface(s) for s in items]
+    if any(surface_ndim(s) != 1 for s in loaded):
+        raise ValueError("interactive_line needs 1-D surfaces")
+    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
+    fig = go.Figure()
+    any_acc = False
+    for s, name in zip(loaded, names):
+        for m in metrics if metrics is not None else sorted(s.values):
+            acc = is_accuracy(m)
+            any_acc |= acc
+            fig.add_trace(
+                go.Scatter(
+                    x=np.asarray(s.x),
+                    y=metric_values(s, m),
+                    mode="lines",
+                    name=f"{name}: {metric_label(m)}",
+                    yaxis="y2" if acc else "y",
+                    line={"dash": "dash" if m.startswith("test") else "solid"},
+                    hovertemplate="x: %{x:.4g}<br>%{y:.4g}",
+                )
+            )
+    layout: dict[str, Any] = {
+        "title": {"text": html.escape(title or "1-D loss curve")},
+        "xaxis": {"title": {"text": axis_labels(loaded[0])[0]}},
+        "yaxis": {"title": {"text": "loss"}, "type": "log" if log else "linear"},
+        "height": 450,
+    }
+    if any_acc:
+        layout["yaxis2"] = {"title": {"text": "accuracy (%)"}, "overlaying": "y", "side": "right"}
+    fig.update_layout(**layout)
+    return fig
+
+
+def interactive_spectrum(
+    densities: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    floor: float = 1e-8,
+    title: str | None = "Hessian spectral density",
+) -> Any:
+    """Spectral densities on a log density axis (one curve per density result or file)."""
+    go = _go()
+    items = densities if isinstance(densities, list | tuple) else [densities]
+    if labels is not None and len(labels) != len(items):
+        raise ValueError(f"labels has {len(labels)} entries for {len(items)} densities")
+    fig = go.Figure()
+    for i, d in enumerate(items):
+        s = as_spectrum(d, None if labels is None else labels[i])
+        fig.add_trace(
+            go.Scatter(
+                x=s.grid,
+                y=np.maximum(s.density, floor),
+                mode="lines",
+                name=s.label,
+                hovertemplate="λ: %{x:.4g}<br>density: %{y:.3g}",
+            )
+        )
+    fig.update_layout(
+        title={"text": html.escape(title or "")},
+        xaxis={"title": {"text": "eigenvalue"}},
+        yaxis={"title": {"text": "density"}, "type": "log"},
+        height=420,
+    )
+    return fig
+
+
+def interactive_training_curves(
+    runs: Sequence[tuple[str, Sequence[dict]]], *, title: str | None = "Training curves"
+) -> Any:
+    """Loss and accuracy per epoch of named runs: ``[(name, records), ...]``."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy (%)"))
+    dashes = {"train": "solid", "val": "dashdot", "test": "dash"}
+    palette = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    ]  # fmt: skip
+    for i, (name, records) in enumerate(runs):
+        color = palette[i % len(palette)]
+        for key, (epoch, value) in sorted(curves_from_records(records).items()):
+            split, _, what = key.partition("_")
+            if split not in dashes or what not in ("loss", "acc"):
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=epoch,
+                    y=value,
+                    mode="lines+markers",
+                    name=f"{name} {split} {what}",
+                    line={"color": color, "dash": dashes[split]},
+                    marker={"size": 4},
+                ),
+                row=1,
+                col=1 if what == "loss" else 2,
+            )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title={"text": html.escape(title or "")}, height=420)
+    return fig
+
+
+def figures_to_html(figures: Sequence[Any], *, first_includes_plotlyjs: bool = True) -> list[str]:
+    """HTML fragments of plotly figures, plotly.js inlined in the first fragment only.
+
+    The fragments share one page: every later figure reuses the library the first one
+    defines, so a page of many figures stays one copy of plotly.js large and offline.
+    """
+    out = []
+    for i, fig in enumerate(figures):
+        out.append(
+            fig.to_html(
+                full_html=False,
+                include_plotlyjs=bool(first_includes_plotlyjs and i == 0),
+                config={"responsive": True, "displaylogo": False},
+            )
+        )
+    return out
+
+
+def write_html(figures: Any, path: str | os.PathLike, *, title: str = "sharpscape figure") -> Path:
+    """Save one figure or a list of figures as ONE self-contained offline HTML page."""
+    figs = figures if isinstance(figures, list | tuple) else [figures]
+    if not figs:
+        raise ValueError("figures must hold at least one figure")
+    parts = figures_to_html(figs)
+    body = "\n".join(f'<div class="figure">{p}</div>' for p in parts)
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head>\n<body>\n{body}\n</body></html>\n"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -133,25 +133,21 @@ def _state_tensors(source: StateLike, names: Sequence[str], like: Sequence[Tenso
 
 
 def _load_state(path: Path) -> Mapping[str, Tensor]:
-    """The model state dict of a checkpoint file (a sharpscape checkpoint or a bare state dict)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        from landscape.checkpoint import load_checkpoint  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - the training part is not there
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        try:
-            return load_checkpoint(path, map_location="cpu").state_dict
-        except (KeyError, TypeError, ValueError):
-            pass
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """The model state dict of a checkpoint file (a sharpscape checkpoint or a state dict)."""
+    from landscape.checkpoint import read_checkpoint
+
+    obj = read_checkpoint(path, map_location="cpu")  # weights_only=True, errors name the file
     if isinstance(obj, Mapping):
-        for key in ("model", "model_state", "state_dict", "model_state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                return obj[key]
-        return obj
-    raise ValueError(f"{path}: not a checkpoint or state dict")
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: neither a sharpscape checkpoint nor a state_dict")
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return obj
 
 
 # --------------------------------------------------------------------------- random

@@ -174,7 +174,7 @@ def _grid_shape(x: np.ndarray, y: np.ndarray | None) -> tuple[int, ...]:
 def _corrupt(path: Path, exc: BaseException) -> ValueError:
     return ValueError(
         f"{path}: not a readable surface file ({type(exc).__name__}: {exc}); "
-        "delete it or pass overwrite=True"
+        "delete it or overwrite it (--overwrite / overwrite=True)"
     )
 
 
@@ -377,7 +377,7 @@ def _check_identity(
     if problems:
         raise ValueError(
             f"{path}: an existing surface file from a different computation "
-            f"(differs in: {', '.join(problems)}); choose another --out or pass overwrite=True"
+            f"(differs in: {', '.join(problems)}); choose another --out or overwrite it (--overwrite / overwrite=True)"
         )
 
 

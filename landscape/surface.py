@@ -36,7 +36,14 @@ from landscape.objective import Objective
 from landscape.store import Surface, directions_sha256, open_surface_file, read_surface
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_
 
-__all__ = ["EVALUATION_MODES", "GridSpec", "compute_surface", "parse_grid"]
+__all__ = [
+    "EVALUATION_MODES",
+    "SPLITS",
+    "GridSpec",
+    "compute_surface",
+    "parse_grid",
+    "surface_from_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +252,8 @@ def compute_surface(
         model: any ``nn.Module``; it is moved nowhere (data goes to its device) and is
             left exactly as given.
         data: evaluation data for the ``train_*`` fields (any form :class:`Objective`
-            takes: tensor pair, Dataset, DataLoader, iterable of tuple/dict batches).
+            takes: tensor pair, Dataset, DataLoader, iterable of tuple/dict batches);
+            None to evaluate ``test_data`` only.
         x: grid along δ: ``"start:stop:num"``, a :class:`GridSpec` or coordinates.
         y: grid along η for a 2-D surface (None: 1-D).
         directions: a :class:`Directions`, a tensor list (δ), or a pair (δ, η) aligned with
@@ -283,6 +291,8 @@ def compute_surface(
         raise ValueError(f"Invalid evaluation: {evaluation!r}; expected one of {EVALUATION_MODES}")
     if points_per_batch < 1:
         raise ValueError(f"Invalid points_per_batch: {points_per_batch}")
+    if data is None and test_data is None:
+        raise ValueError("Invalid data: give data, test_data or both")
     xs, xspec = _coords(x, "x")
     ys, yspec = (None, None) if y is None else _coords(y, "y")
 
@@ -334,7 +344,9 @@ def compute_surface(
             "max_cache_bytes": max_cache_bytes,
             "metrics": metrics,
         }
-        objectives = {"train": Objective(model, data, **okw)}
+        objectives = {}
+        if data is not None:
+            objectives["train"] = Objective(model, data, **okw)
         if test_data is not None:
             objectives["test"] = Objective(model, test_data, **okw)
         fields = _probe_fields(objectives)
@@ -550,3 +562,128 @@ def _choose_mode(
     mode = "vmap" if vmap_t < loop_t else "loop"
     log.info("evaluation auto: loop %.4g s/point, vmap %.4g s/point -> %s", loop_t, vmap_t, mode)
     return mode, pos, done
+
+
+# --------------------------------------------------------------------------- checkpoints
+SPLITS = ("train", "test", "both")
+
+
+def surface_from_checkpoint(
+    checkpoint: str | Path,
+    *,
+    out: str | Path | None,
+    dim: int = 2,
+    x: str | GridSpec = "-1:1:51",
+    y: str | GridSpec | None = "-1:1:51",
+    norm: str = "filter",
+    ignore: str | None = "biasbn",
+    states: bool = False,
+    orthogonalize: bool = False,
+    seed: int = 0,
+    interpolate: str | Path | None = None,
+    pca: str | Path | None = None,
+    split: str = "train",
+    max_samples: int | None = None,
+    batch_size: int = 256,
+    data_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    evaluation: str = "loop",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Surface:
+    """The surface of a saved checkpoint on its own data (what ``landscape surface`` runs).
+
+    Args:
+        checkpoint: a sharpscape checkpoint (``landscape train`` output).
+        out: the HDF5 file to write (and resume).
+        dim: 1 or 2 (random directions; ``interpolate`` is always 1-D, ``pca`` 2-D).
+        x: grid along the first direction, ``start:stop:num``.
+        y: grid along the second direction (2-D only).
+        norm: direction normalisation (``filter``, ``layer``, ``model``, ``none``).
+        ignore: ``"biasbn"`` or None.
+        states: random directions also move BatchNorm running statistics.
+        orthogonalize: make η orthogonal to δ.
+        seed: seed of the random directions.
+        interpolate: a second checkpoint: the line from ``checkpoint`` (α=0) to it (α=1).
+        pca: a run folder: the plane of the top-2 PCA directions of its checkpoints.
+        split: ``"train"``, ``"test"`` or ``"both"``.
+        max_samples: evaluate on the first samples of each split only.
+        batch_size: evaluation batch size.
+        data_dir: where the dataset files are (CIFAR).
+        device: ``cpu``, ``cuda``, ``auto``; under torchrun each rank uses its own GPU.
+        evaluation: ``loop``, ``vmap`` or ``auto``.
+        overwrite: replace an ``out`` file from a different computation.
+        progress: progress bar (None: on a terminal).
+    """
+    from landscape.checkpoint import file_sha256, load_checkpoint
+    from landscape.directions import interpolation_directions, pca_directions
+
+    # Everything about the arguments is checked before any work.
+    if dim not in (1, 2):
+        raise ValueError(f"Invalid dim: {dim} (expected 1 or 2)")
+    if split not in SPLITS:
+        raise ValueError(f"Invalid split: {split!r}; expected one of {SPLITS}")
+    if interpolate is not None and pca is not None:
+        raise ValueError("Invalid options: --interpolate and --pca exclude each other")
+    if interpolate is not None:
+        dim = 1
+    if pca is not None:
+        dim = 2
+    xg = parse_grid(x, name="x")
+    yg = parse_grid(y, name="y") if dim == 2 else None
+    if dim == 2 and y is None:
+        raise ValueError("Invalid y: a 2-D surface needs --y start:stop:num")
+    ckpt_path = Path(checkpoint)
+    for p, what in ((ckpt_path, "checkpoint"), (interpolate, "checkpoint"), (pca, "run folder")):
+        if p is not None and not Path(p).exists():
+            raise FileNotFoundError(f"{p}: no such {what}")
+
+    ctx = init_distributed(device=device)
+    try:
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+        model = ckpt.model.to(ctx.device)
+        bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
+        train = bundle.train if split in ("train", "both") else None
+        test = bundle.test if split in ("test", "both") else None
+        if split != "train" and bundle.test is None:
+            raise ValueError(f"Invalid split: {split!r} but the dataset has no test split")
+        attrs: dict[str, Any] = {
+            "checkpoint": str(ckpt_path),
+            "checkpoint_sha256": ckpt.sha256,
+            "model_spec": ckpt.model_spec,
+            "data_spec": ckpt.data_spec,
+            "dataset": bundle.name,
+            "split": split,
+        }
+        directions: Directions | None = None
+        if interpolate is not None:
+            directions = interpolation_directions(model, interpolate)
+            attrs["other_checkpoint"] = str(interpolate)
+            attrs["other_checkpoint_sha256"] = file_sha256(interpolate)
+        elif pca is not None:
+            directions = pca_directions(model, pca, ignore=ignore)
+            attrs["pca_run"] = str(pca)
+        return compute_surface(
+            model,
+            train,
+            test_data=test,
+            x=xg,
+            y=yg,
+            directions=directions,
+            norm=norm,
+            ignore=ignore,
+            states=states,
+            orthogonalize=orthogonalize,
+            seed=seed,
+            out=out,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            device=ctx.device,
+            evaluation=evaluation,
+            progress=progress,
+            attrs=attrs,
+            dist=ctx,
+        )
+    finally:
+        cleanup_distributed(ctx)

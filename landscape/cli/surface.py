@@ -1,0 +1,152 @@
+"""``landscape surface``: the loss surface of a checkpoint, stored in HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from landscape.surface import EVALUATION_MODES, SPLITS, parse_grid
+
+log = logging.getLogger(__name__)
+
+
+def _grid(spec: str) -> Any:
+    try:
+        return parse_grid(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``surface`` subcommand."""
+    p = subparsers.add_parser(
+        "surface",
+        help="1-D/2-D loss surface of a checkpoint (HDF5, resumable, torchrun-aware)",
+        description=(
+            "Evaluate L(θ* + αδ + βη) on a grid around a checkpoint and store it in HDF5 "
+            "(the layout of Li et al. 2018). Rerunning the same command resumes an "
+            "interrupted file. Under `torchrun --nproc_per_node=N -m landscape surface ...` "
+            "the grid points are shared between the processes."
+        ),
+    )
+    # Grid specs such as "-1:1:51" start with "-": let argparse read them as values.
+    # (Python >= 3.12 already does; on 3.10/3.11 this widens the same private matcher.)
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\.?\d[^=]*:")
+    p.add_argument("checkpoint", help="checkpoint file written by `landscape train`")
+    p.add_argument("--out", required=True, help="HDF5 file to write (resumed if it exists)")
+    p.add_argument("--dim", type=int, choices=(1, 2), default=2, help="1-D or 2-D (default 2)")
+    p.add_argument(
+        "--x",
+        type=_grid,
+        default="-1:1:51",
+        metavar="START:STOP:NUM",
+        help="grid along the first direction (default -1:1:51)",
+    )
+    p.add_argument(
+        "--y",
+        type=_grid,
+        default="-1:1:51",
+        metavar="START:STOP:NUM",
+        help="grid along the second direction (default -1:1:51)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=("filter", "layer", "model", "none"),
+        default="filter",
+        help="normalisation of the random directions (default filter)",
+    )
+    p.add_argument(
+        "--ignore",
+        choices=("biasbn", "none"),
+        default="biasbn",
+        help="biasbn: no movement of biases and BatchNorm scales (default)",
+    )
+    p.add_argument(
+        "--states",
+        action="store_true",
+        help="also move BatchNorm running statistics (Li's states mode)",
+    )
+    p.add_argument("--orthogonalize", action="store_true", help="make η orthogonal to δ")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument(
+        "--interpolate", metavar="OTHER.pt", help="1-D line from CHECKPOINT (α=0) to OTHER.pt (α=1)"
+    )
+    p.add_argument(
+        "--pca", metavar="RUN_DIR", help="plane of the top-2 PCA directions of a run's checkpoints"
+    )
+    p.add_argument(
+        "--split", choices=SPLITS, default="train", help="data split(s) to evaluate (default train)"
+    )
+    p.add_argument(
+        "--max-samples",
+        type=_positive,
+        default=None,
+        help="evaluate on the first N samples of each split",
+    )
+    p.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
+    p.add_argument("--data-dir", default=None, help="folder of the dataset files (CIFAR)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument(
+        "--evaluation",
+        choices=EVALUATION_MODES,
+        default="loop",
+        help="loop (default), vmap (batched grid points) or auto (measure both)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file from a different computation",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute the surface the arguments describe."""
+    from landscape.surface import surface_from_checkpoint
+
+    surface = surface_from_checkpoint(
+        args.checkpoint,
+        out=args.out,
+        dim=args.dim,
+        x=args.x,
+        y=args.y,
+        norm=args.norm,
+        ignore=None if args.ignore == "none" else args.ignore,
+        states=args.states,
+        orthogonalize=args.orthogonalize,
+        seed=args.seed,
+        interpolate=args.interpolate,
+        pca=args.pca,
+        split=args.split,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        device=args.device,
+        evaluation=args.evaluation,
+        overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        first = next(iter(surface.values))
+        vals = surface.values[first][surface.done]
+        lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else float("nan")
+        hi = float(np.nanmax(vals)) if np.isfinite(vals).any() else float("nan")
+        shape = "x".join(map(str, surface.shape))
+        print(f"{args.out}: {shape} surface, {first} min {lo:.6g} max {hi:.6g}")
+    return 0

@@ -377,7 +377,8 @@ def _check_identity(
     if problems:
         raise ValueError(
             f"{path}: an existing surface file from a different computation "
-            f"(differs in: {', '.join(problems)}); choose another --out or overwrite it (--overwrite / overwrite=True)"
+            f"(differs in: {', '.join(problems)}); choose another --out or overwrite it "
+            "(--overwrite / overwrite=True)"
         )
 
 

@@ -1,0 +1,211 @@
+r"""Curvature metrics: thin calls into :mod:`landscape.hessian` at the current weights.
+
+- ``lambda_max``: top Hessian eigenvalue (Lanczos);
+- ``trace``: :math:`\mathrm{Tr}(H)` with its standard error (Hutchinson, Hutch++ or
+  CR-SAM's finite differences);
+- ``normalized_trace``: :math:`\mathrm{Tr}(H)/\|∇L\|_2` (CR-SAM's curvature measure);
+- ``grad_curvature``: :math:`g^⊤Hg/\|g\|^2`, the curvature along the gradient (one
+  Hessian-vector product).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from landscape.metrics._base import (
+    MetricCache,
+    MetricResult,
+    check_int,
+    check_positive,
+    get_cache,
+    hessian_vector_product,
+)
+from landscape.metrics.registry import register_metric
+from landscape.objective import Objective
+from optimizers._foreach import tl_dot, tl_norm
+
+__all__ = ["grad_curvature", "lambda_max", "normalized_trace", "trace"]
+
+
+@register_metric("lambda_max")
+def lambda_max(
+    objective: Objective,
+    *,
+    tol: float = 1e-3,
+    max_products: int = 100,
+    seed: int = 0,
+    cache: MetricCache | None = None,
+    progress: bool | None = None,
+) -> MetricResult:
+    """Top (largest algebraic) Hessian eigenvalue, by Lanczos.
+
+    Args:
+        objective: model, loss and data.
+        tol: relative residual tolerance ``‖Hv − λv‖ ≤ tol·|λ|``.
+        max_products: cap on Hessian-vector products.
+        seed: seed of the start vector.
+        cache: base-point cache shared with other metrics (optional).
+        progress: progress bar (``None``: only on a terminal).
+    """
+    from landscape.hessian import lanczos_eigen
+
+    check_positive("tol", tol)
+    check_int("max_products", max_products)
+    op = get_cache(objective, cache).operator()
+    res = lanczos_eigen(
+        op, k=1, which="largest", tol=tol, max_products=max_products, seed=seed, progress=progress
+    )
+    return MetricResult(
+        float(res.eigenvalues[0]),
+        None,
+        {
+            "products": int(res.products),
+            "residual": float(res.residuals[0]),
+            "converged": bool(res.converged),
+            "tol": tol,
+        },
+    )
+
+
+_TRACE_METHODS = ("hutchinson", "hutchpp", "fd")
+
+
+def _trace(
+    objective: Objective,
+    cache: MetricCache | None,
+    *,
+    method: str,
+    num_products: int,
+    target_rel_stderr: float | None,
+    seed: int,
+    progress: bool | None,
+) -> Any:
+    from landscape.hessian import fd_trace, hutchinson_trace, hutchpp_trace
+
+    if method not in _TRACE_METHODS:
+        raise ValueError(
+            f"Invalid trace_method: {method!r} (expected one of {', '.join(_TRACE_METHODS)})"
+        )
+    check_int("num_products", num_products)
+    if target_rel_stderr is not None:
+        check_positive("target_rel_stderr", target_rel_stderr)
+    if method == "fd":
+        return fd_trace(objective, num_probes=num_products, seed=seed)
+    estimator = hutchinson_trace if method == "hutchinson" else hutchpp_trace
+    return estimator(
+        get_cache(objective, cache).operator(),
+        num_products=num_products,
+        target_rel_stderr=target_rel_stderr,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def _trace_info(tr: Any, method: str) -> dict[str, Any]:
+    return {
+        "method": method,
+        "products": int(tr.products),
+        "num_samples": len(tr.samples),
+    }
+
+
+@register_metric("trace")
+def trace(
+    objective: Objective,
+    *,
+    trace_method: str = "hutchinson",
+    num_products: int = 100,
+    target_rel_stderr: float | None = None,
+    seed: int = 0,
+    cache: MetricCache | None = None,
+    progress: bool | None = None,
+) -> MetricResult:
+    """Hessian trace ``Tr(H)`` with its standard error.
+
+    Args:
+        objective: model, loss and data.
+        trace_method: ``"hutchinson"`` (Rademacher probes), ``"hutchpp"`` (Hutch++) or
+            ``"fd"`` (CR-SAM's finite differences, ``num_products`` probes).
+        num_products: Hessian-vector products (the maximum with a target).
+        target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
+        seed: seed of the probes.
+        cache: base-point cache shared with other metrics (optional).
+        progress: progress bar (``None``: only on a terminal).
+    """
+    tr = _trace(
+        objective,
+        cache,
+        method=trace_method,
+        num_products=num_products,
+        target_rel_stderr=target_rel_stderr,
+        seed=seed,
+        progress=progress,
+    )
+    return MetricResult(float(tr.value), float(tr.stderr), _trace_info(tr, trace_method))
+
+
+@register_metric("normalized_trace")
+def normalized_trace(
+    objective: Objective,
+    *,
+    trace_method: str = "hutchinson",
+    num_products: int = 100,
+    target_rel_stderr: float | None = None,
+    seed: int = 0,
+    cache: MetricCache | None = None,
+    progress: bool | None = None,
+) -> MetricResult:
+    """CR-SAM's normalised trace ``Tr(H) / ‖∇L‖₂`` with its standard error.
+
+    The standard error is the trace's divided by ``‖∇L‖`` (the gradient is exact).
+
+    Args:
+        objective: model, loss and data.
+        trace_method: ``"hutchinson"``, ``"hutchpp"`` or ``"fd"`` (see ``trace``).
+        num_products: Hessian-vector products for the trace.
+        target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
+        seed: seed of the probes.
+        cache: base-point cache shared with other metrics (optional).
+        progress: progress bar (``None``: only on a terminal).
+    """
+    base = get_cache(objective, cache)
+    gnorm = float(tl_norm(base.loss_and_gradient()[1]))
+    tr = _trace(
+        objective,
+        base,
+        method=trace_method,
+        num_products=num_products,
+        target_rel_stderr=target_rel_stderr,
+        seed=seed,
+        progress=progress,
+    )
+    info = {**_trace_info(tr, trace_method), "trace": float(tr.value), "grad_norm": gnorm}
+    if gnorm == 0.0:
+        return MetricResult(math.nan, math.nan, info)
+    return MetricResult(float(tr.value) / gnorm, float(tr.stderr) / gnorm, info)
+
+
+@register_metric("grad_curvature")
+def grad_curvature(
+    objective: Objective,
+    *,
+    cache: MetricCache | None = None,
+    progress: bool | None = None,
+) -> MetricResult:
+    """Curvature along the gradient ``gᵀHg / ‖g‖²`` (one Hessian-vector product).
+
+    Args:
+        objective: model, loss and data.
+        cache: base-point cache shared with other metrics (optional).
+        progress: unused.
+    """
+    base = get_cache(objective, cache)
+    g = base.loss_and_gradient()[1]
+    gg = float(tl_dot(g, g))
+    if gg == 0.0:
+        return MetricResult(math.nan, None, {"grad_norm": 0.0, "products": 0})
+    hg = hessian_vector_product(base.operator(), g)
+    return MetricResult(
+        float(tl_dot(g, hg)) / gg, None, {"grad_norm": math.sqrt(gg), "products": 1}
+    )

@@ -1,0 +1,45 @@
+"""Hyper-parameter checks shared by the optimizers (one message format everywhere)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_nonneg", "check_positive", "check_range"]
+
+
+def _finite(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name}: {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"Invalid {name}: {value}")
+    return v
+
+
+def check_nonneg(name: str, value: float) -> float:
+    """Raise ``ValueError("Invalid <name>: <value>")`` unless ``value >= 0``."""
+    v = _finite(name, value)
+    if v < 0:
+        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
+    return v
+
+
+def check_positive(name: str, value: float) -> float:
+    """Raise ``ValueError("Invalid <name>: <value>")`` unless ``value > 0``."""
+    v = _finite(name, value)
+    if v <= 0:
+        raise ValueError(f"Invalid {name}: {value} (must be > 0)")
+    return v
+
+
+def check_range(name: str, value: float, lo: float, hi: float, *, open_ends: bool = False) -> float:
+    """Raise ``ValueError`` unless ``lo <= value <= hi`` (``lo < value < hi`` if ``open_ends``)."""
+    v = _finite(name, value)
+    ok = lo < v < hi if open_ends else lo <= v <= hi
+    if not ok:
+        brackets = "()" if open_ends else "[]"
+        raise ValueError(
+            f"Invalid {name}: {value} (must be in {brackets[0]}{lo}, {hi}{brackets[1]})"
+        )
+    return v

@@ -1,0 +1,143 @@
+"""GAM: gradient norm aware minimisation (Zhang et al., CVPR 2023)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._kernels import Coef, get_kernels, one_minus
+from optimizers._validate import check_nonneg, check_range
+
+__all__ = ["GAM", "gam_direction"]
+
+
+def gam_direction(
+    g0: Sequence[Tensor],
+    g1: Sequence[Tensor],
+    g2: Sequence[Tensor],
+    g3: Sequence[Tensor],
+    *,
+    alpha: Coef,
+    beta: Coef,
+    gamma: Coef,
+    foreach: bool | None = None,
+) -> list[Tensor]:
+    r"""GAM's direction from its four gradients; overwrites ``g2`` and ``g3``, returns ``d``.
+
+    ``h+ = alpha·g1 + (1−alpha)·g3``, ``h− = beta·g0 + (1−beta)·g2``,
+    ``h−⊥ = h− − (h−·ĥ+) ĥ+`` and ``d = h+ − gamma·h−⊥``.
+    """
+    k = get_kernels(foreach, g0)
+    hp, hm = g3, g2
+    k.mul_(hp, one_minus(alpha))  # type: ignore[arg-type]
+    k.add_(hp, g1, alpha)
+    k.mul_(hm, one_minus(beta))  # type: ignore[arg-type]
+    k.add_(hm, g0, beta)
+    inv = 1.0 / (k.norm(hp) + EPS)
+    c = k.dot(hm, hp) * inv * inv
+    k.add_(hp, hp, gamma, c)
+    k.add_(hp, hm, -1.0, gamma)
+    return list(hp)
+
+
+class GAM(SharpnessAwareOptimizer):
+    r"""Gradient norm aware minimisation: penalise first-order flatness.
+
+    First-order flatness ``R¹_ρ(θ) = ρ · max_{‖ε‖≤ρ} ‖∇L(θ+ε)‖``; GAM descends on the SAM
+    loss and on ``R¹`` together (the accelerated algorithm, four passes):
+
+    .. math::
+        \begin{aligned}
+            &g_0 \leftarrow \nabla L(\theta),\quad
+                \theta_1 \leftarrow \theta + \rho_{fd}\, \hat g_0,\quad
+                g_1 \leftarrow \nabla L(\theta_1) \\
+            &h_0 \leftarrow g_1 - g_0,\quad
+                \theta_2 \leftarrow \theta + \rho\, \hat h_0,\quad
+                g_2 \leftarrow \nabla L(\theta_2) \\
+            &\theta_3 \leftarrow \theta_2 + \rho_{fd}\, \hat g_2,\quad
+                g_3 \leftarrow \nabla L(\theta_3) \\
+            &h_+ \leftarrow \alpha g_1 + (1-\alpha) g_3,\quad
+                h_- \leftarrow \beta g_0 + (1-\beta) g_2 \\
+            &h_-^\perp \leftarrow h_- - (h_- \cdot \hat h_+)\, \hat h_+,\quad
+                d \leftarrow h_+ - \gamma\, h_-^\perp,\quad
+                \theta \leftarrow \text{base.step}(\theta, d)
+        \end{aligned}
+
+    Paper: `Gradient Norm Aware Minimization Seeks First-Order Flatness and Improves
+    Generalization <https://arxiv.org/abs/2303.03108>`_.
+
+    .. note::
+        The authors' code weights ``g0`` by 1 instead of ``beta`` in ``h−``; this class
+        follows the paper.  ``rho = rho_fd = 0`` with ``alpha = 1`` and ``gamma = 0`` is
+        the base optimizer bit for bit (other ``alpha`` round ``alpha·g + (1−alpha)·g``).
+
+    Args:
+        params: Parameters or parameter groups.
+        base_optimizer: The base optimizer class.
+        rho: Radius of the ascent on the gradient norm.
+        rho_fd: Finite-difference radius (the zeroth-order/SAM point).
+        alpha: Weight of ``g1`` in ``h+``, in ``[0, 1]``.
+        beta: Weight of ``g0`` in ``h−``, in ``[0, 1]``.
+        gamma: Weight of the orthogonal correction, ``>= 0``.
+        model: The trained module (BatchNorm freezing, DDP).
+        foreach: Foreach kernels (default) or the single-tensor reference kernels.
+        **base_kwargs: Arguments of the base optimizer.
+    """
+
+    passes = 4
+    hyperparameters: ClassVar[dict[str, float]] = {
+        "rho": 0.2,
+        "rho_fd": 0.02,
+        "alpha": 0.6,
+        "beta": 0.5,
+        "gamma": 0.03,
+    }
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[Optimizer],
+        *,
+        rho: float = 0.2,
+        rho_fd: float = 0.02,
+        alpha: float = 0.6,
+        beta: float = 0.5,
+        gamma: float = 0.03,
+        model: nn.Module | None = None,
+        foreach: bool | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        check_nonneg("rho", rho)
+        check_nonneg("rho_fd", rho_fd)
+        check_range("alpha", alpha, 0.0, 1.0)
+        check_range("beta", beta, 0.0, 1.0)
+        check_nonneg("gamma", gamma)
+        defaults = {"rho": rho, "rho_fd": rho_fd, "alpha": alpha, "beta": beta, "gamma": gamma}
+        super().__init__(
+            params, base_optimizer, defaults, model=model, foreach=foreach, **base_kwargs
+        )
+
+    def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        rho_fd = ctx.hparam("rho_fd")
+        g0 = yield Pass()
+        ctx.ascend(g0, rho_fd)
+        g1 = yield Pass()
+        ctx.reset()
+        ctx.ascend(ctx.k.sub(g1, g0), ctx.hparam("rho"))
+        g2 = yield Pass()
+        ctx.ascend(g2, rho_fd)
+        g3 = yield Pass()
+        return gam_direction(
+            g0,
+            g1,
+            g2,
+            g3,
+            alpha=ctx.hparam("alpha"),
+            beta=ctx.hparam("beta"),
+            gamma=ctx.hparam("gamma"),
+            foreach=ctx.k.name == "foreach",
+        )

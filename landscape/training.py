@@ -311,7 +311,8 @@ def train(
         lr: peak learning rate; it follows a cosine schedule to 0 over all steps.
         momentum: momentum of the (base) SGD optimizer.
         weight_decay: weight decay of the (base) optimizer.
-        base_optimizer: base of the sharpness-aware optimizers (``"sgd"`` or ``"adam"``).
+        base_optimizer: base of the sharpness-aware optimizers (``"sgd"``, ``"adam"``,
+            ``"adamw"``; ignored by plain ``sgd``/``adam``).
         hparams: the optimizer's own hyper-parameters (e.g. ``{"rho": 0.05}``); the
             others keep their defaults (``optimizers.optimizer_hparams(name)``).
         label_noise: fraction of training labels corrupted (built-in data only).
@@ -348,8 +349,6 @@ def train(
         raise ValueError(f"Invalid lr: {lr}")
     if weight_decay < 0:
         raise ValueError(f"Invalid weight_decay: {weight_decay}")
-    if base_optimizer not in ("sgd", "adam"):
-        raise ValueError(f"Invalid base_optimizer: {base_optimizer!r} (expected sgd or adam)")
     full_hparams = _resolve_hparams(optimizer, hparams)
 
     # ---- data ------------------------------------------------------------------------

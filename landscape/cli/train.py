@@ -119,7 +119,7 @@ def register(subparsers: Any) -> None:
     g.add_argument(
         "--base-optimizer",
         default="sgd",
-        choices=("sgd", "adam"),
+        choices=("sgd", "adam", "adamw"),
         help="base of the sharpness-aware optimizers (sgd)",
     )
     g.add_argument("--epochs", type=int, default=10, help="number of epochs (10)")

@@ -1,4 +1,4 @@
-"""Surface files in the analysis.md layout, written through landscape.store."""
+"""Fixtures of the plotting tests: surface files, a density JSON, a run folder."""
 
 from __future__ import annotations
 
@@ -6,59 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from landscape.store import open_surface_file
-
-
-def bowl(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """An anisotropic quadratic bowl, (ny, nx) with rows along y."""
-    xx, yy = np.meshgrid(x, y)
-    return 0.1 + xx**2 + 3.0 * yy**2
-
-
-def write_surface(
-    path,
-    *,
-    nx: int = 9,
-    ny: int | None = 6,
-    func=bowl,
-    nan_cells=(),
-    undone_cells=(),
-    trajectory=None,
-    attrs=None,
-    test: bool = True,
-):
-    """Write a complete surface file; returns the (ny, nx) train_loss written."""
-    x = np.linspace(-1.0, 1.0, nx)
-    y = None if ny is None else np.linspace(-0.5, 0.75, ny)
-    if y is None:
-        loss = 0.1 + x**2
-    else:
-        loss = func(x, y)
-    fields = ["train_loss", "train_acc"] + (["test_loss", "test_acc"] if test else [])
-    vals = {
-        "train_loss": loss,
-        "train_acc": 100.0 / (1.0 + loss),
-        "test_loss": loss * 1.2 + 0.05,
-        "test_acc": 95.0 / (1.0 + loss),
-    }
-    for cell in nan_cells:
-        vals["train_loss"][cell] = np.nan
-    undone = {tuple(np.atleast_1d(c)) for c in undone_cells}
-    with open_surface_file(
-        path,
-        x=x,
-        y=y,
-        fields=fields,
-        identity={"test": str(path)},
-        attrs=dict(attrs or {}),
-        trajectory=trajectory,
-    ) as w:
-        shape = loss.shape
-        idx = [i for i in range(loss.size) if np.unravel_index(i, shape) not in undone]
-        results = [{f: float(vals[f].ravel()[i]) for f in fields} for i in idx]
-        w.write(idx, results)
-    return loss
+from plotting_helpers import write_surface
 
 
 @pytest.fixture

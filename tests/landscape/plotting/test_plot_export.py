@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_surface
+from plotting_helpers import write_surface
 
 from landscape.plotting import MESH_FORMATS, export_surface, read_mesh, surface_to_mesh
 from landscape.store import read_surface

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from conftest import write_surface
+from plotting_helpers import write_surface
 
 from landscape.plotting import (
     figures_to_html,

@@ -7,10 +7,10 @@ import json
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from conftest import write_surface
 from matplotlib.collections import QuadMesh
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from plotting_helpers import write_surface
 
 from landscape.plotting import (
     plot_contour,

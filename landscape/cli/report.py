@@ -1,0 +1,48 @@
+"""``landscape report``: one offline HTML page of runs, surfaces, spectra and tables."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` subcommand."""
+    p = subparsers.add_parser(
+        "report",
+        help="write one self-contained HTML page from runs and result files",
+        description=(
+            "Gather run folders (metrics.jsonl, checkpoints, files below them), surface "
+            ".h5 files, comparison JSON (landscape compare --out) and spectral density "
+            "JSON (landscape hessian --out) into one offline HTML page."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="RUN_OR_FILE", help="run folders and files")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--title", default="sharpscape report", help="page title")
+    p.add_argument("--metric", default="train_loss", help="surface metric drawn in 3-D")
+    p.add_argument("--log", action="store_true", help="draw surfaces as log10 of the metric")
+    p.add_argument(
+        "--compute",
+        default=None,
+        metavar="METRICS",
+        help="comma-separated sharpness metrics to compute on the inputs' checkpoints "
+        "(e.g. lambda_max,trace); default: read comparison JSON files only",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report page."""
+    from landscape.report import build_report
+
+    compute = [m.strip() for m in args.compute.split(",") if m.strip()] if args.compute else None
+    out = build_report(
+        args.inputs,
+        args.out,
+        title=args.title,
+        metric=args.metric,
+        log=args.log,
+        compute_metrics=compute,
+    )
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,300 @@
+"""One self-contained, offline HTML page summarising runs, surfaces and curvature.
+
+:func:`build_report` gathers what it is given (or finds inside run folders):
+
+- comparison tables: JSON files of :class:`landscape.compare.Comparison`
+  (``{"metrics": [...], "rows": [...]}``), or computed from checkpoints when metric
+  names are passed;
+- surfaces: HDF5 files in the layout of ``analysis.md`` (2-D ones as interactive 3-D
+  landscapes, plus one togglable scene when there are several; 1-D ones as curves);
+- spectra: spectral density JSON (``landscape hessian --out``) on a log axis;
+- training curves: run folders' ``metrics.jsonl``.
+
+plotly.js is embedded once, inline, so the page works without a network.  Every string
+from the user or the files (names, labels, paths, metric names) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from landscape._version import __version__
+
+__all__ = ["ReportInputs", "build_report", "collect_report_inputs", "comparison_table_html"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportInputs:
+    """What a report shows, sorted by kind (paths, or loaded objects)."""
+
+    surfaces: list[Any] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)
+    spectra: list[tuple[str, Any]] = field(default_factory=list)
+    runs: list[tuple[str, list[dict]]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        """True when there is nothing to show."""
+        return not (self.surfaces or self.comparisons or self.spectra or self.runs)
+
+
+def _classify_json(path: Path, inputs: ReportInputs) -> bool:
+    from landscape.plotting._common import find_density_dict
+
+    try:
+        with path.open() as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    if isinstance(data, Mapping) and isinstance(data.get("rows"), list):
+        inputs.comparisons.append({**data, "_source": str(path)})
+        return True
+    density = find_density_dict(data)
+    if density is not None:
+        inputs.spectra.append((path.stem, density))
+        return True
+    return False
+
+
+def collect_report_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
+    """Sort files and run folders into surfaces, comparisons, spectra and runs.
+
+    A folder contributes its ``metrics.jsonl`` (training curves), its checkpoints
+    (``final.pt``, else the last of ``checkpoints/``) and every ``*.h5`` and ``*.json``
+    file below it that is a surface, a comparison or a density.
+
+    Raises:
+        FileNotFoundError: for a path that does not exist.
+        ValueError: for a file of a kind the report cannot show.
+    """
+    inputs = ReportInputs()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"report input not found: {path}")
+        if path.is_dir():
+            _collect_dir(path, inputs)
+            continue
+        suffix = path.suffix.lower()
+        if suffix in (".h5", ".hdf5"):
+            inputs.surfaces.append(path)
+        elif suffix == ".jsonl":
+            from landscape.plotting._common import read_metrics_jsonl
+
+            inputs.runs.append((path.parent.name or path.stem, read_metrics_jsonl(path)))
+        elif suffix == ".json":
+            if not _classify_json(path, inputs):
+                raise ValueError(f"{path}: neither a comparison nor a spectral density JSON")
+        elif suffix in (".pt", ".pth"):
+            inputs.checkpoints.append(path)
+        else:
+            raise ValueError(
+                f"report input {path} is not a run folder, .h5, .json, .jsonl or .pt file"
+            )
+    return inputs
+
+
+def _collect_dir(path: Path, inputs: ReportInputs) -> None:
+    from landscape.plotting._common import read_metrics_jsonl
+
+    if (path / "metrics.jsonl").exists():
+        inputs.runs.append((path.name, read_metrics_jsonl(path)))
+    if (path / "final.pt").exists():
+        inputs.checkpoints.append(path / "final.pt")
+    elif (path / "checkpoints").is_dir():
+        found = sorted((path / "checkpoints").glob("*.pt"))
+        if found:
+            inputs.checkpoints.append(found[-1])
+    for h5 in sorted(path.rglob("*.h5")):
+        inputs.surfaces.append(h5)
+    for js in sorted(path.rglob("*.json")):
+        if js.name == "config.json":
+            continue
+        try:
+            _classify_json(js, inputs)
+        except ValueError as exc:
+            logger.warning("report: skipping %s", exc)
+
+
+# --- HTML pieces -----------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}"
+    return str(value)
+
+
+def comparison_table_html(comparison: Mapping[str, Any]) -> str:
+    """An escaped HTML table of a comparison (the JSON layout of ``landscape compare``)."""
+    rows = list(comparison.get("rows") or [])
+    metrics = list(comparison.get("metrics") or [])
+    if not metrics:  # infer from the rows: every key holding a {value, stderr} cell
+        for row in rows:
+            for key, cell in row.items():
+                if isinstance(cell, Mapping) and "value" in cell and key not in metrics:
+                    metrics.append(key)
+    head = "".join(f"<th>{html.escape(str(m))}</th>" for m in metrics)
+    body = []
+    for row in rows:
+        label = row.get("label") or row.get("checkpoint") or ""
+        cells = [
+            f'<th scope="row" title="{html.escape(str(row.get("checkpoint", "")))}">'
+            f"{html.escape(str(label))}</th>"
+        ]
+        for m in metrics:
+            cell = row.get(m)
+            if isinstance(cell, Mapping):
+                text = _fmt(cell.get("value"))
+                if cell.get("stderr") is not None:
+                    text += f" ± {_fmt(cell.get('stderr'))}"
+            else:
+                text = _fmt(cell)
+            cells.append(f"<td>{html.escape(text)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        '<table class="comparison"><thead><tr><th>checkpoint</th>'
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+table.comparison { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+table.comparison th, table.comparison td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
+table.comparison td { text-align: right; font-variant-numeric: tabular-nums; }
+.meta { color: #666; font-size: 0.85em; } .figure { margin: 1em 0; }
+"""
+
+
+def build_report(
+    inputs: Sequence[str | os.PathLike] | ReportInputs,
+    out: str | os.PathLike,
+    *,
+    title: str = "sharpscape report",
+    metric: str = "train_loss",
+    log: bool = False,
+    compute_metrics: Sequence[str] | None = None,
+    compare_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the report page and return its path.
+
+    Args:
+        inputs: run folders and files (see :func:`collect_report_inputs`), or inputs
+            already collected.
+        out: the HTML file to write.
+        title: page title.
+        metric: the surface metric drawn in 3-D.
+        log: draw surfaces as ``log10`` of the metric.
+        compute_metrics: metric names to compute on the inputs' checkpoints with
+            :func:`landscape.compare.compare_checkpoints` (the table is otherwise read
+            from comparison JSON files only).
+        compare_options: extra keyword arguments for ``compare_checkpoints``.
+
+    Raises:
+        ValueError: when the inputs hold nothing to show.
+    """
+    from landscape.plotting import interactive as ia
+    from landscape.plotting._common import as_surface, surface_label, surface_ndim
+
+    collected = inputs if isinstance(inputs, ReportInputs) else collect_report_inputs(inputs)
+    if compute_metrics:
+        if not collected.checkpoints:
+            raise ValueError("compute_metrics was given but the inputs hold no checkpoint")
+        from landscape.compare import compare_checkpoints
+
+        comp = compare_checkpoints(
+            [str(p) for p in collected.checkpoints],
+            list(compute_metrics),
+            **dict(compare_options or {}),
+        )
+        rows = comp.rows
+        collected.comparisons.append(
+            {"metrics": list(compute_metrics), "rows": rows, "_source": "computed"}
+        )
+    if collected.empty():
+        raise ValueError(
+            "nothing to report: give run folders, surface .h5 files, comparison or density "
+            ".json files"
+        )
+
+    sections: list[tuple[str, str, list[Any]]] = []  # (heading, html before figures, figures)
+    if collected.comparisons:
+        tables = []
+        for comp in collected.comparisons:
+            src = comp.get("_source", "")
+            tables.append(
+                f'<p class="meta">source: {html.escape(str(src))}</p>' + comparison_table_html(comp)
+            )
+        sections.append(("Sharpness comparison", "".join(tables), []))
+
+    surfaces = [as_surface(s) for s in collected.surfaces]
+    planes = [s for s in surfaces if surface_ndim(s) == 2]
+    lines = [s for s in surfaces if surface_ndim(s) == 1]
+    if planes:
+        usable = [s for s in planes if metric in s.values]
+        figs = []
+        if len(usable) > 1:
+            figs.append(ia.interactive_surfaces(usable, metric, log=log))
+        for s in planes:
+            if metric not in s.values:
+                logger.warning("report: %s has no %r; skipped", s.path, metric)
+                continue
+            figs.append(ia.interactive_surface(s, metric, log=log))
+        note = (
+            "<p>Drag to rotate, scroll to zoom; hover for coordinates and every stored "
+            "metric. Buttons (or legend entries) toggle surfaces in the shared scene.</p>"
+        )
+        sections.append(("Loss surfaces", note, figs))
+    if lines:
+        sections.append(("1-D loss curves", "", [ia.interactive_line(lines, log=log)]))
+    if collected.spectra:
+        labels = [name for name, _ in collected.spectra]
+        fig = ia.interactive_spectrum([d for _, d in collected.spectra], labels=labels)
+        sections.append(("Hessian spectral density", "", [fig]))
+    if collected.runs:
+        sections.append(("Training curves", "", [ia.interactive_training_curves(collected.runs)]))
+
+    all_figs = [f for _, _, figs in sections for f in figs]
+    fragments = iter(ia.figures_to_html(all_figs))
+    parts = []
+    for heading, pre, figs in sections:
+        parts.append(f"<section><h2>{html.escape(heading)}</h2>{pre}")
+        for _ in figs:
+            parts.append(f'<div class="figure">{next(fragments)}</div>')
+        parts.append("</section>")
+    listed = "".join(
+        f"<li>{html.escape(surface_label(s))}: {html.escape(str(s.path))}</li>" for s in surfaces
+    )
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>"
+        f'<p class="meta">sharpscape {html.escape(__version__)} · {stamp}</p>\n'
+        + "\n".join(parts)
+        + (f"<section><h2>Surface files</h2><ul>{listed}</ul></section>" if listed else "")
+        + "\n</body></html>\n"
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    logger.info("report written to %s (%d figures)", out, len(all_figs))
+    return out

@@ -1,0 +1,181 @@
+"""The report page and the plot/report commands."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from plotting_helpers import (
+    find_chromium,
+    graph_divs,
+    instrument,
+    page_errors,
+    run_chromium,
+    write_surface,
+)
+
+from landscape.cli import main
+from landscape.report import build_report, collect_report_inputs, comparison_table_html
+
+EVIL = "<script>alert('x')</script>"
+
+
+@pytest.fixture
+def comparison_json(tmp_path):
+    path = tmp_path / "compare.json"
+    doc = {
+        "metrics": ["lambda_max", "trace"],
+        "rows": [
+            {
+                "checkpoint": "runs/sgd/final.pt",
+                "label": EVIL,
+                "lambda_max": {"value": 12.345678, "stderr": None},
+                "trace": {"value": 101.5, "stderr": 3.25},
+            },
+            {
+                "checkpoint": "runs/sam/final.pt",
+                "label": "sam",
+                "lambda_max": {"value": 4.5, "stderr": None},
+                "trace": {"value": 40.0, "stderr": 1.0},
+            },
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture
+def report_inputs(tmp_path, density_json, run_dir, comparison_json):
+    traj = np.array([[0.8, 0.5], [0.4, 0.2], [0.1, 0.05], [0.0, 0.0]])
+    a, b, line = tmp_path / "sgd.h5", tmp_path / "sam.h5", tmp_path / "line.h5"
+    write_surface(a, trajectory=traj, attrs={"explained_variance_ratio": [0.8, 0.1]})
+    write_surface(b, func=lambda x, y: 0.3 + 0.2 * np.meshgrid(x, y)[0] ** 2)
+    write_surface(line, ny=None)
+    return [a, b, line, density_json, comparison_json, run_dir]
+
+
+def test_comparison_table_is_escaped(comparison_json):
+    table = comparison_table_html(json.loads(comparison_json.read_text()))
+    assert EVIL not in table
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in table
+    assert "12.35" in table and "101.5 ± 3.25" in table and "<th>lambda_max</th>" in table
+
+
+def test_inputs_are_sorted_by_kind(report_inputs, tmp_path):
+    got = collect_report_inputs(report_inputs)
+    assert len(got.surfaces) == 3 and len(got.comparisons) == 1
+    assert len(got.spectra) == 1 and [name for name, _ in got.runs] == ["run_sgd"]
+    with pytest.raises(FileNotFoundError):
+        collect_report_inputs([tmp_path / "missing.h5"])
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hi")
+    with pytest.raises(ValueError, match=r"notes\.txt"):
+        collect_report_inputs([bad])
+    odd = tmp_path / "odd.json"
+    odd.write_text("{}")
+    with pytest.raises(ValueError, match="neither a comparison nor"):
+        collect_report_inputs([odd])
+
+
+def test_report_page_content(report_inputs, tmp_path):
+    out = build_report(report_inputs, tmp_path / "r.html", title="Title & <i>co</i>")
+    text = out.read_text()
+    assert text.count("* plotly.js v") == 1  # embedded once
+    assert "<script src=" not in text  # offline
+    assert "Title &amp; &lt;i&gt;co&lt;/i&gt;" in text
+    assert EVIL not in text
+    # togglable scene + 2 surfaces, 1-D curves, spectrum, training curves
+    assert text.count('class="plotly-graph-div"') == 6
+    for heading in ("Sharpness comparison", "Loss surfaces", "Hessian spectral density",
+                    "Training curves", "1-D loss curves"):  # fmt: skip
+        assert f"<h2>{heading}</h2>" in text
+    with pytest.raises(ValueError, match="nothing to report"):
+        build_report([], tmp_path / "empty.html")
+
+
+def test_report_command(report_inputs, tmp_path, capsys):
+    out = tmp_path / "cli.html"
+    assert main(["report", *map(str, report_inputs), "--out", str(out)]) == 0
+    assert out.stat().st_size > 100_000
+    assert "wrote" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nope.h5"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kind", "ext"),
+    [
+        ("contour", "png"),
+        ("filled", "pdf"),
+        ("surface", "svg"),
+        ("heatmap", "png"),
+        ("trajectory", "png"),
+        (None, "html"),
+        (None, "vtp"),
+        (None, "obj"),
+        (None, "stl"),
+    ],
+)
+def test_plot_command_every_format(pca_surface, tmp_path, kind, ext):
+    out = tmp_path / f"fig.{ext}"
+    args = ["plot", str(pca_surface), "--out", str(out), "--log", "--levels", "12"]
+    if kind:
+        args += ["--kind", kind]
+    assert main(args) == 0
+    assert out.stat().st_size > 500
+
+
+def test_plot_command_line_and_errors(surface1d, surface2d, tmp_path, capsys):
+    assert main(["plot", str(surface1d), "--out", str(tmp_path / "l.png")]) == 0
+    assert main(["plot", str(surface1d), "--out", str(tmp_path / "l.html")]) == 0
+    assert main(["plot", str(surface2d), "--out", str(tmp_path / "x.docx")]) == 2
+    assert "--out must end in one of" in capsys.readouterr().err
+    assert main(["plot", str(surface2d), "--metric", "nope", "--out", str(tmp_path / "a.png")]) == 2
+    assert "metric 'nope'" in capsys.readouterr().err
+    assert (
+        main(["plot", str(surface2d), "--kind", "trajectory", "--out", str(tmp_path / "t.png")])
+        == 2
+    )
+
+
+def _chromium_or_skip():
+    chromium = find_chromium()
+    if chromium is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed; CI must install it (see .ci/run)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return chromium
+
+
+@pytest.mark.browser
+def test_error_hook_catches_javascript_errors(tmp_path):
+    chromium = _chromium_or_skip()
+    page = tmp_path / "broken.html"
+    page.write_text(instrument(
+        "<!DOCTYPE html><html><head></head><body>"
+        "<script>null.boom();</script><script>console.error('bad')</script></body></html>"
+    ))  # fmt: skip
+    dom, log = run_chromium(chromium, page, tmp_path, budget_ms=5000)
+    errors = page_errors(dom, log)
+    assert any("error:" in e for e in errors) and any("console.error: bad" in e for e in errors)
+
+
+@pytest.mark.browser
+def test_report_opens_in_headless_chromium(report_inputs, tmp_path):
+    chromium = _chromium_or_skip()
+    out = build_report(report_inputs, tmp_path / "report.html", log=True)
+    page = tmp_path / "instrumented.html"
+    page.write_text(instrument(out.read_text()))
+    dom, log = run_chromium(chromium, page, tmp_path)
+    assert page_errors(dom, log) == []
+    divs = graph_divs(dom)
+    assert len(divs) == 6
+    for div in divs:
+        assert "js-plotly-plot" in div[:200], "plotly did not draw this figure"
+        assert "main-svg" in div
+    # The three 3-D scenes got a WebGL canvas; the 2-D figures drew their curves.
+    assert sum("<canvas" in d for d in divs) == 3
+    assert sum("scatterlayer" in d and "js-line" in d for d in divs) == 3
+    assert "<script>alert" not in dom  # the hostile label stayed text

@@ -25,6 +25,7 @@ from landscape.metrics.registry import (
     compute_metrics,
     metric_description,
     metric_options,
+    parse_option_assignments,
     register_metric,
     validate_metric_names,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "metric_description",
     "metric_options",
     "normalized_trace",
+    "parse_option_assignments",
     "register_metric",
     "sam_sharpness",
     "split_objective",

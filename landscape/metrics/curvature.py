@@ -121,7 +121,7 @@ def trace(
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
-    """Hessian trace ``Tr(H)`` with its standard error.
+    """Hessian trace Tr(H) with its standard error (Hutchinson, Hutch++ or finite differences).
 
     Args:
         objective: model, loss and data.
@@ -156,7 +156,7 @@ def normalized_trace(
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
-    """CR-SAM's normalised trace ``Tr(H) / ‖∇L‖₂`` with its standard error.
+    """CR-SAM's normalised trace Tr(H) / ‖∇L‖₂, with its standard error.
 
     The standard error is the trace's divided by ``‖∇L‖`` (the gradient is exact).
 
@@ -193,7 +193,7 @@ def grad_curvature(
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
-    """Curvature along the gradient ``gᵀHg / ‖g‖²`` (one Hessian-vector product).
+    """Curvature along the gradient gᵀHg / ‖g‖² (one Hessian-vector product).
 
     Args:
         objective: model, loss and data.

@@ -31,7 +31,7 @@ def grad_norm(
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
-    """Gradient norm ``‖∇L(θ)‖₂`` over the whole data (exact sample weights).
+    """Gradient norm ‖∇L(θ)‖₂ over the whole data (exact sample weights).
 
     Args:
         objective: model, loss and data.

@@ -8,6 +8,7 @@ options (with their defaults) are its documented knobs; :func:`metric_options` l
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "compute_metrics",
     "metric_description",
     "metric_options",
+    "parse_option_assignments",
     "register_metric",
     "validate_metric_names",
 ]
@@ -91,6 +93,37 @@ def validate_metric_names(names: str | Iterable[str]) -> list[str]:
     if not out:
         raise ValueError(f"Invalid metrics: none given; known metrics: {', '.join(METRICS)}")
     return out
+
+
+def parse_option_assignments(
+    items: Iterable[str],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Parse ``KEY=VALUE`` / ``METRIC.KEY=VALUE`` strings into shared and per-metric options.
+
+    Values are read as JSON when they parse (``0.1``, ``5``, ``true``, ``null``,
+    ``[1, 2]``), else kept as strings (``filter``).
+
+    Returns:
+        ``(options, per_metric)`` for :func:`compute_metrics`.
+    """
+    shared: dict[str, Any] = {}
+    per_metric: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"Invalid option {item!r}: expected KEY=VALUE or METRIC.KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if "." in key:
+            metric, _, opt = key.partition(".")
+            validate_metric_names([metric])
+            per_metric.setdefault(metric, {})[opt] = value
+        else:
+            shared[key] = value
+    return shared, per_metric
 
 
 def route_options(

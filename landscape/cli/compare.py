@@ -1,0 +1,112 @@
+"""``landscape compare``: a table of metrics, one row per checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+# Shorthand flags for common metric options: (flag, option, type, help).
+_OPTION_FLAGS = (
+    ("--rho", "rho", float, "radius of the sharpness balls (sam/adaptive/first_order)"),
+    ("--steps", "steps", int, "ascent steps K of the sharpness metrics (1 = SAM's estimate)"),
+    ("--num-products", "num_products", int, "Hessian-vector products of the trace"),
+    ("--sigma", "sigma", float, "noise scale of average_sharpness"),
+    ("--num-samples", "num_samples", int, "noise draws of average_sharpness"),
+    ("--eps", "eps", float, "box size of eps_sharpness"),
+    ("--seed", "seed", int, "seed of the stochastic metrics"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand."""
+    p = subparsers.add_parser(
+        "compare",
+        help="compare checkpoints on curvature and sharpness metrics",
+        description=(
+            "Compute metrics for each checkpoint and print a table (one row per checkpoint, "
+            "mean ± standard error). Metrics: lambda_max, trace, normalized_trace, "
+            "grad_norm, grad_curvature, sam_sharpness, adaptive_sharpness, "
+            "first_order_flatness, average_sharpness, eps_sharpness, grad_cosine "
+            "(--list-metrics shows their options)."
+        ),
+    )
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint files")
+    p.add_argument(
+        "--metrics",
+        default="lambda_max,trace,sam_sharpness",
+        help="comma-separated metric names (default: %(default)s)",
+    )
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument(
+        "--max-samples", type=int, default=None, metavar="N", help="use the first N samples"
+    )
+    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    p.add_argument("--labels", default=None, help="comma-separated row labels")
+    p.add_argument(
+        "--out", default=None, metavar="FILE", help="write the comparison to FILE.json or FILE.csv"
+    )
+    for flag, dest, typ, text in _OPTION_FLAGS:
+        metavar = dest.split("_")[-1].upper() if typ is int else "X"
+        p.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, metavar=metavar, help=text)
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="[METRIC.]KEY=VALUE",
+        help="any metric option, e.g. --set sam_sharpness.steps=5 --set scale=filter",
+    )
+    p.add_argument("--list-metrics", action="store_true", help="list the metrics and exit")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def _list_metrics() -> str:
+    from landscape.metrics import METRICS, metric_description, metric_options
+
+    lines = []
+    for name in METRICS:
+        lines.append(f"{name}: {metric_description(name)}")
+        opts = ", ".join(f"{k}={v!r}" for k, v in metric_options(name).items())
+        lines.append(f"    options: {opts or '-'}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``landscape compare``."""
+    from landscape.compare import check_output_path, compare_checkpoints
+    from landscape.metrics import parse_option_assignments
+
+    if args.list_metrics:
+        print(_list_metrics())
+        return 0
+    if not args.checkpoints:
+        raise ValueError("no checkpoints given (landscape compare A.pt B.pt ...)")
+    if args.out is not None:
+        check_output_path(args.out)
+    options, per_metric = parse_option_assignments(args.assignments)
+    for _, dest, _, _ in _OPTION_FLAGS:
+        value = getattr(args, f"opt_{dest}")
+        if value is not None:
+            options[dest] = value
+    labels = None if args.labels is None else [s.strip() for s in args.labels.split(",")]
+    comparison = compare_checkpoints(
+        args.checkpoints,
+        args.metrics,
+        split=args.split,
+        max_samples=args.max_samples,
+        labels=labels,
+        device=args.device,
+        batch_size=args.batch_size,
+        per_metric=per_metric,
+        progress=False if args.no_progress else None,
+        **options,
+    )
+    print(comparison.format_table())
+    if args.out is not None:
+        path = comparison.save(args.out)
+        print(f"wrote {path}")
+    return 0

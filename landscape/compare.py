@@ -1,0 +1,367 @@
+"""Compare checkpoints (or models) on a set of metrics: one row per checkpoint.
+
+:func:`compare_checkpoints` opens each checkpoint, rebuilds its data (once per distinct
+data spec), computes the selected metrics of :data:`landscape.metrics.METRICS` and returns
+a :class:`Comparison`: plain rows a notebook displays as a table, written as JSON or CSV::
+
+    from landscape.compare import compare_checkpoints
+    cmp = compare_checkpoints(["sgd/final.pt", "sam/final.pt"], "lambda_max,trace")
+    print(cmp.format_table())
+    cmp.to_json("cmp.json")
+
+Metric names and options are validated before any checkpoint is opened.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from landscape.metrics import compute_metrics, validate_metric_names
+from landscape.metrics._base import MetricResult, progress_bar
+from landscape.metrics.registry import route_options
+
+__all__ = ["Comparison", "check_output_path", "compare_checkpoints", "compare_models"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def check_output_path(path: str | os.PathLike[str]) -> str:
+    """Return ``"json"`` or ``"csv"`` from the suffix of ``path``, else raise ``ValueError``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ValueError(f"Invalid out: {os.fspath(path)!r} (expected a .json or .csv file)")
+    return suffix[1:]
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become ``None``, tuples lists, keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, str | int | bool) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return _plain(obj.item())
+    return str(obj)
+
+
+def _fmt(value: float | None, stderr: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    text = f"{value:.{digits}g}"
+    if stderr is not None and math.isfinite(stderr):
+        text += f" ± {stderr:.2g}"
+    return text
+
+
+@dataclass
+class Comparison:
+    """Metrics of several checkpoints, one row each.
+
+    Attributes:
+        metrics: the metric names (the table's columns).
+        rows: one dict per checkpoint: ``"checkpoint"`` (path or ``""`` for an in-memory
+            model), ``"label"``, optional details (``"sha256"``, ``"epoch"``) and, per
+            metric, ``{"value": v, "stderr": s, "info": {...}}``.
+        settings: how the numbers were obtained (split, max_samples, options).
+    """
+
+    metrics: list[str]
+    rows: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ access
+    def value(self, label: str, metric: str) -> float:
+        """The value of ``metric`` in the row labelled ``label``."""
+        for row in self.rows:
+            if row["label"] == label:
+                v = row[metric]["value"]
+                return math.nan if v is None else float(v)
+        raise KeyError(f"no row labelled {label!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"metrics": [...], "rows": [...], "settings": {...}}`` (JSON-safe)."""
+        return _plain({"metrics": self.metrics, "rows": self.rows, "settings": self.settings})
+
+    # ------------------------------------------------------------------ files
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the comparison as JSON (NaN written as ``null``); returns the path."""
+        p = Path(path)
+        p.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return p
+
+    @classmethod
+    def read_json(cls, path: str | os.PathLike[str]) -> Comparison:
+        """Read a comparison written by :meth:`to_json`."""
+        obj = json.loads(Path(path).read_text())
+        if not isinstance(obj, dict) or "metrics" not in obj or "rows" not in obj:
+            raise ValueError(f"{path}: not a comparison file (needs 'metrics' and 'rows')")
+        return cls(list(obj["metrics"]), list(obj["rows"]), dict(obj.get("settings") or {}))
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write one CSV line per checkpoint: ``checkpoint,label,<m>,<m>_stderr,...``."""
+        p = Path(path)
+        header = ["checkpoint", "label"]
+        for m in self.metrics:
+            header += [m, f"{m}_stderr"]
+        with p.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for row in self.rows:
+                line = [row.get("checkpoint", ""), row["label"]]
+                for m in self.metrics:
+                    cell = row.get(m) or {}
+                    for key in ("value", "stderr"):
+                        v = cell.get(key)
+                        line.append("" if v is None else repr(float(v)))
+                writer.writerow(line)
+        return p
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write JSON or CSV according to the suffix (``.json`` / ``.csv``)."""
+        if check_output_path(path) == "json":
+            return self.to_json(path)
+        return self.to_csv(path)
+
+    # ------------------------------------------------------------------ display
+    def _cells(self, digits: int) -> tuple[list[str], list[list[str]]]:
+        header = ["checkpoint", *self.metrics]
+        body = []
+        for row in self.rows:
+            cells = [row["label"]]
+            for m in self.metrics:
+                cell = row.get(m) or {}
+                cells.append(_fmt(cell.get("value"), cell.get("stderr"), digits))
+            body.append(cells)
+        return header, body
+
+    def format_table(self, digits: int = 4) -> str:
+        """A plain-text table: one row per checkpoint, ``mean ± stderr`` per metric."""
+        header, body = self._cells(digits)
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+        def line(cells: list[str]) -> str:
+            first = cells[0].ljust(widths[0])
+            rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+            return "  ".join([first, *rest]).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        return "\n".join([line(header), rule, *(line(r) for r in body)])
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+    def _repr_html_(self) -> str:
+        header, body = self._cells(4)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _row(label: str, checkpoint: str, results: Mapping[str, MetricResult]) -> dict[str, Any]:
+    row: dict[str, Any] = {"checkpoint": checkpoint, "label": label}
+    for name, res in results.items():
+        row[name] = _plain(res.to_dict())
+    return row
+
+
+def _default_labels(paths: Sequence[Path]) -> list[str]:
+    for depth in (1, 2, 3):
+        labels = [
+            "/".join([*p.parent.parts[-(depth - 1) :], p.stem] if depth > 1 else [p.stem])
+            for p in paths
+        ]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [os.fspath(p) for p in paths]
+
+
+def _check_common(
+    metrics: str | Iterable[str],
+    options: Mapping[str, Any],
+    per_metric: Mapping[str, Mapping[str, Any]] | None,
+    labels: Sequence[str] | None,
+    count: int,
+) -> list[str]:
+    names = validate_metric_names(metrics)
+    route_options(names, options, per_metric)
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"Invalid labels: {len(labels)} labels for {count} checkpoints/models")
+    if count == 0:
+        raise ValueError("Invalid input: nothing to compare")
+    return names
+
+
+def compare_models(
+    models: Mapping[str, nn.Module] | Sequence[nn.Module],
+    data: Any,
+    metrics: str | Iterable[str],
+    *,
+    labels: Sequence[str] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    per_metric: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> Comparison:
+    """Compare in-memory models on the same data.
+
+    Args:
+        models: ``label -> model`` or a sequence of models (labelled ``model0``, ... unless
+            ``labels`` is given).
+        data: the data every model is measured on (anything ``Objective`` accepts), or a
+            mapping ``label -> data``.
+        metrics: metric names (list or ``"a,b"``).
+        labels: row labels for a sequence of models.
+        loss_fn: loss (default cross-entropy).
+        batch_size: evaluation batch size.
+        max_samples: use only the first ``max_samples`` samples.
+        per_metric: options for one metric only.
+        progress: progress bars (``None``: only on a terminal).
+        **options: metric options shared by the metrics that take them.
+    """
+    if isinstance(models, Mapping):
+        if labels is not None:
+            raise ValueError("Invalid labels: the models mapping already labels them")
+        labels, items = list(models), list(models.values())
+    else:
+        items = list(models)
+        labels = list(labels) if labels is not None else [f"model{i}" for i in range(len(items))]
+    names = _check_common(metrics, options, per_metric, labels, len(items))
+    if isinstance(data, Mapping) and set(data) == set(labels):
+        per_model_data = [data[label] for label in labels]
+    else:
+        per_model_data = [data] * len(items)
+    rows = []
+    for label, model, d in progress_bar(
+        list(zip(labels, items, per_model_data, strict=True)), desc="models", progress=progress
+    ):
+        results = compute_metrics(
+            model,
+            d,
+            names,
+            loss_fn=loss_fn,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            per_metric=per_metric,
+            progress=progress,
+            **options,
+        )
+        rows.append(_row(label, "", results))
+    settings = {"max_samples": max_samples, "options": options, "per_metric": per_metric or {}}
+    return Comparison(names, rows, _plain(settings))
+
+
+def compare_checkpoints(
+    paths: Sequence[str | os.PathLike[str]],
+    metrics: str | Iterable[str],
+    *,
+    split: str = "train",
+    max_samples: int | None = None,
+    data: Any = None,
+    model: nn.Module | Callable[[], nn.Module] | None = None,
+    labels: Sequence[str] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    device: str | None = None,
+    batch_size: int = 256,
+    per_metric: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> Comparison:
+    """Compute metrics for each checkpoint, one row each.
+
+    Args:
+        paths: checkpoint files (sharpscape checkpoints, or plain state_dicts with
+            ``model``).
+        metrics: metric names (list or ``"lambda_max,trace"``); see
+            :data:`landscape.metrics.METRICS`.
+        split: the split of each checkpoint's data to measure on: ``"train"``, ``"val"``
+            or ``"test"``.
+        max_samples: use only the first ``max_samples`` samples of the split.
+        data: measure on this data instead of the checkpoints' own (anything
+            ``Objective`` accepts); needed for checkpoints without a data spec.
+        model: the module (or a factory returning one) to load plain state_dicts into.
+        labels: row labels; default the file stems (with parent folders when needed to
+            tell them apart).
+        loss_fn: loss (default cross-entropy).
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        batch_size: evaluation batch size.
+        per_metric: options for one metric only, e.g. ``{"sam_sharpness": {"steps": 5}}``.
+        progress: progress bars (``None``: only on a terminal).
+        **options: metric options shared by the metrics that take them (``rho``,
+            ``steps``, ``num_products``, ``sigma``, ``num_samples``, ``seed``, ...).
+
+    Raises:
+        ValueError: unknown metric/option/split, bad labels (before any work).
+        FileNotFoundError: a checkpoint is missing (before any work).
+    """
+    from landscape._device import resolve_device
+    from landscape.checkpoint import load_checkpoint
+
+    files = [Path(p) for p in paths]
+    names = _check_common(metrics, options, per_metric, labels, len(files))
+    if split not in SPLITS:
+        raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")
+    missing = [os.fspath(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such checkpoint: {', '.join(missing)}")
+    dev = resolve_device(device)
+    row_labels = list(labels) if labels is not None else _default_labels(files)
+    bundles: dict[str, Any] = {}
+    rows = []
+    for path, label in progress_bar(
+        list(zip(files, row_labels, strict=True)), desc="checkpoints", progress=progress
+    ):
+        target = model() if callable(model) and not isinstance(model, nn.Module) else model
+        ckpt = load_checkpoint(path, target, map_location=dev)
+        if data is not None:
+            measured_on = data
+        else:
+            key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
+            if key not in bundles:
+                bundles[key] = ckpt.load_data()
+            measured_on = getattr(bundles[key], split)
+            if measured_on is None:
+                raise ValueError(f"{path}: its data has no {split!r} split")
+        logger.info("measuring %s (%s)", path, label)
+        results = compute_metrics(
+            ckpt.model,
+            measured_on,
+            names,
+            loss_fn=loss_fn,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            per_metric=per_metric,
+            progress=progress,
+            **options,
+        )
+        row = _row(label, os.fspath(path), results)
+        row["sha256"] = ckpt.sha256
+        row["epoch"] = ckpt.epoch
+        rows.append(row)
+    settings = {
+        "split": split if data is None else None,
+        "max_samples": max_samples,
+        "options": options,
+        "per_metric": per_metric or {},
+    }
+    return Comparison(names, rows, _plain(settings))

@@ -1,0 +1,175 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+from _metrics_helpers import classification_data, mlp
+
+from landscape.checkpoint import save_checkpoint
+from landscape.cli import main
+from landscape.compare import Comparison, compare_checkpoints, compare_models
+from landscape.data import load_data
+from landscape.metrics import compute_metrics
+from landscape.models import build_model
+
+DATA_SPEC = {"name": "synthetic", "seed": 0, "n_train": 40, "n_test": 30, "dim": 5, "classes": 3}
+MODEL_SPEC = {"name": "mlp", "in_channels": 1, "num_classes": 3, "input_size": [5], "hidden": [6]}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    paths = []
+    for i in range(2):
+        torch.manual_seed(10 + i)
+        spec = dict(MODEL_SPEC)
+        model = build_model(spec.pop("name"), **spec)
+        paths.append(
+            save_checkpoint(
+                root / f"run{i}" / "final.pt",
+                model,
+                model_spec=MODEL_SPEC,
+                data_spec=DATA_SPEC,
+                meta={"epoch": 3 + i},
+            )
+        )
+    return paths
+
+
+def _reference(path, names, split="train", **options):
+    from landscape.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    data = getattr(load_data(**DATA_SPEC), split)
+    return compute_metrics(ckpt.model, data, names, progress=False, **options)
+
+
+def test_compare_checkpoints_rows_equal_direct_metrics(checkpoints, tmp_path):
+    names = ["grad_norm", "sam_sharpness", "average_sharpness"]
+    cmp = compare_checkpoints(
+        checkpoints, names, split="test", num_samples=4, device="cpu", progress=False
+    )
+    assert cmp.metrics == names
+    assert [r["label"] for r in cmp.rows] == ["run0/final", "run1/final"]
+    assert [r["epoch"] for r in cmp.rows] == [3, 4]
+    for row, path in zip(cmp.rows, checkpoints):
+        ref = _reference(path, names, split="test", num_samples=4)
+        for n in names:
+            assert row[n]["value"] == pytest.approx(ref[n].value, rel=1e-12)
+            assert row[n]["stderr"] == ref[n].stderr
+    assert cmp.rows[0]["grad_norm"]["value"] != cmp.rows[1]["grad_norm"]["value"]
+
+    # JSON round trip in the contract's layout
+    cmp.to_json(tmp_path / "cmp.json")
+    obj = json.loads((tmp_path / "cmp.json").read_text())
+    assert obj["metrics"] == names
+    assert set(obj["rows"][0]) >= {"checkpoint", "label", *names}
+    assert set(obj["rows"][0]["sam_sharpness"]) >= {"value", "stderr"}
+    back = Comparison.read_json(tmp_path / "cmp.json")
+    assert back.value("run1/final", "grad_norm") == cmp.value("run1/final", "grad_norm")
+
+    # CSV: one line per checkpoint, value and stderr columns
+    cmp.to_csv(tmp_path / "cmp.csv")
+    with open(tmp_path / "cmp.csv") as fh:
+        lines = list(csv.DictReader(fh))
+    assert len(lines) == 2
+    assert float(lines[1]["average_sharpness"]) == cmp.rows[1]["average_sharpness"]["value"]
+    assert float(lines[1]["average_sharpness_stderr"]) == pytest.approx(
+        cmp.rows[1]["average_sharpness"]["stderr"]
+    )
+    assert lines[0]["grad_norm_stderr"] == ""
+
+    table = cmp.format_table()
+    assert table.splitlines()[0].split() == ["checkpoint", *names]
+    assert "±" in table and "run1/final" in table
+    assert "<table>" in cmp._repr_html_()
+
+
+def test_compare_validates_before_any_work(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match="known metrics: lambda_max"):
+        compare_checkpoints([tmp_path / "missing.pt"], "lambda_max,bogus")
+    with pytest.raises(ValueError, match="Invalid option 'sigma'"):
+        compare_checkpoints([tmp_path / "missing.pt"], "trace", sigma=0.1)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        compare_checkpoints([checkpoints[0], tmp_path / "missing.pt"], "grad_norm")
+    with pytest.raises(ValueError, match="split"):
+        compare_checkpoints(checkpoints, "grad_norm", split="validation")
+    with pytest.raises(ValueError, match="labels"):
+        compare_checkpoints(checkpoints, "grad_norm", labels=["a"])
+
+
+def test_compare_models_in_memory():
+    x, y = classification_data(n=20)
+    models = {"a": mlp(seed=1), "b": mlp(seed=2)}
+    cmp = compare_models(models, (x, y), ["grad_norm", "grad_curvature"], progress=False)
+    for row in cmp.rows:
+        ref = compute_metrics(models[row["label"]], (x, y), ["grad_norm", "grad_curvature"])
+        assert row["grad_norm"]["value"] == ref["grad_norm"].value
+        assert row["grad_curvature"]["value"] == pytest.approx(ref["grad_curvature"].value)
+    assert (
+        Comparison(["m"], [{"label": "z", "m": {"value": math.nan, "stderr": None}}]).to_dict()[
+            "rows"
+        ][0]["m"]["value"]
+        is None
+    )
+
+
+def test_cli_compare_prints_table_and_writes_json_and_csv(checkpoints, tmp_path, capsys):
+    out = tmp_path / "cmp.json"
+    argv = [
+        "compare",
+        *map(str, checkpoints),
+        "--metrics",
+        "grad_norm,sam_sharpness",
+        "--max-samples",
+        "16",
+        "--rho",
+        "0.1",
+        "--set",
+        "sam_sharpness.steps=2",
+        "--labels",
+        "first,second",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "first" in printed and "second" in printed and "sam_sharpness" in printed
+    obj = json.loads(out.read_text())
+    assert obj["rows"][1]["label"] == "second"
+    assert obj["rows"][0]["sam_sharpness"]["info"]["steps"] == 2
+    assert obj["rows"][0]["sam_sharpness"]["info"]["rho"] == 0.1
+    ref = _reference(checkpoints[0], ["sam_sharpness"], rho=0.1, steps=2, max_samples=16)
+    assert obj["rows"][0]["sam_sharpness"]["value"] == pytest.approx(
+        ref["sam_sharpness"].value, rel=1e-6
+    )
+
+    csv_out = tmp_path / "cmp.csv"
+    assert (
+        main(
+            [
+                "compare",
+                str(checkpoints[0]),
+                "--metrics",
+                "grad_norm",
+                "--out",
+                str(csv_out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert csv_out.read_text().splitlines()[0] == "checkpoint,label,grad_norm,grad_norm_stderr"
+
+
+def test_cli_compare_errors_are_one_line(checkpoints, capsys):
+    assert main(["compare", str(checkpoints[0]), "--metrics", "nope", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid metric: 'nope'" in err and "lambda_max" in err and len(err.splitlines()) == 1
+    assert main(["compare", str(checkpoints[0]), "--out", "x.txt"]) == 2
+    assert main(["compare", "--list-metrics"]) == 0
+    assert "eps_sharpness" in capsys.readouterr().out

@@ -39,6 +39,12 @@ _LAZY: dict[str, str] = {
     "hutchpp_trace": "landscape.hessian",
     "fd_trace": "landscape.hessian",
     "slq_density": "landscape.hessian",
+    "METRICS": "landscape.metrics",
+    "MetricResult": "landscape.metrics",
+    "compute_metrics": "landscape.metrics",
+    "Comparison": "landscape.compare",
+    "compare_checkpoints": "landscape.compare",
+    "compare_models": "landscape.compare",
     # --- plots, interactive figures, export, report (issue: seeing it) --------
 }
 

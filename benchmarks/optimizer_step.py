@@ -1,0 +1,102 @@
+"""Per-step wall time of every sharpness-aware optimizer vs plain SGD (and pytorch-optimizer's SAM).
+
+CIFAR-shaped ResNet-20 (0.27 M parameters), batch 128 of random data, CPU.  Each repeat
+times ``--steps`` steps of every optimizer in turn (interleaved); the table gives the
+median step time and the median over repeats of the ratio to SGD, beside the floor
+(``passes``: forward+backward passes per step).  Target: ratio within 5 % of the floor;
+SAM not slower than pytorch-optimizer's SAM.
+
+    .venv/bin/python benchmarks/optimizer_step.py --repeats 5 --steps 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import interleaved, median, ratio_to
+
+import optimizers
+from landscape.models import build_model
+
+
+def make_step(name, model, x, y, lr=0.05):
+    """Return a callable that performs one optimisation step, and the floor in passes."""
+    if name == "pytorch_optimizer.SAM":
+        from pytorch_optimizer import SAM as PeerSAM
+
+        opt = PeerSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        def step():
+            closure()  # its first pass is the caller's
+            opt.step(closure)
+
+        return step, 2.0
+    opt = optimizers.build_optimizer(name, model.parameters(), model=model, lr=lr)
+
+    def closure(part=None):
+        opt.zero_grad()
+        xb, yb = (x, y) if part is None else (x[part], y[part])
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        return loss
+
+    if name in ("sgd", "adam"):
+        return (lambda: opt.step(closure)), 1.0
+    return (lambda: opt.step(closure)), float(opt.passes)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=2, help="steps per timing")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=None, help="subset of optimizer names")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    names = ["sgd", *optimizers.OPTIMIZER_NAMES[2:], "pytorch_optimizer.SAM"]
+    if args.only:
+        names = ["sgd", *[n for n in names if n in args.only and n != "sgd"]]
+    steps, floors = {}, {}
+    for name in names:
+        model = copy.deepcopy(base).train()
+        steps[name], floors[name] = make_step(name, model, x, y)
+    times = interleaved(steps, repeats=args.repeats, number=args.steps, warmup=1)
+    ratios = ratio_to(times, "sgd")
+    print(
+        f"ResNet-20, batch {args.batch}, CPU, {torch.get_num_threads()} thread(s), "
+        f"{args.repeats} interleaved repeats x {args.steps} steps, torch {torch.__version__}"
+    )
+    print(f"{'optimizer':<24}{'step ms':>9}{'ratio/SGD':>11}{'floor':>7}{'ratio/floor':>13}")
+    for name in names:
+        r = ratios[name]
+        print(
+            f"{name:<24}{median(times[name]) * 1e3:>9.1f}{r:>11.3f}"
+            f"{floors[name]:>7.0f}{r / floors[name]:>13.3f}"
+        )
+    if "sam" in times and "pytorch_optimizer.SAM" in times:
+        vs = median([a / b for a, b in zip(times["sam"], times["pytorch_optimizer.SAM"])])
+        print(f"SAM / pytorch_optimizer.SAM: {vs:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,6 +34,18 @@ def _is_list(c: Coef) -> bool:
     return not isinstance(c, (float, int, Tensor))
 
 
+def _fold(coefs: Sequence[Coef]) -> list[Coef]:
+    """Multiply the scalar coefficients together (floats into one float, or into a tensor)."""
+    scalar: float | Tensor = 1.0
+    lists = []
+    for c in coefs:
+        if _is_list(c):
+            lists.append(c)
+        else:
+            scalar = scalar * c  # type: ignore[operator]
+    return lists if isinstance(scalar, float) and scalar == 1.0 else [scalar, *lists]
+
+
 def _foreach_scaled(src: list[Tensor], coefs: Sequence[Coef]) -> list[Tensor]:
     """Return ``src * prod(coefs)`` as a new list (``src`` is one device/dtype group)."""
     out = None
@@ -52,15 +64,22 @@ def _split(coefs: Sequence[Coef], n: int) -> list[Coef]:
 def _foreach_add_(dst: Sequence[Tensor], src: Sequence[Tensor], *coefs: Coef) -> None:
     if not dst:
         return
+    coefs = _fold(coefs)
+    if not coefs or (len(coefs) == 1 and isinstance(coefs[0], float)):
+        alpha = coefs[0] if coefs else 1.0
+        for gd, gs in group_by_device_dtype(dst, src):
+            torch._foreach_add_(gd, gs, alpha=alpha)
+        return
     lists = _split(coefs, len(dst))
     for gd, gs, *gc in group_by_device_dtype(dst, src, *lists):
         cs = [c if _is_list(orig) else orig for c, orig in zip(gc, coefs)]
-        torch._foreach_add_(gd, _foreach_scaled(gs, cs) if cs else gs)
+        torch._foreach_add_(gd, _foreach_scaled(gs, cs))
 
 
 def _foreach_mul_(dst: Sequence[Tensor], *coefs: Coef) -> None:
     if not dst:
         return
+    coefs = _fold(coefs)
     lists = _split(coefs, len(dst))
     for gd, *gc in group_by_device_dtype(dst, *lists):
         for c, orig in zip(gc, coefs):

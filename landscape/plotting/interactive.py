@@ -155,6 +155,9 @@ def _surface_traces(surface, metric, log, vmin, vmax, contours, trajectory, name
         pz = np.clip(for_log(pz_raw) if log else pz_raw, lo, hi)
         if log:
             pz = np.log10(pz)
+        # Lift the path a little above the surface so the surface does not hide it.
+        span = np.nanmax(z) - np.nanmin(z) if np.isfinite(z).any() else 0.0
+        pz = pz + 0.01 * span
         traces.append(
             go.Scatter3d(
                 x=path[:, 0],
@@ -179,7 +182,13 @@ def _layout_3d(fig, surface, metric, log, title):
     zl = ("log10 " if log else "") + metric_label(metric)
     fig.update_layout(
         title={"text": html.escape(title or f"{surface_label(surface)}: {metric_label(metric)}")},
-        scene={"xaxis_title": xl, "yaxis_title": yl, "zaxis_title": zl},
+        scene={
+            "xaxis_title": xl,
+            "yaxis_title": yl,
+            "zaxis_title": zl,
+            "aspectmode": "manual",
+            "aspectratio": {"x": 1.0, "y": 1.0, "z": 0.7},
+        },
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
         legend={"x": 0.0, "y": 1.0},
         height=600,
@@ -257,9 +266,17 @@ def interactive_surfaces(
             "colorbar": {"title": {"text": ("log10 " if log else "") + metric_label(metric)}},
         },
         updatemenus=[
-            {"type": "buttons", "direction": "right", "x": 0.0, "y": 1.08, "buttons": buttons}
+            {
+                "type": "buttons",
+                "direction": "right",
+                "x": 0.0,
+                "xanchor": "left",
+                "y": 0.0,
+                "yanchor": "bottom",
+                "buttons": buttons,
+            }
         ],
-        scene={"zaxis": {"range": [cmin, cmax]}},
+        scene_zaxis_range=[cmin, cmax],
     )
     return fig
 

@@ -46,6 +46,18 @@ _LAZY: dict[str, str] = {
     "compare_checkpoints": "landscape.compare",
     "compare_models": "landscape.compare",
     # --- plots, interactive figures, export, report (issue: seeing it) --------
+    "plot_surface": "landscape.plotting.static",
+    "plot_contour": "landscape.plotting.static",
+    "plot_trajectory": "landscape.plotting.static",
+    "plot_spectrum": "landscape.plotting.static",
+    "plot_surface_grid": "landscape.plotting.static",
+    "plot_training_curves": "landscape.plotting.static",
+    "interactive_surface": "landscape.plotting.interactive",
+    "interactive_surfaces": "landscape.plotting.interactive",
+    "write_html": "landscape.plotting.interactive",
+    "export_surface": "landscape.plotting.export",
+    "plot_file": "landscape.plotting.files",
+    "build_report": "landscape.report",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

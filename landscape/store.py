@@ -372,7 +372,7 @@ def _check_identity(
         if stored.get(key) != want.get(key):
             problems.append(key)
     stored_fields = _decode_attr(f.attrs.get("fields", _JSON_PREFIX + "[]"))
-    if list(stored_fields) != list(fields):
+    if fields is not None and list(stored_fields) != list(fields):
         problems.append("fields")
     if problems:
         raise ValueError(
@@ -387,7 +387,7 @@ def open_surface_file(
     *,
     x: np.ndarray,
     y: np.ndarray | None,
-    fields: Sequence[str],
+    fields: Sequence[str] | None,
     identity: Mapping[str, Any],
     attrs: Mapping[str, Any] | None = None,
     x_direction: Sequence[Any] | None = None,
@@ -402,7 +402,8 @@ def open_surface_file(
         path: the HDF5 file.
         x: grid coordinates along the first direction.
         y: grid coordinates along the second direction (None for 1-D).
-        fields: the value datasets (e.g. ``["train_loss", "train_acc"]``).
+        fields: the value datasets (e.g. ``["train_loss", "train_acc"]``); None to take
+            them from an existing file (creating a file needs them).
         identity: what makes two runs the same computation (checkpoint hash, directions
             hash, data, norm…). An existing file whose identity, grid or fields differ is
             refused unless ``overwrite``.
@@ -422,13 +423,15 @@ def open_surface_file(
     x = np.asarray(x, dtype=np.float64)
     y = None if y is None else np.asarray(y, dtype=np.float64)
     shape = _grid_shape(x, y)
-    fields = list(fields)
     if path.exists() and not overwrite:
         try:
             f = h5py.File(path, "r+")
         except OSError as exc:
             raise _corrupt(path, exc) from exc
         try:
+            if fields is None:
+                fields = list(_decode_attr(f.attrs.get("fields", _JSON_PREFIX + "[]")))
+            fields = list(fields)
             for name in (*fields, "done", "xcoordinates"):
                 if name not in f:
                     raise KeyError(f"dataset {name!r} missing")
@@ -448,6 +451,9 @@ def open_surface_file(
         )
         return writer
 
+    if fields is None:
+        raise ValueError(f"Invalid fields: None, but {path} must be created")
+    fields = list(fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     # Build the complete file under a temporary name, then rename it into place: a kill

@@ -33,7 +33,13 @@ from landscape.distributed import (
     shard,
 )
 from landscape.objective import Objective
-from landscape.store import Surface, directions_sha256, open_surface_file, read_surface
+from landscape.store import (
+    Surface,
+    SurfaceWriter,
+    directions_sha256,
+    open_surface_file,
+    read_surface,
+)
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_
 
 __all__ = [
@@ -190,21 +196,6 @@ class _Evaluator:
         return out
 
 
-def _probe_fields(objectives: Mapping[str, Objective]) -> list[str]:
-    """The value fields: ``<split>_loss``, ``<split>_acc`` when accuracy applies, metrics."""
-    fields = []
-    for split, obj in objectives.items():
-        first = next(obj.batches())
-        with obj.eval_mode(), torch.inference_mode():
-            out = obj.outputs(first.inputs)
-            acc = obj._wants_accuracy(out, first.targets)
-        fields.append(f"{split}_loss")
-        if acc:
-            fields.append(f"{split}_acc")
-        fields.extend(f"{split}_{m}" for m in obj.metrics)
-    return fields
-
-
 def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
     return directions_sha256(tensors)
 
@@ -349,7 +340,6 @@ def compute_surface(
             objectives["train"] = Objective(model, data, **okw)
         if test_data is not None:
             objectives["test"] = Objective(model, test_data, **okw)
-        fields = _probe_fields(objectives)
         shape = (len(xs),) if ys is None else (len(ys), len(xs))
 
         identity = {
@@ -359,7 +349,11 @@ def compute_surface(
             else directions_sha256(dx, [*names, "ndim=1"]),
             "n_samples": {s: o.n_samples for s, o in objectives.items()},
             "states": bool(directions.states),
+            "splits": list(objectives),
+            "metrics": sorted(metrics or {}),
         }
+        if attrs and "checkpoint_sha256" in attrs:
+            identity["checkpoint_sha256"] = attrs["checkpoint_sha256"]
         from landscape._version import __version__
 
         meta = {
@@ -376,24 +370,24 @@ def compute_surface(
         }
 
         # The file (rank 0) and the points still to do ---------------------------
-        writer = None
+        # An existing file is checked (and resumed) before any work; a new one is created
+        # when the first results arrive (their keys are its fields).
+        writer: SurfaceWriter | None = None
         err = None
         done = np.zeros(shape, dtype=bool)
-        if ctx.is_main and out is not None:
+        file_kw: dict[str, Any] = {
+            "x": xs,
+            "y": ys,
+            "identity": identity,
+            "attrs": meta,
+            "x_direction": dx,
+            "y_direction": dy,
+            "names": names,
+            "trajectory": directions.trajectory,
+        }
+        if ctx.is_main and out is not None and Path(out).exists() and not overwrite:
             try:
-                writer = open_surface_file(
-                    out,
-                    x=xs,
-                    y=ys,
-                    fields=fields,
-                    identity=identity,
-                    attrs=meta,
-                    x_direction=dx,
-                    y_direction=dy,
-                    names=names,
-                    trajectory=directions.trajectory,
-                    overwrite=overwrite,
-                )
+                writer = open_surface_file(out, fields=None, **file_kw)
                 done = writer.done.copy()
             except (ValueError, OSError) as exc:
                 err = exc
@@ -405,7 +399,8 @@ def compute_surface(
         if err is not None:
             raise err if isinstance(err, ValueError) else ValueError(str(err))
 
-        values = {f: np.full(shape, np.nan) for f in fields}
+        fields: list[str] = list(writer.fields) if writer is not None else []
+        values: dict[str, np.ndarray] = {}
         pending = [int(i) for i in np.flatnonzero(~done.ravel())]
         mine = shard(pending, ctx)
 
@@ -437,9 +432,13 @@ def compute_surface(
 
         def record(items: list[tuple[int, dict[str, float]]]) -> None:
             nonlocal nonfinite, last_flush
+            if items and not fields:
+                fields.extend(items[0][1])
             for flat, res in items:
                 idx = np.unravel_index(flat, shape)
                 for f in fields:
+                    if f not in values:
+                        values[f] = np.full(shape, np.nan)
                     values[f][idx] = res.get(f, math.nan)
                 if not math.isfinite(res.get(fields[0], math.nan)):
                     nonfinite += 1
@@ -447,7 +446,9 @@ def compute_surface(
             bar.update(len(items))
 
         def flush(force: bool = False) -> None:
-            nonlocal last_flush
+            nonlocal last_flush, writer
+            if writer is None and buffer and out is not None and ctx.is_main:
+                writer = open_surface_file(out, fields=fields, overwrite=True, **file_kw)
             if (
                 writer is not None
                 and buffer

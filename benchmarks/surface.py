@@ -1,0 +1,195 @@
+"""Loss-surface speed: seconds per grid point vs the forward-pass floor and vs loss-landscapes.
+
+ResNet-20, CIFAR-shaped random data (1,024 evaluation images, batch 256), CPU, one
+thread per process. Per repeat (interleaved), each candidate evaluates the same 2-D grid:
+
+- floor: the bare forward passes of a grid point (the same model over the same cached
+  batches under ``inference_mode``, no loss, no weight update) — the cost no surface tool
+  can go below;
+- sharpscape loop / vmap: ``compute_surface`` (directions, foreach point setting, loss and
+  accuracy, HDF5 writes with flushes: everything, setup included) divided by the points;
+- loss-landscapes: ``random_plane`` over the same batches, with a metric giving it the
+  same advantages (no_grad, eval mode, cached batches). Its ``filter`` normalisation
+  crashes on ResNet-20 (ZeroDivisionError: its "orthogonal" second direction has all-zero
+  filters), so it runs with ``layer`` normalisation (same per-point work).
+
+Then the 2-process ``torchrun`` speed-up of the same surface (wall time of 1 vs 2 ranks).
+
+Run: ``.venv/bin/python benchmarks/surface.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _timing import interleaved, median, ratio_to
+
+from landscape.models import build_model
+from landscape.surface import compute_surface
+
+
+def problem(n: int, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model("resnet20", in_channels=3, num_classes=10, input_size=32).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return model, x, y
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One torchrun rank: compute the surface, rank 0 prints the wall time as JSON."""
+    torch.set_num_threads(1)
+    model, x, y = problem(args.samples)
+    from landscape.distributed import barrier, init_distributed
+
+    ctx = init_distributed(device="cpu")
+    barrier(ctx)
+    start = time.perf_counter()
+    compute_surface(
+        model,
+        (x, y),
+        x=f"-1:1:{args.steps}",
+        y=f"-1:1:{args.steps}",
+        batch_size=256,
+        out=args.out,
+        overwrite=True,
+        progress=False,
+        dist=ctx,
+    )
+    barrier(ctx)
+    if ctx.is_main:
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+def torchrun_seconds(nproc: int, steps: int, samples: int, out: str) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        __file__,
+        "--worker",
+        "--steps",
+        str(steps),
+        "--samples",
+        str(samples),
+        "--out",
+        out,
+    ]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1]
+    return float(json.loads(line)["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=5, help="grid points per axis")
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if args.quick:
+        args.steps, args.samples, args.repeats = 2, 256, 1
+    torch.set_num_threads(1)
+    from loss_landscapes import random_plane
+    from loss_landscapes.metrics.metric import Metric
+
+    model, x, y = problem(args.samples)
+    batches = [(x[i : i + 256], y[i : i + 256]) for i in range(0, len(x), 256)]
+    npts = args.steps**2
+    tmp = Path(tempfile.mkdtemp())
+
+    def floor() -> None:
+        with torch.inference_mode():
+            for _ in range(npts):
+                for xb, _yb in batches:
+                    model(xb)
+
+    def ours(mode: str) -> None:
+        compute_surface(
+            model,
+            (x, y),
+            x=f"-1:1:{args.steps}",
+            y=f"-1:1:{args.steps}",
+            batch_size=256,
+            out=tmp / f"{mode}.h5",
+            overwrite=True,
+            evaluation=mode,
+            points_per_batch=4,
+            progress=False,
+        )
+
+    class BatchedLoss(Metric):
+        def __call__(self, wrapper) -> float:
+            total = 0.0
+            with torch.no_grad():
+                for xb, yb in batches:
+                    total += float(F.cross_entropy(wrapper.forward(xb), yb)) * len(yb)
+            return total / len(x)
+
+    def peer() -> None:
+        random_plane(
+            model,
+            BatchedLoss(),
+            distance=1,
+            steps=args.steps,
+            normalization="layer",
+            deepcopy_model=True,
+        )
+
+    cands = {
+        "floor": floor,
+        "sharpscape loop": lambda: ours("loop"),
+        "sharpscape vmap": lambda: ours("vmap"),
+        "loss-landscapes": peer,
+    }
+    times = interleaved(cands, repeats=args.repeats, warmup=0 if args.quick else 1)
+    ratios = ratio_to(times, "floor")
+    print(
+        f"ResNet-20, {args.samples} images (batch 256), {args.steps}x{args.steps} grid, "
+        f"CPU, 1 thread, median of {args.repeats}"
+    )
+    print(f"{'candidate':<18} {'s/point':>9} {'x floor':>8}")
+    for name, ts in times.items():
+        print(f"{name:<18} {median(ts) / npts:9.4f} {ratios[name]:8.3f}")
+    peer_vs_ours = median(
+        [p / o for p, o in zip(times["loss-landscapes"], times["sharpscape loop"])]
+    )
+    print(f"loss-landscapes / sharpscape loop: {peer_vs_ours:.2f}x")
+
+    one = [
+        torchrun_seconds(1, args.steps, args.samples, str(tmp / "t1.h5"))
+        for _ in range(args.repeats)
+    ]
+    two = [
+        torchrun_seconds(2, args.steps, args.samples, str(tmp / "t2.h5"))
+        for _ in range(args.repeats)
+    ]
+    print(
+        f"torchrun 1 rank: {median(one):.2f} s, 2 ranks: {median(two):.2f} s, "
+        f"speed-up {median(one) / median(two):.2f}x (2 cores shared with other jobs)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -91,7 +91,13 @@ def _trace(
     if target_rel_stderr is not None:
         check_positive("target_rel_stderr", target_rel_stderr)
     if method == "fd":
-        return fd_trace(objective, num_probes=num_products, seed=seed)
+        return fd_trace(
+            objective,
+            num_probes=num_products,
+            seed=seed,
+            target_rel_stderr=target_rel_stderr,
+            progress=progress,
+        )
     estimator = hutchinson_trace if method == "hutchinson" else hutchpp_trace
     return estimator(
         get_cache(objective, cache).operator(),

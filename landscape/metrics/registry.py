@@ -218,7 +218,7 @@ def compute_metrics(
         with progress_bar(selected, desc="metrics", progress=progress) as bar:
             for name in bar:
                 bar.set_postfix_str(name)
-                logger.info("computing %s with %s", name, routed[name])
+                logger.debug("computing %s with %s", name, routed[name])
                 results[name] = METRICS[name](
                     objective, cache=cache, progress=progress, **routed[name]
                 )

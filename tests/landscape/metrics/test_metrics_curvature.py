@@ -25,7 +25,7 @@ def test_lambda_max_matches_dense_hessian(problem):
     assert res.info["converged"] and res.info["products"] <= H.shape[0]
 
 
-@pytest.mark.parametrize("method", ["hutchinson", "hutchpp"])
+@pytest.mark.parametrize("method", ["hutchinson", "hutchpp", "fd"])
 def test_trace_within_three_stderr_of_exact(problem, method):
     model, data, H, _ = problem
     exact = float(torch.trace(H))

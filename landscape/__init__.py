@@ -31,6 +31,16 @@ _LAZY: dict[str, str] = {
     # --- directions, surfaces, HDF5 store (issue: surfaces) -------------------
     "Surface": "landscape.store",
     "read_surface": "landscape.store",
+    "compute_surface": "landscape.surface",
+    "surface_from_checkpoint": "landscape.surface",
+    "parse_grid": "landscape.surface",
+    "GridSpec": "landscape.surface",
+    "Directions": "landscape.directions",
+    "random_directions": "landscape.directions",
+    "interpolation_directions": "landscape.directions",
+    "plane_directions": "landscape.directions",
+    "pca_directions": "landscape.directions",
+    "custom_directions": "landscape.directions",
     # --- Hessian, estimators, metrics, comparison (issue: curvature) ----------
     "HessianOperator": "landscape.hessian",
     "lanczos_eigen": "landscape.hessian",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,7 @@ class MetricCache:
         self.objective = objective
         self._loss_grad: tuple[float, list[Tensor]] | None = None
         self._operator: Any = None
+        self._memo: dict[Any, Any] = {}
 
     def loss_and_gradient(self) -> tuple[float, list[Tensor]]:
         """``(L(θ), ∇L(θ))`` computed once (the gradient list must not be modified)."""
@@ -89,12 +90,19 @@ class MetricCache:
             self._operator = HessianOperator(self.objective)
         return self._operator
 
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` (e.g. a trace estimate shared by two metrics)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def close(self) -> None:
         """Drop the cached gradient and release the operator's kept graph."""
         if self._operator is not None and hasattr(self._operator, "close"):
             self._operator.close()
         self._operator = None
         self._loss_grad = None
+        self._memo.clear()
 
 
 def get_cache(objective: Objective, cache: MetricCache | None) -> MetricCache:

@@ -80,32 +80,55 @@ def _trace(
     target_rel_stderr: float | None,
     seed: int,
     progress: bool | None,
+    per_layer: bool = False,
 ) -> Any:
+    """The trace estimate, computed once per settings within one ``compute_metrics`` call."""
     from landscape.hessian import fd_trace, hutchinson_trace, hutchpp_trace
 
     if method not in _TRACE_METHODS:
         raise ValueError(
             f"Invalid trace_method: {method!r} (expected one of {', '.join(_TRACE_METHODS)})"
         )
+    if per_layer and method != "hutchinson":
+        raise ValueError(f"Invalid per_layer: True needs trace_method='hutchinson', not {method!r}")
     check_int("num_products", num_products)
     if target_rel_stderr is not None:
         check_positive("target_rel_stderr", target_rel_stderr)
-    if method == "fd":
-        return fd_trace(
-            objective,
-            num_probes=num_products,
-            seed=seed,
+    base = get_cache(objective, cache)
+
+    def compute() -> Any:
+        if method == "fd":
+            return fd_trace(
+                objective,
+                num_probes=num_products,
+                seed=seed,
+                target_rel_stderr=target_rel_stderr,
+                progress=progress,
+            )
+        if method == "hutchinson":
+            return hutchinson_trace(
+                base.operator(),
+                num_products=num_products,
+                target_rel_stderr=target_rel_stderr,
+                seed=seed,
+                per_block=per_layer,
+                progress=progress,
+            )
+        return hutchpp_trace(
+            base.operator(),
+            num_products=num_products,
             target_rel_stderr=target_rel_stderr,
+            seed=seed,
             progress=progress,
         )
-    estimator = hutchinson_trace if method == "hutchinson" else hutchpp_trace
-    return estimator(
-        get_cache(objective, cache).operator(),
-        num_products=num_products,
-        target_rel_stderr=target_rel_stderr,
-        seed=seed,
-        progress=progress,
-    )
+
+    # Same probes with or without per-block sums: one key for both.
+    key = ("trace", method, num_products, target_rel_stderr, seed)
+    tr = base.memo(key, compute)
+    if per_layer and tr.blocks is None:  # cached without blocks: recompute with them
+        tr = compute()
+        base.memo(key, lambda: tr)
+    return tr
 
 
 def _trace_info(tr: Any, method: str) -> dict[str, Any]:
@@ -124,6 +147,7 @@ def trace(
     num_products: int = 100,
     target_rel_stderr: float | None = None,
     seed: int = 0,
+    per_layer: bool = False,
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
@@ -136,6 +160,9 @@ def trace(
         num_products: Hessian-vector products (the maximum with a target).
         target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
         seed: seed of the probes.
+        per_layer: also estimate the trace of each parameter tensor's diagonal block from
+            the same probes (Hutchinson only): ``info["per_param"][name] = {"value",
+            "stderr"}``.
         cache: base-point cache shared with other metrics (optional).
         progress: progress bar (``None``: only on a terminal).
     """
@@ -147,8 +174,14 @@ def trace(
         target_rel_stderr=target_rel_stderr,
         seed=seed,
         progress=progress,
+        per_layer=per_layer,
     )
-    return MetricResult(float(tr.value), float(tr.stderr), _trace_info(tr, trace_method))
+    info = _trace_info(tr, trace_method)
+    if per_layer:
+        info["per_param"] = {
+            name: {"value": float(v), "stderr": float(s)} for name, (v, s) in tr.blocks.items()
+        }
+    return MetricResult(float(tr.value), float(tr.stderr), info)
 
 
 @register_metric("normalized_trace")

@@ -92,3 +92,28 @@ def test_grad_curvature_nan_at_a_stationary_point():
     model = Quadratic(torch.eye(6), torch.zeros(6), torch.zeros(6))
     res = compute_metrics(model, QUAD_DATA, ["grad_curvature"], loss_fn=quad_loss)
     assert math.isnan(res["grad_curvature"].value)
+
+
+def test_trace_per_layer_blocks_and_shared_estimate(problem):
+    model, data, H, _ = problem
+    out = compute_metrics(
+        model,
+        data,
+        ["normalized_trace", "trace"],
+        num_products=40,
+        per_metric={"trace": {"per_layer": True}},
+        progress=False,
+    )
+    tr = out["trace"]
+    blocks = tr.info["per_param"]
+    assert list(blocks) == [n for n, _ in model.named_parameters()]
+    assert sum(b["value"] for b in blocks.values()) == pytest.approx(tr.value, rel=1e-10)
+    start = 0
+    for (_, p), b in zip(model.named_parameters(), blocks.values()):
+        exact = float(torch.diagonal(H)[start : start + p.numel()].sum())
+        start += p.numel()
+        assert abs(b["value"] - exact) <= 4 * b["stderr"] + 1e-12
+    # normalized_trace used the same probes (one estimate, computed once)
+    assert out["normalized_trace"].info["trace"] == tr.value
+    with pytest.raises(ValueError, match="per_layer"):
+        compute_metrics(model, data, ["trace"], per_layer=True, trace_method="hutchpp")

@@ -208,6 +208,14 @@ def _batches_of_epoch(
     return batches
 
 
+def _sync_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics drift after the last step)."""
+    import torch.distributed as dist
+
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -621,7 +629,8 @@ def _train(
                     loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * float(correct) / seen:.1f}"
                 )
         bar.close()
-        barrier(ctx)
+        if ctx.world_size > 1:
+            _sync_buffers(net_module)
         if ctx.is_main:
             now = time.perf_counter()
             extra = {

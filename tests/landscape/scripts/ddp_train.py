@@ -12,7 +12,7 @@ from landscape.training import train
 out, weights_dir = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
 result = train(
-    "cnn",
+    "resnet20",
     "digits",
     optimizer="sam",
     hparams={"rho": 0.05},
@@ -20,7 +20,7 @@ result = train(
     batch_size=20,
     lr=0.05,
     n_per_class=5,
-    model_kwargs={"width": 4, "hidden": 8},
+    model_kwargs={"width": 4},
     device="cpu",
     out=out,
     progress=False,

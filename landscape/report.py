@@ -192,6 +192,7 @@ def build_report(
     log: bool = False,
     compute_metrics: Sequence[str] | None = None,
     compare_options: Mapping[str, Any] | None = None,
+    max_3d: int = 3,
 ) -> Path:
     """Write the report page and return its path.
 
@@ -206,6 +207,7 @@ def build_report(
             :func:`landscape.compare.compare_checkpoints` (the table is otherwise read
             from comparison JSON files only).
         compare_options: extra keyword arguments for ``compare_checkpoints``.
+        max_3d: with at most this many surfaces, each also gets its own 3-D figure.
 
     Raises:
         ValueError: when the inputs hold nothing to show.
@@ -248,18 +250,24 @@ def build_report(
     planes = [s for s in surfaces if surface_ndim(s) == 2]
     lines = [s for s in surfaces if surface_ndim(s) == 1]
     if planes:
-        usable = [s for s in planes if metric in s.values]
+        usable = []
+        for s in planes:
+            if metric in s.values:
+                usable.append(s)
+            else:
+                logger.warning("report: %s has no %r; skipped", s.path, metric)
         figs = []
         if len(usable) > 1:
             figs.append(ia.interactive_surfaces(usable, metric, log=log))
-        for s in planes:
-            if metric not in s.values:
-                logger.warning("report: %s has no %r; skipped", s.path, metric)
-                continue
-            figs.append(ia.interactive_surface(s, metric, log=log))
+            figs.append(ia.interactive_contours(usable, metric, log=log))
+        # Browsers cap the number of WebGL contexts per page (about 16): beyond a few
+        # surfaces, the shared 3-D scene and the SVG contour maps show them all.
+        if len(usable) <= max_3d:
+            figs.extend(ia.interactive_surface(s, metric, log=log) for s in usable)
         note = (
             "<p>Drag to rotate, scroll to zoom; hover for coordinates and every stored "
-            "metric. Buttons (or legend entries) toggle surfaces in the shared scene.</p>"
+            "metric. Buttons (or legend entries) toggle surfaces in the shared scene; "
+            "the contour maps share its colour scale.</p>"
         )
         sections.append(("Loss surfaces", note, figs))
     if lines:

@@ -32,6 +32,7 @@ _NAMES = {
     "save_figure": "static",
     # interactive (plotly)
     "figures_to_html": "interactive",
+    "interactive_contours": "interactive",
     "interactive_line": "interactive",
     "interactive_spectrum": "interactive",
     "interactive_surface": "interactive",

@@ -34,6 +34,7 @@ from landscape.plotting._common import (
 
 __all__ = [
     "figures_to_html",
+    "interactive_contours",
     "interactive_line",
     "interactive_spectrum",
     "interactive_surface",
@@ -277,6 +278,109 @@ def interactive_surfaces(
             }
         ],
         scene_zaxis_range=[cmin, cmax],
+    )
+    return fig
+
+
+def interactive_contours(
+    surfaces: Sequence[SurfaceLike],
+    metric: str = "train_loss",
+    *,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    ncols: int | None = None,
+    title: str | None = None,
+) -> Any:
+    """Filled contour maps of several surfaces side by side, one shared colour scale.
+
+    Drawn in SVG (no WebGL), so a page can hold many; stored training paths are drawn
+    over their planes.  Hover shows coordinates and the value.
+
+    Args:
+        surfaces: 2-D surfaces or their files.
+        metric: the metric to colour by.
+        labels: one title per surface; default the file names.
+        log: colour by ``log10`` of the metric (hover shows the value).
+        vmin: shared lower end; default the minimum over all surfaces.
+        vmax: shared upper end; default the maximum over all surfaces.
+        ncols: panels per row; default up to 3.
+        title: figure title.
+    """
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    loaded = [as_surface(s) for s in surfaces]
+    if not loaded:
+        raise ValueError("surfaces must hold at least one surface")
+    if any(surface_ndim(s) != 2 for s in loaded):
+        raise ValueError("interactive_contours needs 2-D surfaces")
+    if labels is not None and len(labels) != len(loaded):
+        raise ValueError(f"labels has {len(labels)} entries for {len(loaded)} surfaces")
+    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
+    raws = [metric_values(s, metric) for s in loaded]
+    zs = [for_log(z) if log else z for z in raws]
+    lo, hi = value_range(zs, vmin, vmax, log)
+    cmin, cmax = (np.log10(lo), np.log10(hi)) if log else (lo, hi)
+    ncols = ncols or min(len(loaded), 3)
+    nrows = -(-len(loaded) // ncols)
+    fig = make_subplots(
+        rows=nrows,
+        cols=ncols,
+        subplot_titles=[html.escape(n) for n in names],
+        horizontal_spacing=0.06,
+        vertical_spacing=0.12 / max(nrows - 1, 1),
+    )
+    for i, (s, z, raw, name) in enumerate(zip(loaded, zs, raws, names)):
+        row, col = divmod(i, ncols)
+        shown = np.log10(np.clip(z, lo, hi)) if log else np.clip(z, lo, hi)
+        xl, yl = axis_labels(s)
+        fig.add_trace(
+            go.Contour(
+                x=np.asarray(s.x),
+                y=np.asarray(s.y),
+                z=shown,
+                customdata=raw,
+                coloraxis="coloraxis",
+                contours={"coloring": "heatmap", "showlines": True},
+                line={"width": 0.5},
+                name=name,
+                hovertemplate=(
+                    f"{html.escape(xl)}: %{{x:.4g}}<br>{html.escape(yl)}: %{{y:.4g}}"
+                    f"<br>{html.escape(metric_label(metric))}: %{{customdata:.4g}}"
+                    "<extra>%{fullData.name}</extra>"
+                ),
+            ),
+            row=row + 1,
+            col=col + 1,
+        )
+        path = trajectory_of(s)
+        if path is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=path[:, 0],
+                    y=path[:, 1],
+                    mode="lines+markers",
+                    line={"color": "crimson", "width": 2},
+                    marker={"size": 5},
+                    name=f"{name}: training path",
+                    showlegend=False,
+                    hovertemplate="x: %{x:.4g}<br>y: %{y:.4g}<extra>training path</extra>",
+                ),
+                row=row + 1,
+                col=col + 1,
+            )
+    fig.update_layout(
+        title={"text": html.escape(title or f"{metric_label(metric)}: contour maps")},
+        coloraxis={
+            "colorscale": _COLORSCALE,
+            "cmin": cmin,
+            "cmax": cmax,
+            "colorbar": {"title": {"text": ("log10 " if log else "") + metric_label(metric)}},
+        },
+        height=max(360, 320 * nrows),
+        showlegend=False,
     )
     return fig
 

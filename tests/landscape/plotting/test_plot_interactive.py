@@ -9,6 +9,7 @@ from plotting_helpers import write_surface
 
 from landscape.plotting import (
     figures_to_html,
+    interactive_contours,
     interactive_line,
     interactive_spectrum,
     interactive_surface,
@@ -140,3 +141,18 @@ def test_html_embeds_plotlyjs_once_and_works_offline(surface2d, surface1d, tmp_p
     assert "<script src=" not in text  # nothing fetched: the page works offline
     assert "a &lt;b&gt;title&lt;/b&gt;" in text
     assert text.count('class="plotly-graph-div"') == 3
+
+
+def test_contour_maps_share_one_colour_scale(tmp_path):
+    a, b = tmp_path / "sgd.h5", tmp_path / "sam.h5"
+    za = write_surface(a, trajectory=np.array([[0.5, 0.5], [0.0, 0.0]]))
+    zb = write_surface(b, nx=5, ny=7, func=lambda x, y: 2.0 + np.meshgrid(x, y)[0] ** 2)
+    fig = interactive_contours([a, b], labels=["SGD", "SAM"], log=True)
+    contours = [t for t in fig.data if isinstance(t, go.Contour)]
+    assert [t.name for t in contours] == ["SGD", "SAM"]
+    np.testing.assert_allclose(np.asarray(contours[1].z), np.log10(zb))  # (ny, nx) = (7, 5)
+    np.testing.assert_allclose(np.asarray(contours[0].customdata), za)
+    assert fig.layout.coloraxis.cmin == pytest.approx(np.log10(za.min()))
+    assert fig.layout.coloraxis.cmax == pytest.approx(np.log10(max(za.max(), zb.max())))
+    (path,) = [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert list(path.x) == [0.5, 0.0]

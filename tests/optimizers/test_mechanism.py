@@ -216,3 +216,34 @@ def test_disable_running_stats_leaves_buffers_and_flags():
         model(make_batches(1)[0][0])
     assert_same(before, state_of(model))
     assert model[1].track_running_stats
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c.name in ("sam", "gsam", "gam")], ids=repr)
+def test_mixed_dtypes_are_grouped(cfg):
+    """float32 and float64 parameters in one optimizer: foreach (grouped) == single-tensor."""
+
+    def problem():
+        torch.manual_seed(3)
+        a = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+        b = torch.nn.Parameter(torch.randn(3, dtype=torch.float32))
+        return a, b
+
+    def fit(foreach):
+        a, b = problem()
+        opt = cfg.cls([a, b], torch.optim.SGD, lr=0.1, momentum=0.9, foreach=foreach, **cfg.hparams)
+        x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+        def closure(part=None):
+            opt.zero_grad()
+            loss = ((x @ a).tanh() @ b.double()).square().mean()
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        return a, b
+
+    (a1, b1), (a2, b2) = fit(True), fit(False)
+    assert b1.dtype == torch.float32
+    torch.testing.assert_close(a1, a2, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b1, b2, rtol=1e-5, atol=1e-6)

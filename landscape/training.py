@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from landscape._version import __version__
@@ -56,12 +57,22 @@ from landscape.distributed import (
 )
 from landscape.models import build_model, model_spec
 
-__all__ = ["TrainResult", "cosine_factor", "train"]
+__all__ = ["TrainResult", "cosine_factor", "random_crop_flip", "train"]
 
 log = logging.getLogger(__name__)
 
 # Configuration entries that must match for a run folder to be resumed.
-_RESUME_KEYS = ("model", "data", "optimizer", "hparams", "epochs", "batch_size", "seed", "amp")
+_RESUME_KEYS = (
+    "model",
+    "data",
+    "optimizer",
+    "hparams",
+    "epochs",
+    "batch_size",
+    "seed",
+    "amp",
+    "augment",
+)
 
 
 @dataclass
@@ -98,6 +109,28 @@ def cosine_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded images and random horizontal flip, per example.
+
+    Args:
+        x: images ``(N, C, H, W)``.
+        gen: CPU generator of the offsets and flips (seeded, part of the resume state).
+        padding: zero padding on each side before cropping back to ``(H, W)``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"Invalid augment: needs image batches (N, C, H, W), got {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=gen).to(x.device)
+    flips = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    padded = F.pad(x, [padding] * 4)
+    rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # (N, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
 # --------------------------------------------------------------------------- RNG state
 
 
@@ -121,7 +154,7 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _rng_state(device: torch.device, data_gen: torch.Generator) -> dict[str, Any]:
+def _rng_state(device: torch.device, gens: Mapping[str, torch.Generator]) -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
@@ -134,14 +167,16 @@ def _rng_state(device: torch.device, data_gen: torch.Generator) -> dict[str, Any
             "gauss": float(gauss),
         },
         "python": [int(version), [int(v) for v in internal], gauss_next],
-        "data": data_gen.get_state(),
+        **{name: g.get_state() for name, g in gens.items()},
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any], device: torch.device, data_gen: torch.Generator):
+def _set_rng_state(
+    state: Mapping[str, Any], device: torch.device, gens: Mapping[str, torch.Generator]
+) -> None:
     torch.set_rng_state(state["torch"].cpu())
     npst = state["numpy"]
     np.random.set_state(  # noqa: NPY002
@@ -155,7 +190,8 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device, data_gen: tor
     )
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    data_gen.set_state(state["data"].cpu())
+    for name, g in gens.items():
+        g.set_state(state[name].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
@@ -303,6 +339,8 @@ def train(
     eval_batch_size: int = 1024,
     progress: bool | None = None,
     stop_after_epoch: int | None = None,
+    augment: bool = False,
+    max_device_bytes: int = 2**31,
 ) -> TrainResult:
     """Train a classifier with a cosine LR schedule and write a resumable run folder.
 
@@ -341,6 +379,10 @@ def train(
         progress: tqdm progress bars (``None``: only on a terminal).
         stop_after_epoch: stop after this epoch as if the process had been killed (for
             time-sliced jobs); call again to continue.
+        augment: the standard CIFAR augmentation of image batches (random 4-pixel-padded
+            crop and horizontal flip, seeded; :func:`random_crop_flip`).
+        max_device_bytes: on CUDA, a tensor training set up to this size is moved to the
+            GPU once and batches are indexed there.
 
     Returns:
         A :class:`TrainResult`.
@@ -378,6 +420,12 @@ def train(
             )
         bundle = as_bundle(data)
 
+    if augment and len(bundle.input_shape) != 3:
+        raise ValueError(
+            f"Invalid augment: random crop and flip need images (C, H, W), not inputs of "
+            f"shape {bundle.input_shape}"
+        )
+
     # ---- configuration ---------------------------------------------------------------
     if isinstance(model, str):
         mspec: dict[str, Any] | None = model_spec(
@@ -406,6 +454,7 @@ def train(
             "batch_size": int(batch_size),
             "seed": int(seed),
             "amp": bool(amp),
+            "augment": bool(augment),
             "save_every": int(save_every),
             "version": __version__,
         }
@@ -426,6 +475,7 @@ def train(
                 "eval_batch_size": int(eval_batch_size),
                 "progress": progress,
                 "stop_after_epoch": stop_after_epoch,
+                "max_device_bytes": int(max_device_bytes),
             }
             return _train(model, mspec, bundle, config, ctx, opts)
     finally:
@@ -492,6 +542,8 @@ def _train(
     data_gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(_batches_of_epoch(n_train, config["batch_size"], data_gen, ctx))
     data_gen.manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 7919)
+    gens = {"data": data_gen, "augment": aug_gen}
     total_steps = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, total_steps))
 
@@ -526,7 +578,7 @@ def _train(
         state = {
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
-            "rng": _rng_state(dev, data_gen),
+            "rng": _rng_state(dev, gens),
             "elapsed": float(elapsed),
         }
         save_checkpoint(
@@ -551,7 +603,7 @@ def _train(
         ts = ck["training_state"]
         opt.load_state_dict(ts["optimizer"])
         sched.load_state_dict(ts["scheduler"])
-        _set_rng_state(ts["rng"], dev, data_gen)
+        _set_rng_state(ts["rng"], dev, gens)
         start_epoch = int(ck["meta"]["epoch"])
         elapsed0 = float(ts.get("elapsed", 0.0))
         if run_dir is not None and ctx.is_main:
@@ -569,6 +621,10 @@ def _train(
 
     # ---- the loop ---------------------------------------------------------------------
     train_ds = bundle.train
+    if dev.type == "cuda" and isinstance(train_ds, TensorDataset):
+        nbytes = sum(t.numel() * t.element_size() for t in train_ds.tensors)
+        if nbytes <= opts["max_device_bytes"]:  # index on the GPU, no host copies per step
+            train_ds = TensorDataset(*(t.to(dev) for t in train_ds.tensors))
     show = opts["progress"]
     disable = (None if show is None else not show) if ctx.is_main else True
     autocast = (
@@ -598,6 +654,8 @@ def _train(
             x, y = take_batch(train_ds, idx)
             x = x.to(dev, non_blocking=True).float()
             y = y.to(dev, non_blocking=True)
+            if config["augment"]:
+                x = random_crop_flip(x, aug_gen)
             first: dict[str, torch.Tensor] = {}
 
             def closure(

@@ -36,6 +36,7 @@ _OWN_FLAGS = {
     "eval_batch_size",
     "progress",
     "stop_after_epoch",
+    "augment",
 }
 
 
@@ -93,6 +94,11 @@ def register(subparsers: Any) -> None:
     g.add_argument("--n-per-class", type=int, default=None, help="training examples per class")
     g.add_argument(
         "--val-fraction", type=float, default=0.0, help="fraction held out for validation"
+    )
+    g.add_argument(
+        "--augment",
+        action="store_true",
+        help="random 4-pixel crop and horizontal flip of image batches (CIFAR standard)",
     )
     g.add_argument(
         "--data-arg",
@@ -218,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size,
         progress=args.progress,
         stop_after_epoch=args.stop_after_epoch,
+        augment=args.augment,
     )
     if result.rank == 0 and result.metrics:
         last = result.metrics[-1]

@@ -19,7 +19,7 @@ import optimizers
 from landscape import load_checkpoint
 from landscape.checkpoint import run_checkpoints
 from landscape.cli import main
-from landscape.training import cosine_factor, train
+from landscape.training import cosine_factor, random_crop_flip, train
 
 SCRIPTS = Path(__file__).parent / "scripts"
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def _losses(rows):
 
 
 def test_resume_after_stop_equals_uninterrupted(tmp_path):
-    kw = dict(DIGITS, optimizer="sam", epochs=4, label_noise=0.2, val_fraction=0.2)
+    kw = dict(DIGITS, optimizer="sam", epochs=4, label_noise=0.2, val_fraction=0.2, augment=True)
     full = train(out=tmp_path / "full", **kw)
     part = train(out=tmp_path / "cut", stop_after_epoch=2, **kw)
     assert not part.completed and part.final_checkpoint is None
@@ -126,6 +126,25 @@ def test_run_folder_layout_metrics_and_schedule(tmp_path):
     assert ck0.epoch == 0 and ck0.meta["metrics"]["train_loss"] == rows[0]["train_loss"]
 
 
+def test_random_crop_flip_matches_a_per_example_restatement():
+    x = torch.randn(6, 2, 5, 7)
+    out = random_crop_flip(x, torch.Generator().manual_seed(3), padding=2)
+    g = torch.Generator().manual_seed(3)
+    offsets = torch.randint(0, 5, (2, 6), generator=g)
+    flips = torch.rand(6, generator=g) < 0.5
+    assert 0 < int(flips.sum()) < 6  # both cases are exercised
+    padded = torch.zeros(6, 2, 9, 11)
+    padded[:, :, 2:7, 2:9] = x
+    for i in range(6):
+        dy, dx = int(offsets[0, i]), int(offsets[1, i])
+        crop = padded[i, :, dy : dy + 5, dx : dx + 7]
+        if flips[i]:
+            crop = crop.flip(-1)
+        assert torch.equal(out[i], crop)
+    same = random_crop_flip(x, torch.Generator().manual_seed(0), padding=0)
+    assert all(torch.equal(s, x[i]) or torch.equal(s, x[i].flip(-1)) for i, s in enumerate(same))
+
+
 def test_deterministic_and_global_rng_untouched():
     torch.manual_seed(1234)
     state = torch.get_rng_state()
@@ -172,6 +191,8 @@ def test_bad_names_and_values():
         train(**{**DIGITS, "data": "svhn"})
     with pytest.raises(ValueError, match="Invalid epochs"):
         train(epochs=0, **DIGITS)
+    with pytest.raises(ValueError, match=r"Invalid augment: .* not inputs of shape \(5,\)"):
+        train(**{**SYNTH, "augment": True})
     with pytest.raises(ValueError, match="built-in dataset names only"):
         train("mlp", (torch.randn(4, 2), torch.zeros(4).long()), label_noise=0.1)
 

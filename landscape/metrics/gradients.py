@@ -112,6 +112,8 @@ def _subset_objectives(
             batch_size=objective.batch_size,
             accuracy=False,
             forward=objective.forward_fn,
+            input_key=objective.input_key,
+            target_key=objective.target_key,
         )
         return objective, other
     n = objective.n_samples

@@ -123,11 +123,22 @@ def _loss_only(objective: Objective) -> Callable[[], float]:
     return lambda: objective.evaluate()["loss"]
 
 
+def _best(values: list[float]) -> float:
+    """The largest value at the iterates after the first step (NaN when none is finite).
+
+    Every iterate is a feasible point, so this is a lower bound on the maximum; with one
+    step it is SAM's (ASAM's, GAM's) own estimate. No step taken (zero gradient): the
+    base value.
+    """
+    if len(values) == 1:
+        return values[0]
+    finite = [v for v in values[1:] if math.isfinite(v)]
+    return max(finite) if finite else math.nan
+
+
 def _ascent_result(values: list[float], *, rho: float, steps: int, **info: object) -> MetricResult:
     base = values[0]
-    # Every iterate is a feasible point: the best one is a lower bound on the maximum.
-    # With K=1 it is SAM's own estimate.  No step taken (zero gradient): sharpness 0.
-    best = max(values[1:]) if len(values) > 1 else base
+    best = _best(values)
     return MetricResult(
         best - base,
         None,
@@ -310,7 +321,7 @@ def first_order_flatness(
         progress=progress,
         desc="first_order_flatness",
     )
-    best = max(values[1:]) if len(values) > 1 else values[0]
+    best = _best(values)
     return MetricResult(
         rho * best,
         None,

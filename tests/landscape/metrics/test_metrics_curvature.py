@@ -6,6 +6,9 @@ from _metrics_helpers import classification_data, dense_hessian, mlp
 
 from landscape.metrics import compute_metrics
 
+# torch.func.hessian (the reference) triggers torch's own torch.jit.script deprecation notice.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def problem():

@@ -213,7 +213,12 @@ def build_report(
         ValueError: when the inputs hold nothing to show.
     """
     from landscape.plotting import interactive as ia
-    from landscape.plotting._common import as_surface, surface_label, surface_ndim
+    from landscape.plotting._common import (
+        as_surface,
+        surface_label,
+        surface_ndim,
+        trajectory_of,
+    )
 
     collected = inputs if isinstance(inputs, ReportInputs) else collect_report_inputs(inputs)
     if compute_metrics:
@@ -249,19 +254,27 @@ def build_report(
     surfaces = [as_surface(s) for s in collected.surfaces]
     planes = [s for s in surfaces if surface_ndim(s) == 2]
     lines = [s for s in surfaces if surface_ndim(s) == 1]
-    if planes:
+    groups = (
+        ("Loss surfaces", [s for s in planes if trajectory_of(s) is None]),
+        ("Training paths on their PCA planes", [s for s in planes if trajectory_of(s) is not None]),
+    )
+    for heading, group in groups:
         usable = []
-        for s in planes:
+        for s in group:
             if metric in s.values:
                 usable.append(s)
             else:
                 logger.warning("report: %s has no %r; skipped", s.path, metric)
+        if not usable:
+            continue
+        has_path = heading.startswith("Training")
         figs = []
         if len(usable) > 1:
             figs.append(ia.interactive_surfaces(usable, metric, log=log))
+        # Browsers cap the number of WebGL contexts per page (about 16): beyond max_3d
+        # surfaces per group, the shared 3-D scene and the SVG contour maps show them.
+        if len(usable) > 1 or has_path or len(usable) > max_3d:
             figs.append(ia.interactive_contours(usable, metric, log=log))
-        # Browsers cap the number of WebGL contexts per page (about 16): beyond a few
-        # surfaces, the shared 3-D scene and the SVG contour maps show them all.
         if len(usable) <= max_3d:
             figs.extend(ia.interactive_surface(s, metric, log=log) for s in usable)
         note = (
@@ -269,7 +282,12 @@ def build_report(
             "metric. Buttons (or legend entries) toggle surfaces in the shared scene; "
             "the contour maps share its colour scale.</p>"
         )
-        sections.append(("Loss surfaces", note, figs))
+        if has_path:
+            note += (
+                "<p>Each path is the run's checkpoints projected on the plane of its top-2 "
+                "PCA directions, the same plane the contours are evaluated on.</p>"
+            )
+        sections.append((heading, note, figs))
     if lines:
         sections.append(("1-D loss curves", "", [ia.interactive_line(lines, log=log)]))
     if collected.spectra:

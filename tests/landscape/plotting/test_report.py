@@ -86,16 +86,18 @@ def test_report_page_content(report_inputs, tmp_path):
     assert "<script src=" not in text  # offline
     assert "Title &amp; &lt;i&gt;co&lt;/i&gt;" in text
     assert EVIL not in text
-    # togglable scene, contour maps, 2 surfaces, 1-D curves, spectrum, training curves
-    assert text.count('class="plotly-graph-div"') == 7
+    # random planes: one 3-D surface; PCA planes: contour map with the path and one 3-D
+    # surface; 1-D curves, spectrum, training curves
+    assert text.count('class="plotly-graph-div"') == 6
     for heading in ("Sharpness comparison", "Loss surfaces", "Hessian spectral density",
+                    "Training paths on their PCA planes",
                     "Training curves", "1-D loss curves"):  # fmt: skip
         assert f"<h2>{heading}</h2>" in text
     with pytest.raises(ValueError, match="nothing to report"):
         build_report([], tmp_path / "empty.html")
     # Past max_3d surfaces, only the shared scene is WebGL (browsers cap the contexts).
-    few = build_report(report_inputs, tmp_path / "few.html", max_3d=1).read_text()
-    assert few.count('class="plotly-graph-div"') == 5
+    few = build_report(report_inputs, tmp_path / "few.html", max_3d=0).read_text()
+    assert few.count('class="plotly-graph-div"') == 5  # contour maps replace the 3-D ones
 
 
 def test_report_command(report_inputs, tmp_path, capsys):
@@ -174,13 +176,13 @@ def test_report_opens_in_headless_chromium(report_inputs, tmp_path):
     dom, log = run_chromium(chromium, page, tmp_path)
     assert page_errors(dom, log) == []
     divs = graph_divs(dom)
-    assert len(divs) == 7
+    assert len(divs) == 6
     for div in divs:
         assert "js-plotly-plot" in div[:200], "plotly did not draw this figure"
         assert "main-svg" in div
-    # The three 3-D scenes got a WebGL canvas; the contour maps drew both panels; the
-    # 2-D figures drew their curves (the contour maps their training path).
-    assert sum("<canvas" in d for d in divs) == 3
-    assert sum(d.count('class="contour"') >= 2 for d in divs) == 1
+    # The two 3-D scenes got a WebGL canvas; the contour map drew its panel; the 2-D
+    # figures drew their curves (the contour map its training path).
+    assert sum("<canvas" in d for d in divs) == 2
+    assert sum('class="contour"' in d for d in divs) == 1
     assert sum("scatterlayer" in d and "js-line" in d for d in divs) == 4
     assert "<script>alert" not in dom  # the hostile label stayed text

@@ -36,6 +36,13 @@ def ref_asam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
     return grad(th + e, None)
 
 
+def ref_asam_all(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
+    g0 = grad(th, None)
+    t = th.abs()  # every tensor, no eta
+    e = hp["rho"] * t * t * g0 / (torch.linalg.vector_norm(t * g0) + 1e-12)
+    return grad(th + e, None)
+
+
 def ref_gsam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
     g0 = grad(th, None)
     gp = grad(th + hp["rho_max"] * unit(g0), None)  # lr == lr_max: rho_t = rho_max
@@ -124,6 +131,13 @@ CONFIGS = [
         identity={"rho": 0.0},
         small={"rho": 0.01},
         bad=(({"rho": -1.0}, r"Invalid rho: -1\.0"), ({"eta": -0.1}, r"Invalid eta")),
+    ),
+    Config(
+        "asam_all",  # davda54's "adaptive" SAM: T = |θ| on every tensor
+        O.ASAM,
+        {"rho": 2.0, "adaptive_all": True},
+        ref_asam_all,
+        small={"rho": 0.05},
     ),
     Config(
         "gsam",

@@ -19,9 +19,9 @@ Layout of a surface file (readable by the plotting scripts of Li et al. 2018):
 
 Kill safety: every dataset is contiguous and fully allocated when the file is created,
 so writing results later only overwrites raw bytes in place and never touches HDF5
-metadata. Values are written and flushed before the ``done`` cells that vouch for them,
-so a process killed at any instant leaves a readable file whose ``done`` cells all hold
-final values; a rerun recomputes the rest.
+metadata (attributes are written once, at creation). Values are written and flushed
+before the ``done`` cells that vouch for them, so a process killed at any instant leaves
+a readable file whose ``done`` cells all hold final values; a rerun computes the rest.
 """
 
 from __future__ import annotations
@@ -227,6 +227,8 @@ def read_surface(path: str | Path) -> Surface:
         out[~np.isfinite(out)] = np.nan
         values[name] = out
     attrs.pop(_IDENTITY_ATTR, None)
+    if fields:  # finished points whose loss was not finite
+        attrs["nonfinite_points"] = int(np.sum(done & ~np.isfinite(raw[fields[0]])))
     return Surface(
         x=x, y=y, values=values, done=done, attrs=attrs, path=path, trajectory=trajectory
     )
@@ -327,12 +329,6 @@ class SurfaceWriter:
                 stop += 1
             dset[int(rows[start]), int(cols[start]) : int(cols[stop - 1]) + 1] = vals[start:stop]
             start = stop
-
-    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
-        """Add or update root attributes (e.g. the count of non-finite points)."""
-        for k, v in attrs.items():
-            self._f.attrs[k] = _encode_attr(v)
-        self._f.flush()
 
     def close(self) -> None:
         """Close the file."""
@@ -484,7 +480,6 @@ def open_surface_file(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **dict(attrs or {}),
             "fields": fields,
-            "nonfinite_points": 0,
         }
         for k, v in meta.items():
             f.attrs[k] = _encode_attr(v)

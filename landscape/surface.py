@@ -365,6 +365,7 @@ def compute_surface(
             "batch_size": batch_size,
             "max_samples": max_samples,
             "package_version": __version__,
+            "evaluation": evaluation,
             "param_names": names,
             **dict(attrs or {}),
         }
@@ -493,8 +494,6 @@ def compute_surface(
             if writer is not None:
                 if buffer:  # finished points of an interrupted run are kept
                     writer.write([i for i, _ in buffer], [r for _, r in buffer])
-                total_bad = int(np.sum(writer.done & ~np.isfinite(_first_field(writer))))
-                writer.set_attrs({"nonfinite_points": total_bad, "evaluation": mode})
                 writer.close()
             with torch.no_grad():
                 tl_copy_(targets, saved)
@@ -520,10 +519,6 @@ def compute_surface(
     finally:
         if own_ctx:
             cleanup_distributed(ctx)
-
-
-def _first_field(writer: Any) -> np.ndarray:
-    return np.asarray(writer._f[writer.fields[0]][()], dtype=np.float64)
 
 
 def _choose_mode(

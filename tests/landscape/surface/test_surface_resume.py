@@ -105,3 +105,35 @@ def test_rerun_of_a_complete_file_computes_nothing(tmp_path, monkeypatch):
     assert calls == []
     np.testing.assert_array_equal(again.values["train_loss"], ref.values["train_loss"])
     torch.testing.assert_close(torch.tensor(again.x), torch.tensor(ref.x))
+
+
+def test_repeated_sigkill_of_a_writer_never_damages_the_file(tmp_path):
+    """Kill a process writing and flushing in a tight loop at random instants."""
+    out = tmp_path / "w.h5"
+    job = HERE / "_store_writer_job.py"
+    rng = np.random.default_rng(0)
+    mid_write_kills = 0
+    for _ in range(6):
+        before = _done_count(out) if out.exists() else 0
+        proc = subprocess.Popen([sys.executable, str(job), str(out)])
+        deadline = time.monotonic() + 60
+        while _done_count(out) <= before and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0, 0.05)))  # now it is writing and flushing
+        proc.kill()
+        proc.wait(timeout=30)
+        s = read_surface(out)  # readable after every kill
+        n = int(s.done.sum())
+        mid_write_kills += proc.returncode == -signal.SIGKILL and before < n < 2000
+        flat = np.flatnonzero(s.done.ravel())
+        np.testing.assert_array_equal(s.values["train_loss"].ravel()[flat], 0.5 * flat - 3)
+        np.testing.assert_array_equal(s.values["train_acc"].ravel()[flat], flat % 100)
+        if n == 2000:
+            break
+    assert mid_write_kills >= 3
+    # finish the job and check every cell
+    subprocess.run([sys.executable, str(job), str(out)], check=True, timeout=60)
+    s = read_surface(out)
+    assert s.complete
+    np.testing.assert_array_equal(s.values["train_loss"].ravel(), 0.5 * np.arange(2000) - 3)

@@ -38,6 +38,8 @@ METRICS: dict[str, MetricFn] = {}
 
 # Keyword arguments every metric takes that are not options of the metric itself.
 _PLUMBING = ("cache", "progress")
+# Shared options that are not an error when no selected metric is stochastic.
+_GENERIC = ("seed",)
 
 
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
@@ -133,14 +135,15 @@ def route_options(
 ) -> dict[str, dict[str, Any]]:
     """Split options among the metrics that accept them; reject options nobody takes.
 
-    A shared option (``rho=0.1``) goes to every selected metric that has it;
-    ``per_metric={"sam_sharpness": {"rho": 0.1}}`` targets one metric and wins.
+    A shared option (``rho=0.1``) goes to every selected metric that has it (``seed`` is
+    accepted even when no selected metric is random); ``per_metric={"sam_sharpness":
+    {"rho": 0.1}}`` targets one metric and wins.
     """
     accepted = {name: metric_options(name) for name in names}
     routed: dict[str, dict[str, Any]] = {name: {} for name in names}
     for key, value in options.items():
         takers = [name for name in names if key in accepted[name]]
-        if not takers:
+        if not takers and key not in _GENERIC:
             raise ValueError(
                 f"Invalid option {key!r}: none of the metrics {', '.join(names)} takes it"
             )
@@ -190,7 +193,8 @@ def compute_metrics(
         progress: progress bars (``None``: only on a terminal).
         **options: options shared by every selected metric that accepts them (``rho``,
             ``steps``, ``sigma``, ``num_samples``, ``seed``, ...); an option that no
-            selected metric takes is an error. See :func:`metric_options`.
+            selected metric takes is an error (except ``seed``). See
+            :func:`metric_options`.
 
     Returns:
         ``name -> MetricResult`` in the order of ``names``. The model's weights, its

@@ -77,6 +77,8 @@ def test_shared_and_per_metric_options():
     assert out["adaptive_sharpness"].info["rho"] == 0.3
     assert out["adaptive_sharpness"].info["steps"] == 2
     assert metric_options("sam_sharpness") == {"rho": 0.05, "steps": 1, "step_size": None}
+    # seed is tolerated when no selected metric is random (one seed for a whole comparison)
+    assert compute_metrics(model, data, ["grad_norm"], seed=3)["grad_norm"].value > 0
 
 
 def test_every_metric_leaves_weights_mode_grads_and_buffers_exactly_as_found():

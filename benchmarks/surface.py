@@ -74,6 +74,35 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
+def flush_cost(repeats: int = 200) -> float:
+    """Seconds to put one finished point on disk (values, done cell, two flushes)."""
+    import numpy as np
+
+    from landscape.store import open_surface_file
+
+    model, _, _ = problem(1)
+    params = [p.detach() for p in model.parameters()]
+    grid = np.linspace(-1, 1, 51)
+    with tempfile.TemporaryDirectory() as tmp:
+        w = open_surface_file(
+            Path(tmp) / "f.h5",
+            x=grid,
+            y=grid,
+            fields=["train_loss", "train_acc"],
+            identity={},
+            x_direction=params,
+            y_direction=params,
+            names=[str(i) for i in range(len(params))],
+        )
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            w.write([i * 7], [{"train_loss": 1.0, "train_acc": 50.0}])
+            times.append(time.perf_counter() - start)
+        w.close()
+    return median(times)
+
+
 def torchrun_seconds(nproc: int, steps: int, samples: int, out: str) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -104,9 +133,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--flush-only", action="store_true")
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    write_s = flush_cost()
+    print(f"HDF5 write + 2 flushes of one point (51x51 file): {write_s * 1e3:.2f} ms")
+    if args.flush_only:
         return
     if args.quick:
         args.steps, args.samples, args.repeats = 2, 256, 1
@@ -176,6 +210,8 @@ def main() -> None:
         [p / o for p, o in zip(times["loss-landscapes"], times["sharpscape loop"])]
     )
     print(f"loss-landscapes / sharpscape loop: {peer_vs_ours:.2f}x")
+    point_s = median(times["sharpscape loop"]) / npts
+    print(f"writing a point costs {100 * write_s / point_s:.3f}% of evaluating it")
 
     one = [
         torchrun_seconds(1, args.steps, args.samples, str(tmp / "t1.h5"))

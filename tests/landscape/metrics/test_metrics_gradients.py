@@ -97,3 +97,17 @@ def test_grad_cosine_bad_subsets():
         compute_metrics(model, (x, y), ["grad_cosine"], subsets=([0, 1], [10]))
     with pytest.raises(ValueError, match="perturb"):
         compute_metrics(model, (x, y), ["grad_cosine"], perturb="other")
+
+
+def test_grad_cosine_and_sharpness_with_dict_batches():
+    model = mlp()
+    x, y = classification_data(n=18)
+    batches = [{"x": x[i : i + 5], "y": y[i : i + 5]} for i in range(0, 18, 5)]
+    ia, ib = [0, 3, 7, 11, 17], [1, 2, 4, 16]
+    from_dicts = compute_metrics(model, batches, ["grad_cosine", "sam_sharpness"], subsets=(ia, ib))
+    from_pair = compute_metrics(model, (x, y), ["grad_cosine", "sam_sharpness"], subsets=(ia, ib))
+    for name in ("grad_cosine", "sam_sharpness"):
+        assert from_dicts[name].value == pytest.approx(from_pair[name].value, rel=1e-10)
+    assert from_dicts["grad_cosine"].value == pytest.approx(
+        _cos(_grads(model, x[ia], y[ia]), _grads(model, x[ib], y[ib])), rel=1e-10
+    )

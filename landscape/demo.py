@@ -1,0 +1,382 @@
+"""The demo: train SGD and the sharpness-aware optimizers, measure, compare, report.
+
+:func:`run_demo` chains the library end to end on built-in data (scikit-learn's 8×8
+digits by default), each step a public function of another part of sharpscape:
+
+1. :func:`landscape.training.train` for each optimizer (same model, data, seed, schedule);
+2. :func:`landscape.surface.surface_from_checkpoint`: a filter-normalised random plane
+   around each final model (same seed for all), and the PCA plane of its trajectory
+   with the training path;
+3. :func:`landscape.compare.compare_checkpoints`: curvature and sharpness metrics of the
+   final models, one row per optimizer;
+4. :func:`landscape.hessian.slq_density`: each final model's Hessian spectral density;
+5. :func:`landscape.report.build_report`: one offline HTML page of it all.
+
+Every step writes its files under ``out`` and is resumable: a rerun reuses finished runs
+and surface files.  The defaults finish in a few minutes on two CPU cores; larger
+settings (more epochs, finer grids, more samples) are keyword arguments (CLI flags).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEMO_METRICS", "DEMO_OPTIMIZERS", "DemoResult", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+#: SGD and every sharpness-aware optimizer (Adam is left out of the demo).
+DEMO_OPTIMIZERS = (
+    "sgd",
+    "sam",
+    "asam",
+    "gsam",
+    "agnostic_sam",
+    "gam",
+    "fad",
+    "crsam",
+    "momentum_sam",
+)
+#: Metrics of the demo's comparison table.
+DEMO_METRICS = ("lambda_max", "trace", "sam_sharpness", "average_sharpness", "grad_norm")
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made.
+
+    Attributes:
+        out: the output folder.
+        runs: optimizer name to run folder.
+        surfaces: optimizer name to random-plane surface file.
+        pca_surfaces: optimizer name to PCA-plane surface file (with the training path).
+        spectra: optimizer name to spectral density JSON file.
+        comparison: the :class:`landscape.compare.Comparison` of the final models.
+        comparison_path: its JSON file.
+        report: the HTML report.
+        seconds: wall time of each stage.
+    """
+
+    out: Path
+    runs: dict[str, Path] = field(default_factory=dict)
+    surfaces: dict[str, Path] = field(default_factory=dict)
+    pca_surfaces: dict[str, Path] = field(default_factory=dict)
+    spectra: dict[str, Path] = field(default_factory=dict)
+    comparison: Any = None
+    comparison_path: Path | None = None
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads, restoring the previous count after."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _grid_around(points: Any, margin: float = 0.25, num: int = 15) -> tuple[str, str]:
+    """``start:stop:num`` grids covering projected path points with a margin."""
+    import numpy as np
+
+    pts = np.asarray(points, dtype=np.float64)
+    out = []
+    for k in range(2):
+        lo, hi = float(pts[:, k].min()), float(pts[:, k].max())
+        pad = margin * max(hi - lo, 1e-3)
+        out.append(f"{lo - pad:.6g}:{hi + pad:.6g}:{num}")
+    return out[0], out[1]
+
+
+def run_demo(
+    out: str | os.PathLike = "demo_out",
+    *,
+    optimizers: Sequence[str] = DEMO_OPTIMIZERS,
+    data: str = "digits",
+    model: str = "mlp",
+    model_kwargs: Mapping[str, Any] | None = None,
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    label_noise: float = 0.0,
+    grid: int = 21,
+    span: float = 1.0,
+    pca_grid: int = 15,
+    metrics: Sequence[str] = DEMO_METRICS,
+    max_samples: int | None = 1024,
+    spectrum_runs: int = 2,
+    spectrum_steps: int = 30,
+    seed: int = 0,
+    device: str | None = None,
+    threads: int | None = 1,
+    progress: bool | None = None,
+) -> DemoResult:
+    """Train, measure and compare SGD and the sharpness-aware optimizers; write a report.
+
+    Args:
+        out: output folder (``runs/``, ``surfaces/``, ``spectra/``, ``compare.json``,
+            ``report.html``); reruns resume from what is there.
+        optimizers: names of ``optimizers.OPTIMIZER_NAMES`` to train (each with its
+            default hyper-parameters on an SGD base).
+        data: built-in data set (``digits``, ``mnist1d``, ``synthetic``, ...).
+        model: model name of ``landscape.models.MODEL_NAMES``.
+        model_kwargs: model options (default for ``mlp``: one hidden layer of 64 units).
+        epochs: training epochs per optimizer.
+        batch_size: training batch size.
+        lr: peak learning rate (cosine schedule).
+        label_noise: fraction of corrupted training labels.
+        grid: points per side of the random-plane surfaces (``grid × grid``).
+        span: the random plane covers ``[-span, span]²``.
+        pca_grid: points per side of the PCA-plane surfaces (0: none).
+        metrics: sharpness metrics of the comparison (``landscape.metrics.METRICS``).
+        max_samples: samples used by surfaces, metrics and spectra (None: all).
+        spectrum_runs: stochastic Lanczos quadrature runs per spectrum (0: none).
+        spectrum_steps: Lanczos steps per run.
+        seed: seed of training, directions and estimators.
+        device: ``cpu``, ``cuda`` or None (CUDA when available).
+        threads: torch intra-op threads while the demo runs (restored after; None: keep).
+            One thread is fastest for the demo's small models on a shared CPU.
+        progress: progress bars (None: on a terminal).
+    """
+    from tqdm.auto import tqdm
+
+    import optimizers as _optimizers
+
+    unknown = [o for o in optimizers if o not in _optimizers.OPTIMIZER_NAMES]
+    if unknown or not optimizers:
+        raise ValueError(
+            f"Invalid optimizers: {unknown or 'none'}; choose from "
+            f"{', '.join(_optimizers.OPTIMIZER_NAMES)}"
+        )
+    if len(set(optimizers)) != len(optimizers):
+        raise ValueError(f"Invalid optimizers: repeated names in {list(optimizers)}")
+    for name, value in (("epochs", epochs), ("grid", grid), ("batch_size", batch_size)):
+        if value < 1 or (name == "grid" and value < 2):
+            raise ValueError(f"Invalid {name}: {value}")
+    if span <= 0:
+        raise ValueError(f"Invalid span: {span}")
+    if pca_grid and epochs < 2:
+        raise ValueError("Invalid epochs: the PCA plane needs at least 2 epochs (3 checkpoints)")
+    if model == "mlp" and model_kwargs is None:
+        model_kwargs = {"hidden": [64]}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(out=out)
+    stages = ["train", "surfaces", "metrics"] + (["spectra"] if spectrum_runs else []) + ["report"]
+    with _torch_threads(threads):
+        bar = tqdm(total=len(stages), desc="demo", unit="stage", disable=progress is False)
+        try:
+            _stage(result, "train", bar, lambda: _train_all(
+                result, optimizers, data=data, model=model, model_kwargs=model_kwargs,
+                epochs=epochs, batch_size=batch_size, lr=lr, label_noise=label_noise,
+                seed=seed, device=device, progress=progress,
+            ))  # fmt: skip
+            _stage(result, "surfaces", bar, lambda: _surfaces_all(
+                result, grid=grid, span=span, pca_grid=pca_grid, max_samples=max_samples,
+                seed=seed, device=device, progress=progress,
+            ))  # fmt: skip
+            _stage(result, "metrics", bar, lambda: _compare_all(
+                result, metrics, max_samples=max_samples, seed=seed, device=device,
+                progress=progress,
+            ))  # fmt: skip
+            if spectrum_runs:
+                _stage(result, "spectra", bar, lambda: _spectra_all(
+                    result, runs=spectrum_runs, steps=spectrum_steps, max_samples=max_samples,
+                    seed=seed, device=device, progress=progress,
+                ))  # fmt: skip
+            _stage(result, "report", bar, lambda: _report(result))
+        finally:
+            bar.close()
+    return result
+
+
+def _stage(result: DemoResult, name: str, bar: Any, fn: Any) -> None:
+    bar.set_postfix_str(name)
+    start = time.perf_counter()
+    fn()
+    result.seconds[name] = time.perf_counter() - start
+    logger.info("demo: %s done in %.1f s", name, result.seconds[name])
+    bar.update(1)
+
+
+def _train_all(result: DemoResult, names: Sequence[str], **kw: Any) -> None:
+    from tqdm.auto import tqdm
+
+    from landscape.training import train
+
+    progress = kw.pop("progress")
+    for name in tqdm(names, desc="train", unit="optimizer", disable=progress is False):
+        run = result.out / "runs" / name
+        res = train(
+            kw["model"],
+            kw["data"],
+            optimizer=name,
+            epochs=kw["epochs"],
+            batch_size=kw["batch_size"],
+            lr=kw["lr"],
+            label_noise=kw["label_noise"],
+            model_kwargs=kw["model_kwargs"],
+            seed=kw["seed"],
+            device=kw["device"],
+            out=run,
+            progress=False,
+        )
+        if res.final_checkpoint is None:
+            raise ValueError(f"training {name} wrote no final checkpoint in {run}")
+        result.runs[name] = run
+
+
+def _surfaces_all(
+    result: DemoResult,
+    *,
+    grid: int,
+    span: float,
+    pca_grid: int,
+    max_samples: int | None,
+    seed: int,
+    device: str | None,
+    progress: bool | None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    from landscape.surface import surface_from_checkpoint
+
+    folder = result.out / "surfaces"
+    axis = f"{-span:g}:{span:g}:{grid}"
+    for name, run in tqdm(
+        result.runs.items(), desc="surfaces", unit="optimizer", disable=progress is False
+    ):
+        final = run / "final.pt"
+        path = folder / f"{name}.h5"
+        surface_from_checkpoint(
+            final, out=path, x=axis, y=axis, split="both", seed=seed,
+            max_samples=max_samples, device=device, evaluation="auto", progress=False,
+        )  # fmt: skip
+        result.surfaces[name] = path
+        if pca_grid:
+            result.pca_surfaces[name] = _pca_surface(
+                final, run, folder / f"{name}_pca.h5", pca_grid, max_samples, device
+            )
+
+
+def _pca_surface(
+    final: Path, run: Path, path: Path, num: int, max_samples: int | None, device: str | None
+) -> Path:
+    """The PCA plane of a run, its grid covering the whole projected training path."""
+    from landscape.checkpoint import load_checkpoint
+    from landscape.directions import pca_directions
+    from landscape.surface import surface_from_checkpoint
+
+    if not path.exists():
+        ckpt = load_checkpoint(final, map_location="cpu")
+        dirs = pca_directions(ckpt.model, run)
+        x, y = _grid_around(dirs.trajectory, num=num)
+    else:  # resume with the grid the file already has
+        from landscape.store import read_surface
+
+        s = read_surface(path)
+        x = f"{s.x[0]:.6g}:{s.x[-1]:.6g}:{len(s.x)}"
+        y = f"{s.y[0]:.6g}:{s.y[-1]:.6g}:{len(s.y)}"
+    surface_from_checkpoint(
+        final, out=path, x=x, y=y, pca=run, split="train", max_samples=max_samples,
+        device=device, evaluation="auto", progress=False,
+    )  # fmt: skip
+    return path
+
+
+def _compare_all(
+    result: DemoResult,
+    metrics: Sequence[str],
+    *,
+    max_samples: int | None,
+    seed: int,
+    device: str | None,
+    progress: bool | None,
+) -> None:
+    from landscape.compare import compare_checkpoints
+
+    names = list(result.runs)
+    comp = compare_checkpoints(
+        [result.runs[n] / "final.pt" for n in names],
+        list(metrics),
+        labels=names,
+        max_samples=max_samples,
+        device=device,
+        progress=progress,
+        seed=seed,
+    )
+    result.comparison = comp
+    result.comparison_path = comp.to_json(result.out / "compare.json")
+
+
+def _spectra_all(
+    result: DemoResult,
+    *,
+    runs: int,
+    steps: int,
+    max_samples: int | None,
+    seed: int,
+    device: str | None,
+    progress: bool | None,
+) -> None:
+    from torch.utils.data import Subset
+    from tqdm.auto import tqdm
+
+    from landscape.checkpoint import load_checkpoint
+    from landscape.hessian import HessianOperator, slq_density
+    from landscape.objective import Objective
+
+    folder = result.out / "spectra"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, run in tqdm(
+        result.runs.items(), desc="spectra", unit="optimizer", disable=progress is False
+    ):
+        path = folder / f"{name}.json"
+        if not path.exists():
+            ckpt = load_checkpoint(run / "final.pt", map_location=device or None)
+            train_set = ckpt.load_data().train
+            if max_samples is not None and max_samples < len(train_set):
+                train_set = Subset(train_set, range(max_samples))
+            op = HessianOperator(Objective(ckpt.model, train_set, device=device))
+            dens = slq_density(op, num_runs=runs, num_steps=steps, seed=seed, progress=False)
+            tmp = path.with_suffix(".json.partial")
+            tmp.write_text(json.dumps({"label": name, "density": dens.to_dict()}))
+            tmp.replace(path)
+        result.spectra[name] = path
+
+
+def _report(result: DemoResult) -> None:
+    from landscape.report import build_report
+
+    inputs: list[Path] = [
+        *result.runs.values(),
+        *result.surfaces.values(),
+        *result.pca_surfaces.values(),
+        *result.spectra.values(),
+    ]
+    if result.comparison_path is not None:
+        inputs.append(result.comparison_path)
+    report = build_report(
+        inputs,
+        result.out / "report.html",
+        title="sharpscape demo: SGD and sharpness-aware optimizers",
+    )
+    result.report = report

@@ -120,7 +120,11 @@ def register(subparsers: Any) -> None:
     )
     g = p.add_argument_group("optimization")
     g.add_argument(
-        "--optimizer", default="sgd", choices=names, help="optimizer (sgd)", metavar="NAME"
+        "--optimizer",
+        default="sgd",
+        choices=names,
+        metavar="NAME",
+        help=f"optimizer: {', '.join(names or ('sgd', 'adam'))} (sgd)",
     )
     g.add_argument(
         "--base-optimizer",

@@ -67,6 +67,7 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path):
     assert rest.resumed_from == 2 and rest.completed
     _assert_same_weights(full.model, rest.model)
     assert _losses(full.metrics) == _losses(rest.metrics)
+    assert {"train_clean_acc", "val_acc", "test_acc"} <= set(full.metrics[-1])
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3, 4]
     # a finished run is not trained again
@@ -178,6 +179,54 @@ def test_user_model_and_tensor_data(tmp_path):
     ck = load_checkpoint(tmp_path / "final.pt", model=fresh)
     _assert_same_weights(ck.model, net)
     assert ck.data_spec is None
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """A map-style dataset that is not a TensorDataset."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_any_dataset_trains_like_the_same_tensors():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 4, generator=g)
+    y = (x[:, 1] > 0).long()
+    kw = dict(epochs=2, batch_size=8, lr=0.1, progress=False)
+    torch.manual_seed(0)
+    a = train(nn.Linear(4, 2), _PairDataset(x, y), **kw)
+    torch.manual_seed(0)
+    b = train(nn.Linear(4, 2), (x, y), **kw)
+    _assert_same_weights(a.model, b.model)
+    assert a.metrics[-1]["train_loss"] == b.metrics[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("n", [12, 11])
+def test_distributed_sharding_like_distributed_sampler(n):
+    from landscape.distributed import DistContext
+    from landscape.training import _batches_of_epoch
+
+    shares = []
+    for rank in range(2):
+        ctx = DistContext(rank=rank, world_size=2)
+        batches = _batches_of_epoch(n, 4, torch.Generator().manual_seed(5), ctx)
+        assert all(len(b) == 2 for b in batches[:-1])  # 4 / 2 processes
+        shares.append(torch.cat(batches))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))
+    padded = torch.cat([perm, perm[: (-n) % 2]])
+    assert torch.equal(shares[0], padded[0::2]) and torch.equal(shares[1], padded[1::2])
+    assert set(torch.cat(shares).tolist()) == set(range(n))
+    one = _batches_of_epoch(n, 4, torch.Generator().manual_seed(5), DistContext())
+    assert torch.equal(torch.cat(one), perm)
+    # a last batch of a single example is skipped (BatchNorm cannot train on it)
+    nine = _batches_of_epoch(9, 4, torch.Generator().manual_seed(5), DistContext())
+    assert [len(b) for b in nine] == [4, 4]
 
 
 def test_bad_names_and_values():

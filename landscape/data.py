@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -283,8 +284,7 @@ def _cifar_arrays(batch: Any, path: Path, label_key: bytes) -> tuple[np.ndarray,
     return x, y
 
 
-def _load_cifar(name: str, data_dir: Any) -> tuple[np.ndarray, ...]:
-    root = _find_cifar_dir(name, data_dir)
+def _load_cifar(name: str, root: Path) -> tuple[np.ndarray, ...]:
     if name == "cifar10":
         train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
         test_files = [root / "test_batch"]
@@ -334,21 +334,27 @@ def _load_digits(seed: int, test_fraction: float = 0.2) -> tuple[Any, ...]:
 def _load_mnist1d(
     seed: int, num_samples: int = 5000, data_seed: int = 42, train_split: float = 0.8
 ) -> tuple[Any, ...]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
     if num_samples < 20:
         raise ValueError(f"Invalid num_samples: {num_samples} (at least 20)")
     if not 0.0 < train_split < 1.0:
         raise ValueError(f"Invalid train_split: {train_split} (expected 0 < f < 1)")
+    d = _mnist1d_arrays(int(num_samples), int(data_seed), float(train_split))
+    return d["x"].copy(), d["y"].copy(), d["x_test"].copy(), d["y_test"].copy(), 10
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(num_samples: int, data_seed: int, train_split: float) -> dict[str, Any]:
+    """Generate MNIST-1D once per process and options (it takes seconds)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
     args = get_dataset_args()
-    args.num_samples = int(num_samples)
-    args.seed = int(data_seed)
-    args.train_split = float(train_split)
+    args.num_samples = num_samples
+    args.seed = data_seed
+    args.train_split = train_split
     # make_dataset generates in memory (get_dataset would download/write a pickle); it
     # seeds numpy's and Python's global RNGs, which we restore afterwards.
     with _preserved_global_rng():
-        d = make_dataset(args)
-    return d["x"], d["y"], d["x_test"], d["y_test"], 10
+        return make_dataset(args)
 
 
 def _load_synthetic(
@@ -428,7 +434,9 @@ def load_data(
     if name in ("cifar10", "cifar100"):
         if kwargs:
             raise ValueError(f"Unknown option(s) for {name}: {', '.join(sorted(kwargs))}")
-        xtr, ytr, xte, yte, classes = _load_cifar(name, data_dir)
+        root = _find_cifar_dir(name, data_dir)
+        data_dir = root.parent if root.name.startswith("cifar-") else root
+        xtr, ytr, xte, yte, classes = _load_cifar(name, root)
     else:
         try:
             xtr, ytr, xte, yte, classes = _SOURCES[name](seed, **kwargs)
@@ -559,11 +567,6 @@ def _all_targets(ds: Dataset) -> torch.Tensor | None:
         return torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-
-
-def dataset_length(ds: Dataset) -> int:
-    """Number of examples of a map-style dataset."""
-    return len(ds)  # type: ignore[arg-type]
 
 
 def take_batch(ds: Dataset, indices: Sequence[int] | torch.Tensor) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from landscape.data import (
     DATA_NAMES,
+    _mnist1d_arrays,
     apply_label_noise,
     as_bundle,
     load_data,
@@ -103,6 +104,7 @@ def test_mnist1d_offline_no_files_and_rng_untouched(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
+    _mnist1d_arrays.cache_clear()  # generate for real in this test
     np_state = np.random.get_state()  # noqa: NPY002 - the global state under test
     py_state = random.getstate()
     b = load_data("mnist1d", num_samples=200, val_fraction=0.1)
@@ -185,6 +187,7 @@ def test_cifar10_from_fake_folder(tmp_path):
     # the folder itself works as data_dir too, and the spec rebuilds the bundle
     same = load_data("cifar10", data_dir=tmp_path / "cifar-10-batches-py")
     assert _same(b.train, same.train)
+    assert b.spec["data_dir"] == same.spec["data_dir"] == str(tmp_path)
     assert _same(load_data(**b.spec).test, b.test)
 
 

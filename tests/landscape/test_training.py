@@ -157,6 +157,14 @@ def test_deterministic_and_global_rng_untouched():
     assert not torch.equal(a.model.state_dict()["head.3.bias"], c.model.state_dict()["head.3.bias"])
 
 
+def test_amp_on_cpu_warns_and_trains_in_float32(caplog):
+    plain = train(epochs=1, **DIGITS)
+    with caplog.at_level("WARNING", logger="landscape.training"):
+        amp = train(epochs=1, amp=True, **DIGITS)
+    assert "autocast applies on CUDA only" in caplog.text
+    _assert_same_weights(plain.model, amp.model)
+
+
 def test_other_configuration_in_run_folder_is_refused(tmp_path):
     train(out=tmp_path, epochs=1, **DIGITS)
     with pytest.raises(ValueError, match=r"different configuration \(epochs: 1 there, 2 now\)"):

@@ -172,8 +172,11 @@ def run_demo(
             raise ValueError(f"Invalid {name}: {value}")
     if span <= 0:
         raise ValueError(f"Invalid span: {span}")
-    if pca_grid and epochs < 2:
-        raise ValueError("Invalid epochs: the PCA plane needs at least 2 epochs (3 checkpoints)")
+    if pca_grid and epochs < 3:
+        # θ_t − θ_T of epochs 0..T-1, mean-centred, must span a plane.
+        raise ValueError(
+            f"Invalid epochs: {epochs}; the PCA plane needs at least 3 (or pca_grid=0)"
+        )
     if model == "mlp" and model_kwargs is None:
         model_kwargs = {"hidden": [64]}
 

@@ -210,8 +210,9 @@ def interactive_surfaces(
 ) -> Any:
     """Several surfaces in ONE 3-D scene, togglable, on one shared colour scale.
 
-    Buttons show one surface at a time (or all); clicking a legend entry toggles a
-    surface too.  Heights and colours use the same range for every surface.
+    The first surface shows at first; buttons show one surface at a time (or all), and
+    clicking a legend entry toggles a surface too.  Heights and colours use the same
+    range for every surface.
 
     Args:
         surfaces: 2-D surfaces or their files.
@@ -245,6 +246,8 @@ def interactive_surfaces(
         for t in traces:
             if isinstance(t, go.Surface):
                 t.colorbar = None
+            # The first surface shows; the others wait in the legend (click or buttons).
+            t.visible = True if i == 0 else "legendonly"
             fig.add_trace(t)
             owner.append(i)
     buttons = [

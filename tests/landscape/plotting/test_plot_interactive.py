@@ -98,6 +98,7 @@ def test_several_surfaces_togglable_with_one_colour_scale(tmp_path):
     assert all(t.coloraxis == "coloraxis" for t in surfaces)
     assert fig.layout.coloraxis.cmin == pytest.approx(min(za.min(), zb.min()))
     assert fig.layout.coloraxis.cmax == pytest.approx(max(za.max(), zb.max()))
+    assert [t.visible for t in fig.data] == [True, True, "legendonly"]
     buttons = fig.layout.updatemenus[0].buttons
     assert [btn.label for btn in buttons] == ["SGD", "SAM", "all"]
     # SGD has a surface and a path (2 traces), SAM a surface only.

@@ -1,0 +1,63 @@
+"""The demo end to end at a tiny size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.cli import main
+from landscape.demo import run_demo
+from landscape.store import read_surface
+
+
+def test_demo_tiny_end_to_end(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    out = tmp_path / "demo"
+    args = [
+        "demo", "--out", str(out), "--optimizers", "sgd,sam", "--epochs", "3",
+        "--grid", "3", "--pca-grid", "3", "--metrics", "grad_norm",
+        "--max-samples", "128", "--spectrum-runs", "1", "--spectrum-steps", "4",
+        "--no-progress", "--threads", "2",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert torch.get_num_threads() == threads  # restored
+    printed = capsys.readouterr().out
+    assert "grad_norm" in printed and "sam" in printed and "report:" in printed
+    for name in ("sgd", "sam"):
+        assert (out / "runs" / name / "final.pt").exists()
+        s = read_surface(out / "surfaces" / f"{name}.h5")
+        assert s.values["train_loss"].shape == (3, 3) and s.complete
+        assert "test_loss" in s.values
+        pca = read_surface(out / "surfaces" / f"{name}_pca.h5")
+        # The PCA grid covers the whole projected path (4 checkpoints: epochs 0 to 3).
+        assert pca.trajectory.shape == (4, 2)
+        assert pca.x[0] < pca.trajectory[:, 0].min() and pca.trajectory[:, 0].max() < pca.x[-1]
+        assert pca.y[0] < pca.trajectory[:, 1].min() and pca.trajectory[:, 1].max() < pca.y[-1]
+        dens = json.loads((out / "spectra" / f"{name}.json").read_text())["density"]
+        assert len(dens["grid"]) == len(dens["density"])
+    comp = json.loads((out / "compare.json").read_text())
+    assert [r["label"] for r in comp["rows"]] == ["sgd", "sam"]
+    assert all(np.isfinite(r["grad_norm"]["value"]) for r in comp["rows"])
+    page = (out / "report.html").read_text()
+    assert page.count("* plotly.js v") == 1 and "Sharpness comparison" in page
+    # A rerun resumes: same files, same numbers.
+    again = run_demo(
+        out, optimizers=["sgd", "sam"], epochs=3, grid=3, pca_grid=3,
+        metrics=["grad_norm"], max_samples=128, spectrum_runs=1,
+        spectrum_steps=4, progress=False, threads=2,
+    )  # fmt: skip
+    assert again.comparison.rows[0]["grad_norm"]["value"] == pytest.approx(
+        comp["rows"][0]["grad_norm"]["value"]
+    )
+
+
+def test_demo_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="Invalid optimizers"):
+        run_demo(tmp_path, optimizers=["sgd", "nope"])
+    with pytest.raises(ValueError, match="Invalid grid"):
+        run_demo(tmp_path, grid=1)
+    with pytest.raises(ValueError, match="Invalid epochs"):
+        run_demo(tmp_path, epochs=2)

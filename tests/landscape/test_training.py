@@ -293,6 +293,32 @@ def test_cli_trains_with_optimizer_hparams(tmp_path, capsys):
     assert res.resumed_from == 1
 
 
+def test_cli_cifar_folder_resnet_augment(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, size=(4, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, size=4)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    out = tmp_path / "run"
+    argv = ["train", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--augment"]
+    argv += ["--model", "resnet20", "--model-arg", "width=2", "--epochs", "1"]
+    argv += ["--batch-size", "10", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    ck = load_checkpoint(out / "final.pt")
+    assert ck.model_spec["input_size"] == [32, 32] and ck.model_spec["in_channels"] == 3
+    assert ck.data_spec["data_dir"] == str(tmp_path / "data")
+    assert len(ck.load_data().train) == 20
+    assert json.loads((out / "config.json").read_text())["augment"] is True
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(_cli(tmp_path, "--optimizer", "sgd", "--rho", "0.1")) == 2
     err = capsys.readouterr().err

@@ -307,8 +307,10 @@ def load_checkpoint(
         from landscape.models import build_model
 
         spec = dict(model_spec)
-        name = spec.pop("name")
-        model = build_model(name, **spec)
+        try:
+            model = build_model(spec.pop("name", None), **spec)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{p}: cannot rebuild the model ({exc})") from None
     load_state_dict_strict(model, state_dict, p)
     model.to(loc)
     model.eval()

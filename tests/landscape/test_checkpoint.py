@@ -127,6 +127,12 @@ def test_corrupt_and_truncated_files(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_unknown_model_spec_names_the_file(tmp_path):
+    save_checkpoint(tmp_path / "odd.pt", _model(), model_spec={**SPEC, "name": "vgg"})
+    with pytest.raises(ValueError, match=r"odd.pt: cannot rebuild the model \(Unknown model 'vgg'"):
+        load_checkpoint(tmp_path / "odd.pt")
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

@@ -690,14 +690,14 @@ def _train(
         if ctx.world_size > 1:
             _sync_buffers(net_module)
         if ctx.is_main:
-            now = time.perf_counter()
+            t_trained = time.perf_counter()
             extra = {
                 "batch_loss": float(loss_sum) / max(seen, 1),
                 "batch_acc": 100.0 * float(correct) / max(seen, 1),
             }
             row = evaluate(epoch, extra)
-            row["epoch_time"] = now - t_epoch
-            row["time"] = elapsed0 + now - t_start
+            row["epoch_time"] = t_trained - t_epoch  # the training steps of this epoch
+            row["time"] = elapsed0 + time.perf_counter() - t_start  # wall time of the run
             metrics.append(row)
             epoch_bar.set_postfix(
                 loss=f"{row['train_loss']:.4f}", acc=f"{row.get('train_acc', float('nan')):.1f}"

@@ -68,6 +68,7 @@ _LAZY: dict[str, str] = {
     "export_surface": "landscape.plotting.export",
     "plot_file": "landscape.plotting.files",
     "build_report": "landscape.report",
+    "run_demo": "landscape.demo",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -195,3 +195,32 @@ def test_training_curves_from_run_folder(run_dir, tmp_path):
     np.testing.assert_allclose(train.get_ydata(), [2.0 / (e + 1) for e in range(5)])
     assert {ln.get_label() for ln in acc_ax.lines} == {"run_sgd train", "run_sgd test"}
     _assert_png_drawn(save_figure(fig, tmp_path / "curves.png"))
+
+
+def test_file_of_the_original_code_plots(tmp_path):
+    """A file as the original loss-landscape code writes it: no done mask, -1 sentinel."""
+    import h5py
+
+    from landscape.plotting import export_surface, interactive_surface, read_mesh
+
+    n = 7
+    x = np.linspace(-1, 1, n)
+    y = np.linspace(-1, 1, n)
+    z = 0.1 + np.add.outer(2 * y**2, x**2)  # z[iy, ix]
+    acc = 100 - z
+    z[3, 5] = acc[3, 5] = -1.0  # not computed yet: the original fills every field with -1
+    path = tmp_path / "orig.h5"
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = x
+        f["ycoordinates"] = y
+        f["train_loss"] = z
+        f["train_acc"] = acc
+        f["dir_file"] = "orig.h5"
+    fig = plot_contour(path, filled=True, log=True)
+    _assert_png_drawn(save_figure(fig, tmp_path / "orig.png"))
+    fig = plot_heatmap(path)
+    mesh = next(c for c in fig.axes[0].collections if isinstance(c, QuadMesh))
+    assert np.ma.getmaskarray(mesh.get_array()).reshape(n, n)[3, 5]
+    surf = interactive_surface(path).data[0]
+    assert np.isnan(np.asarray(surf.z, dtype=float)[3, 5])
+    assert len(read_mesh(export_surface(path, tmp_path / "orig.obj")).points) == n * n - 1

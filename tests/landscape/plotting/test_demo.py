@@ -10,6 +10,7 @@ import torch
 
 from landscape.cli import main
 from landscape.demo import run_demo
+from landscape.report import build_report
 from landscape.store import read_surface
 
 
@@ -52,6 +53,15 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     assert again.comparison.rows[0]["grad_norm"]["value"] == pytest.approx(
         comp["rows"][0]["grad_norm"]["value"]
     )
+    # The report computes a table itself from run folders' final checkpoints.
+    page = build_report(
+        [out / "runs" / "sgd", out / "runs" / "sam"],
+        tmp_path / "computed.html",
+        compute_metrics=["grad_norm"],
+        compare_options={"max_samples": 64},
+    ).read_text()
+    assert "source: computed" in page and "<th>grad_norm</th>" in page
+    assert page.count('<th scope="row"') == 2
 
 
 def test_demo_rejects_bad_settings(tmp_path):

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from optimizers._foreach import group_by_device_dtype, tl_copy_
 from optimizers._kernels import Coef, Kernels, get_kernels
 
 __all__ = [
@@ -105,26 +106,28 @@ class Pass:
 def disable_running_stats(model: nn.Module | None) -> Iterator[None]:
     """Freeze BatchNorm running statistics inside the block (batch statistics still used).
 
-    Turns ``track_running_stats`` off on every normalisation layer that tracks statistics
-    in training mode: such a layer then normalises with the batch statistics, as before,
-    but neither updates ``running_mean``/``running_var`` nor ``num_batches_tracked``.
-    The buffers are not touched at all, so nothing needs restoring.
+    The layers run exactly as usual (training mode: batch statistics, the fast kernel
+    that also updates the buffers); on exit ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` of every normalisation layer that tracks statistics are put
+    back by copy, so they hold exactly what they held on entry.  (Turning
+    ``track_running_stats`` off instead selects a CPU kernel ~15 % slower.)
     """
     if model is None:
         yield
         return
-    frozen = [
-        m
+    buffers = [
+        b
         for m in model.modules()
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
     ]
-    for m in frozen:
-        m.track_running_stats = False
+    saved = [b.clone() for b in buffers]
     try:
         yield
     finally:
-        for m in frozen:
-            m.track_running_stats = True
+        with torch.no_grad():
+            tl_copy_(buffers, saved)
 
 
 def _is_ddp(model: nn.Module | None) -> bool:
@@ -135,8 +138,6 @@ def _all_reduce_mean_(tensors: Sequence[Tensor]) -> None:
     """Average ``tensors`` over the process group: one flat all-reduce per device/dtype."""
     import torch.distributed as dist
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    from optimizers._foreach import group_by_device_dtype
 
     world = dist.get_world_size()
     for (group,) in group_by_device_dtype(tensors):

@@ -65,6 +65,14 @@ def metric_label(metric: str) -> str:
     return _LOSS_LABELS.get(metric, metric.replace("_", " "))
 
 
+def metric_order(name: str) -> tuple[int, str]:
+    """Sort key putting train metrics first, then validation, then test, then others."""
+    for rank, prefix in enumerate(("train", "val", "test")):
+        if name.startswith(prefix):
+            return (rank, name)
+    return (3, name)
+
+
 def is_accuracy(metric: str) -> bool:
     """True for accuracy-like metrics (higher is better, percent)."""
     return metric.endswith("acc") or metric.endswith("accuracy")

@@ -25,6 +25,7 @@ from landscape.plotting._common import (
     interpolate_on_grid,
     is_accuracy,
     metric_label,
+    metric_order,
     metric_values,
     surface_label,
     surface_ndim,
@@ -414,7 +415,7 @@ def interactive_line(
     fig = go.Figure()
     any_acc = False
     for s, name in zip(loaded, names):
-        for m in metrics if metrics is not None else sorted(s.values):
+        for m in metrics if metrics is not None else sorted(s.values, key=metric_order):
             acc = is_accuracy(m)
             any_acc |= acc
             fig.add_trace(
@@ -488,7 +489,9 @@ def interactive_training_curves(
     ]  # fmt: skip
     for i, (name, records) in enumerate(runs):
         color = palette[i % len(palette)]
-        for key, (epoch, value) in sorted(curves_from_records(records).items()):
+        curves = curves_from_records(records)
+        for key in sorted(curves, key=metric_order):
+            epoch, value = curves[key]
             split, _, what = key.partition("_")
             if split not in dashes or what not in ("loss", "acc"):
                 continue

@@ -33,6 +33,7 @@ from landscape.plotting._common import (
     for_log,
     is_accuracy,
     metric_label,
+    metric_order,
     metric_values,
     read_metrics_jsonl,
     surface_label,
@@ -109,7 +110,7 @@ def plot_line(
     surface = as_surface(surface)
     if surface_ndim(surface) != 1:
         raise ValueError("plot_line needs a 1-D surface; use kind='contour' for 2-D ones")
-    names = list(metrics) if metrics is not None else sorted(surface.values)
+    names = list(metrics) if metrics is not None else sorted(surface.values, key=metric_order)
     if not names:
         raise ValueError("metrics must name at least one metric")
     fig, ax = _new_axes(ax)
@@ -529,7 +530,9 @@ def plot_training_curves(
     styles = {"train": "-", "val": "-.", "test": "--"}
     for i, (name, records) in enumerate(items):
         label = labels[i] if labels is not None else name
-        for key, (epoch, value) in sorted(curves_from_records(records).items()):
+        curves = curves_from_records(records)
+        for key in sorted(curves, key=metric_order):
+            epoch, value = curves[key]
             split, _, what = key.partition("_")
             if split not in styles or what not in ("loss", "acc"):
                 continue

@@ -13,7 +13,13 @@
 from landscape.hessian.density import SpectralDensity, slq_density
 from landscape.hessian.eigen import EigenResult, lanczos_eigen, power_iteration
 from landscape.hessian.operator import FiniteDifferenceWarning, HessianOperator, default_fd_step
-from landscape.hessian.trace import TraceResult, fd_trace, hutchinson_trace, hutchpp_trace
+from landscape.hessian.trace import (
+    TraceResult,
+    block_trace,
+    fd_trace,
+    hutchinson_trace,
+    hutchpp_trace,
+)
 
 __all__ = [
     "EigenResult",
@@ -21,6 +27,7 @@ __all__ = [
     "HessianOperator",
     "SpectralDensity",
     "TraceResult",
+    "block_trace",
     "default_fd_step",
     "fd_trace",
     "hutchinson_trace",

@@ -34,7 +34,7 @@ class LanczosState:
     alphas: list[float] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
     products: int = 0
-    exhausted: bool = False  # the Krylov space(s) span the whole space: T is exact
+    invariant: bool = False  # the basis spans an invariant subspace: the Ritz pairs are exact
 
     @property
     def steps(self) -> int:
@@ -49,7 +49,7 @@ def ritz(state: LanczosState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values, vectors = a.copy(), np.ones((1, 1))
     else:
         values, vectors = eigh_tridiagonal(a, b)
-    last = 0.0 if state.exhausted else abs(state.betas[-1])
+    last = 0.0 if state.invariant else abs(state.betas[-1])
     return values, vectors, last * np.abs(vectors[-1, :])
 
 
@@ -119,12 +119,12 @@ def lanczos_run(
             if breakdown:
                 state.betas[-1] = 0.0
                 if j + 1 == dim or new_start is None:
-                    state.exhausted = j + 1 == dim or new_start is None
+                    state.invariant = True
                     break
             if stop is not None and stop(state):
                 break
             if j + 1 == dim:
-                state.exhausted = True
+                state.invariant = True
                 break
             if breakdown:
                 assert new_start is not None

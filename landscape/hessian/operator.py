@@ -75,6 +75,19 @@ def _cast_floating(obj: Any, dtype: torch.dtype) -> Any:
     return obj
 
 
+def random_vector(
+    n: int, generator: torch.Generator, kind: str, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``n`` Gaussian or Rademacher entries drawn on the CPU from ``generator`` (reproducible)."""
+    if kind == "gaussian":
+        v = torch.randn(n, generator=generator, dtype=torch.float64)
+    elif kind == "rademacher":
+        v = torch.randint(0, 2, (n,), generator=generator).to(torch.float64) * 2 - 1
+    else:
+        raise ValueError(f"Invalid kind: {kind!r} (expected 'gaussian' or 'rademacher')")
+    return move_to_device(v.to(dtype), device)
+
+
 class _BatchLoss(nn.Module):
     """``forward(batch) -> weighted batch loss`` of an objective, for ``torch.func``."""
 
@@ -422,13 +435,7 @@ class HessianOperator:
 
     def random_vector(self, generator: torch.Generator, kind: str = "gaussian") -> Tensor:
         """A flat random vector (``"gaussian"`` or ``"rademacher"``) from ``generator``."""
-        if kind == "gaussian":
-            v = torch.randn(self.dim, generator=generator, dtype=torch.float64)
-        elif kind == "rademacher":
-            v = torch.randint(0, 2, (self.dim,), generator=generator).to(torch.float64) * 2 - 1
-        else:
-            raise ValueError(f"Invalid kind: {kind!r} (expected 'gaussian' or 'rademacher')")
-        return move_to_device(v.to(self.dtype), self.device)
+        return random_vector(self.dim, generator, kind, self.dtype, self.device)
 
     def close(self) -> None:
         """Release the kept first-order graph (it is rebuilt if the operator is used again)."""

@@ -1,8 +1,9 @@
 """Trace estimators for Hessian operators: Hutchinson, Hutch++, finite differences."""
 
 from landscape.hessian.trace._result import TraceResult
+from landscape.hessian.trace.block import block_trace
 from landscape.hessian.trace.finite_difference import fd_trace
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.hutchpp import hutchpp_trace
 
-__all__ = ["TraceResult", "fd_trace", "hutchinson_trace", "hutchpp_trace"]
+__all__ = ["TraceResult", "block_trace", "fd_trace", "hutchinson_trace", "hutchpp_trace"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from landscape.hessian._krylov import progress_bar
+from landscape.hessian._krylov import lanczos_run, progress_bar
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr
 
 __all__ = ["hutchpp_trace"]
+
+_SKETCHES = ("rademacher", "lanczos")
 
 
 def hutchpp_trace(
@@ -18,49 +20,81 @@ def hutchpp_trace(
     target_rel_stderr: float | None = None,
     seed: int = 0,
     *,
+    sketch: str = "rademacher",
     sketch_size: int | None = None,
     min_samples: int = 5,
     progress: bool | None = None,
 ) -> TraceResult:
     """``Tr(H) = Tr(QᵀHQ) + Tr((I−QQᵀ) H (I−QQᵀ))``, the second term by Hutchinson.
 
-    ``Q`` is an orthonormal basis of ``H S`` for a Rademacher sketch ``S`` of
-    ``sketch_size`` columns (default ``num_products // 3``): ``sketch_size`` products build
-    it, ``sketch_size`` more give ``Tr(QᵀHQ)`` exactly, and the rest are Hutchinson probes
-    projected off ``Q``. The estimate is unbiased, and its variance is far below
-    Hutchinson's when a few large eigenvalues dominate ``H`` (as in trained networks).
-    The standard error is that of the Hutchinson part.
+    ``sketch="rademacher"`` (Hutch++ as published): ``Q`` is an orthonormal basis of
+    ``H S`` for a Rademacher sketch ``S`` of ``sketch_size`` columns (default
+    ``num_products // 3``); ``sketch_size`` products build it, ``sketch_size`` more give
+    ``Tr(QᵀHQ)`` exactly, and the rest are Hutchinson probes projected off ``Q``.
+
+    ``sketch="lanczos"`` (Krylov-aware Hutch++, Chen & Hallman 2023): ``Q`` is the basis of
+    ``sketch_size`` Lanczos steps from a Gaussian start (default: all products but
+    ``max(2, num_products // 3)``), and ``Tr(QᵀHQ) = Σ α_j`` comes free with it; a Krylov
+    space captures the dominant eigenvectors far better than one multiplication of a random
+    sketch. If the Krylov space becomes invariant the trace of ``H`` restricted to it is exact.
+
+    Either way the estimate is unbiased (the probes are independent of ``Q``) and its
+    variance is far below Hutchinson's when a few large eigenvalues dominate ``H`` (as in
+    trained networks). The standard error is that of the Hutchinson part.
 
     Args:
         op: the Hessian operator.
         num_products: total budget of products (the maximum with a target).
         target_rel_stderr: stop the Hutchinson part once ``stderr ≤ target·|estimate|``.
         seed: seed of the sketch and the probes.
-        sketch_size: columns of the sketch.
+        sketch: ``"rademacher"`` or ``"lanczos"``.
+        sketch_size: columns of the sketch (Lanczos steps for ``"lanczos"``).
         min_samples: residual probes before the stopping rule may fire.
         progress: progress bar (``None``: only on a terminal).
     """
+    if sketch not in _SKETCHES:
+        raise ValueError(f"Invalid sketch: {sketch!r} (expected one of {_SKETCHES})")
     if num_products < 3:
         raise ValueError(f"Invalid num_products: {num_products} (must be >= 3)")
     if target_rel_stderr is not None and not target_rel_stderr > 0:
         raise ValueError(f"Invalid target_rel_stderr: {target_rel_stderr}")
-    k = num_products // 3 if sketch_size is None else sketch_size
-    if k < 1 or 2 * k >= num_products:
-        raise ValueError(f"Invalid sketch_size: {k} (need 1 <= sketch_size < num_products/2)")
+    per_col = 2 if sketch == "rademacher" else 1
+    if sketch_size is None:
+        k = (
+            num_products // 3
+            if sketch == "rademacher"
+            else num_products - max(2, num_products // 3)
+        )
+    else:
+        k = sketch_size
+    if k < 1 or per_col * k >= num_products:
+        raise ValueError(
+            f"Invalid sketch_size: {k} (need 1 <= sketch_size < num_products/{per_col})"
+        )
     k = min(k, op.dim)
     gen = torch.Generator().manual_seed(seed)
+    exhausted = False
     with progress_bar(num_products, "hutch++ trace", progress) as bar:
-        ys = []
-        for _ in range(k):
-            ys.append(op.matvec(op.random_vector(gen, "rademacher")))
-            bar.update(1)
-        q, _ = torch.linalg.qr(torch.stack(ys, dim=1))
-        exact = 0.0
-        for j in range(q.shape[1]):
-            exact += float(torch.dot(q[:, j].double(), op.matvec(q[:, j]).double()))
-            bar.update(1)
+        if sketch == "rademacher":
+            ys = []
+            for _ in range(k):
+                ys.append(op.matvec(op.random_vector(gen, "rademacher")))
+                bar.update(1)
+            q, _ = torch.linalg.qr(torch.stack(ys, dim=1))
+            exact = 0.0
+            for j in range(q.shape[1]):
+                exact += float(torch.dot(q[:, j].double(), op.matvec(q[:, j]).double()))
+                bar.update(1)
+            used = 2 * k
+        else:
+            state = lanczos_run(op.matvec, op.random_vector(gen), k, progress=False)
+            bar.update(state.products)
+            q = state.basis.T
+            exact = float(np.sum(state.alphas))
+            exhausted = state.invariant and state.steps == op.dim
+            used = state.products
         samples: list[float] = []
-        for _ in range(num_products - 2 * k):
+        for _ in range(0 if exhausted else num_products - used):
             g = op.random_vector(gen, "rademacher")
             g = g - q @ (q.T @ g)
             samples.append(float(torch.dot(g.double(), op.matvec(g).double())))
@@ -70,7 +104,10 @@ def hutchpp_trace(
                 if se <= target_rel_stderr * abs(exact + mean):
                     break
     arr = np.asarray(samples)
-    rest, stderr = mean_stderr(arr)
+    if exhausted:
+        rest, stderr = 0.0, 0.0
+    else:
+        rest, stderr = mean_stderr(arr)
     value = exact + rest
     conv = None
     if target_rel_stderr is not None:
@@ -78,8 +115,8 @@ def hutchpp_trace(
     return TraceResult(
         value=value,
         stderr=stderr,
-        products=2 * k + len(samples),
+        products=used + len(samples),
         samples=arr,
         converged=conv,
-        info={"method": "hutchpp", "sketch_size": k, "sketch_trace": exact},
+        info={"method": "hutchpp", "sketch": sketch, "sketch_size": k, "sketch_trace": exact},
     )

@@ -16,15 +16,19 @@ from landscape.store import read_surface
 
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the demo runs on 1 thread and must restore this
     out = tmp_path / "demo"
     args = [
         "demo", "--out", str(out), "--optimizers", "sgd,sam", "--epochs", "3",
         "--grid", "3", "--pca-grid", "3", "--metrics", "grad_norm",
         "--max-samples", "128", "--spectrum-runs", "1", "--spectrum-steps", "4",
-        "--no-progress", "--threads", "2",
+        "--no-progress", "--threads", "1",
     ]  # fmt: skip
-    assert main(args) == 0
-    assert torch.get_num_threads() == threads  # restored
+    try:
+        assert main(args) == 0
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "grad_norm" in printed and "sam" in printed and "report:" in printed
     for name in ("sgd", "sam"):
@@ -48,7 +52,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     again = run_demo(
         out, optimizers=["sgd", "sam"], epochs=3, grid=3, pca_grid=3,
         metrics=["grad_norm"], max_samples=128, spectrum_runs=1,
-        spectrum_steps=4, progress=False, threads=2,
+        spectrum_steps=4, progress=False, threads=1,
     )  # fmt: skip
     assert again.comparison.rows[0]["grad_norm"]["value"] == pytest.approx(
         comp["rows"][0]["grad_norm"]["value"]

@@ -87,7 +87,13 @@ def hutchpp_trace(
                 bar.update(1)
             used = 2 * k
         else:
-            state = lanczos_run(op.matvec, op.random_vector(gen), k, progress=False)
+            state = lanczos_run(
+                op.matvec,
+                op.random_vector(gen),
+                k,
+                new_start=lambda: op.random_vector(gen),
+                progress=False,
+            )
             bar.update(state.products)
             q = state.basis.T
             exact = float(np.sum(state.alphas))

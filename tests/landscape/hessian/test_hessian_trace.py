@@ -130,3 +130,32 @@ def test_bad_arguments(problem):
         hutchpp_trace(op, num_products=2)
     with pytest.raises(ValueError, match="form"):
         fd_trace(obj, form="hessian")
+
+
+def test_hutchpp_lanczos_sketch_unbiased_and_exact_when_exhausted(problem):
+    _, op, H = problem
+    exact = float(H.trace())
+    runs = [hutchpp_trace(op, num_products=21, seed=s, sketch="lanczos") for s in range(30)]
+    assert all(r.products == 21 and r.info["sketch_size"] == 14 for r in runs)
+    _unbiased([r.value for r in runs], [r.stderr for r in runs], exact)
+    full = hutchpp_trace(op, op.dim + 1, sketch="lanczos", sketch_size=op.dim)
+    assert abs(full.value - exact) < 1e-9 * abs(exact) and full.stderr == 0
+
+
+def test_block_trace_unbiased_with_exact_block_values(problem):
+    _, op, H = problem
+    from landscape.hessian import block_trace
+
+    runs = [block_trace(op, 24, seed=s) for s in range(30)]
+    r0 = runs[0]
+    assert list(r0.blocks) == ["0", "2"] and r0.products <= 24
+    _unbiased([r.value for r in runs], [max(r.stderr, 1e-12) for r in runs], float(H.trace()))
+    per_tensor = block_trace(op, 40, blocks="tensor", seed=0)
+    assert list(per_tensor.blocks) == op.param_names
+    # a budget covering every block's size traces each block exactly
+    big = block_trace(op, 2 * op.dim, blocks="tensor")
+    diag = torch.diagonal(H)
+    for name, sl in op.blocks():
+        assert abs(big.blocks[name][0] - float(diag[sl].sum())) < 1e-8
+    with pytest.raises(ValueError, match="num_products"):
+        block_trace(op, 5, blocks="tensor")

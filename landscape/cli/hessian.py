@@ -1,0 +1,156 @@
+"""``landscape hessian``: top eigenvalues, trace and spectral density of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``hessian`` subcommand."""
+    from landscape.hessian.summary import TRACE_METHODS
+
+    p = subparsers.add_parser(
+        "hessian",
+        help="Hessian top eigenvalues, trace and spectral density of a checkpoint",
+        description=(
+            "Lanczos eigenvalues (full re-orthogonalisation, residual stopping), the trace "
+            "(Hutch++ with a Lanczos sketch, Hutchinson, per-layer blocks or CR-SAM finite "
+            "differences) and the spectral density (stochastic Lanczos quadrature) of the "
+            "loss Hessian at a checkpoint, on a split of its data."
+        ),
+    )
+    p.add_argument("checkpoint", help="checkpoint file written by `landscape train`")
+    p.add_argument("--top-k", type=int, default=5, help="eigenvalues to compute (0: none)")
+    p.add_argument("--which", choices=("largest", "smallest", "magnitude"), default="largest")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="relative residual tolerance ‖Hv−λv‖ ≤ tol·|λ| (default 1e-3)",
+    )
+    p.add_argument(
+        "--max-products",
+        type=_positive,
+        default=100,
+        help="cap on Hessian-vector products for the eigenvalues (default 100)",
+    )
+    p.add_argument("--trace", action="store_true", help="estimate the trace")
+    p.add_argument("--trace-method", choices=TRACE_METHODS, default="hutchpp")
+    p.add_argument(
+        "--trace-products",
+        type=_positive,
+        default=60,
+        help="products (probes for fd) for the trace (default 60)",
+    )
+    p.add_argument(
+        "--target-rel-stderr",
+        type=float,
+        default=None,
+        help="stop the trace at this relative standard error",
+    )
+    p.add_argument("--per-layer", action="store_true", help="also per-layer traces")
+    p.add_argument("--density", action="store_true", help="spectral density (SLQ)")
+    p.add_argument("--density-runs", type=_positive, default=5)
+    p.add_argument("--density-steps", type=_positive, default=60)
+    p.add_argument("--split", choices=("train", "val", "test"), default="train")
+    p.add_argument(
+        "--max-samples",
+        type=_positive,
+        default=None,
+        help="use only the first N samples of the split",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=256,
+        help="batch size; data in one batch keeps the first-order graph",
+    )
+    p.add_argument(
+        "--method",
+        choices=("exact", "forward", "fd"),
+        default="exact",
+        help="Hessian-vector products (default exact double backward)",
+    )
+    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON")
+    p.add_argument(
+        "--save-eigenvectors",
+        default=None,
+        metavar="PT",
+        help="save eigenvalues and eigenvectors (tensor lists) with torch.save",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``landscape hessian``."""
+    import torch
+
+    from landscape.hessian.summary import format_summary, hessian_summary_checkpoint
+
+    for path in (args.out, args.save_eigenvectors):
+        if path is not None and not Path(path).parent.exists():
+            raise FileNotFoundError(f"no such directory: {os.fspath(Path(path).parent)}")
+    summary = hessian_summary_checkpoint(
+        args.checkpoint,
+        split=args.split,
+        device=args.device,
+        top_k=args.top_k,
+        which=args.which,
+        tol=args.tol,
+        max_products=args.max_products,
+        trace=args.trace,
+        trace_method=args.trace_method,
+        trace_products=args.trace_products,
+        target_rel_stderr=args.target_rel_stderr,
+        per_layer=args.per_layer,
+        density=args.density,
+        density_runs=args.density_runs,
+        density_steps=args.density_steps,
+        method=args.method,
+        dtype=torch.float64 if args.float64 else None,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        seed=args.seed,
+        return_eigenvectors=args.save_eigenvectors is not None,
+        progress=False if args.no_progress else None,
+    )
+    vectors = summary.pop("eigenvectors", None)
+    print(format_summary(summary))
+    if args.out is not None:
+        with open(args.out, "w") as fh:
+            json.dump(summary, fh, indent=1)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.save_eigenvectors is not None and vectors is not None:
+        torch.save(
+            {
+                "eigenvalues": summary["eigen"]["eigenvalues"],
+                "eigenvectors": [[t.cpu() for t in v] for v in vectors],
+                "param_names": summary["param_names"],
+                "checkpoint": summary["checkpoint"],
+            },
+            args.save_eigenvectors,
+        )
+        print(f"wrote {args.save_eigenvectors}", file=sys.stderr)
+    return 0

@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from _hessian_problems import dense_hessian
+
+from landscape.checkpoint import load_checkpoint, save_checkpoint
+from landscape.cli import main
+from landscape.data import load_data
+from landscape.hessian.summary import format_summary, hessian_summary
+from landscape.models import build_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    bundle = load_data("digits", n_per_class=6)
+    spec = {
+        "name": "mlp",
+        "in_channels": 1,
+        "num_classes": bundle.num_classes,
+        "input_size": [8, 8],
+        "hidden": [6],
+    }
+    torch.manual_seed(0)
+    model = build_model(**spec)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, model_spec=spec, data_spec=bundle.spec, meta={"epoch": 0})
+    return path
+
+
+def test_cli_eigenvalues_trace_density_json(checkpoint, tmp_path, capsys):
+    out = tmp_path / "h.json"
+    vec = tmp_path / "v.pt"
+    code = main(
+        [
+            "hessian",
+            str(checkpoint),
+            "--top-k",
+            "2",
+            "--tol",
+            "1e-8",
+            "--trace",
+            "--per-layer",
+            "--trace-products",
+            "30",
+            "--density",
+            "--density-runs",
+            "2",
+            "--density-steps",
+            "12",
+            "--out",
+            str(out),
+            "--save-eigenvectors",
+            str(vec),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "λ1 =" in text and "trace =" in text and "density:" in text
+    summary = json.loads(out.read_text())
+    ckpt = load_checkpoint(checkpoint)
+    x, y = ckpt.load_data().train.tensors
+    exact = torch.linalg.eigvalsh(dense_hessian(ckpt.model, x, y, F.cross_entropy))
+    np.testing.assert_allclose(
+        summary["eigen"]["eigenvalues"], exact.flip(0)[:2].numpy(), rtol=1e-5
+    )
+    tr = summary["trace"]
+    assert abs(tr["value"] - float(exact.sum())) <= 4 * tr["stderr"] + 1e-6
+    assert set(tr["layers"]) == {n for n, _ in ckpt.model.named_parameters()}
+    assert abs(np.trapezoid(summary["density"]["density"], summary["density"]["grid"]) - 1) < 1e-2
+    assert summary["sha256"] == ckpt.sha256 and summary["n_samples"] == x.shape[0]
+    saved = torch.load(vec, weights_only=True)
+    assert len(saved["eigenvectors"]) == 2
+    assert [t.shape for t in saved["eigenvectors"][0]] == [p.shape for p in ckpt.model.parameters()]
+
+
+def test_cli_errors(checkpoint, tmp_path, capsys):
+    assert main(["hessian", str(tmp_path / "missing.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["hessian", str(checkpoint), "--out", str(tmp_path / "no" / "h.json")]) == 2
+
+
+def test_summary_in_python_fd_trace_and_smallest():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    s = hessian_summary(
+        model,
+        (x, y),
+        top_k=2,
+        which="smallest",
+        tol=1e-8,
+        trace=True,
+        trace_method="fd",
+        trace_products=200,
+        dtype=torch.float64,
+    )
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y))
+    np.testing.assert_allclose(s["eigen"]["eigenvalues"], exact[:2].numpy(), rtol=1e-6)
+    assert abs(s["trace"]["value"] - float(exact.sum())) <= 4 * s["trace"]["stderr"]
+    json.dumps(s)
+    assert "λ1" in format_summary(s)
+    with pytest.raises(ValueError, match="trace_method"):
+        hessian_summary(model, (x, y), trace_method="magic")

@@ -174,12 +174,13 @@ def comparison_table_html(comparison: Mapping[str, Any]) -> str:
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
+       padding: 0 1em; box-sizing: border-box; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
 table.comparison { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 table.comparison th, table.comparison td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 table.comparison td { text-align: right; font-variant-numeric: tabular-nums; }
-.meta { color: #666; font-size: 0.85em; } .figure { margin: 1em 0; }
+.meta { color: #666; font-size: 0.85em; } .figure { margin: 1em 0; overflow-x: auto; }
 """
 
 

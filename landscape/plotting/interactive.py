@@ -501,6 +501,7 @@ def interactive_training_curves(
                     y=value,
                     mode="lines+markers",
                     name=f"{name} {split} {what}",
+                    legendgroup=name,  # one click on a legend entry toggles the whole run
                     line={"color": color, "dash": dashes[split]},
                     marker={"size": 4},
                 ),

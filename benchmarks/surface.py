@@ -10,8 +10,9 @@ thread per process. Per repeat (interleaved), each candidate evaluates the same 
   accuracy, HDF5 writes with flushes: everything, setup included) divided by the points;
 - loss-landscapes: ``random_plane`` over the same batches, with a metric giving it the
   same advantages (no_grad, eval mode, cached batches). Its ``filter`` normalisation
-  crashes on ResNet-20 (ZeroDivisionError: its "orthogonal" second direction has all-zero
-  filters), so it runs with ``layer`` normalisation (same per-point work).
+  crashes on ResNet-20 (ZeroDivisionError: a zero BatchNorm bias zeroes the 1-D direction,
+  whose elements it then divides by as "filters"), so it runs with ``layer``
+  normalisation (same per-point work).
 
 Then the 2-process ``torchrun`` speed-up of the same surface (wall time of 1 vs 2 ranks).
 

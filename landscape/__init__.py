@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     "hutchpp_trace": "landscape.hessian",
     "fd_trace": "landscape.hessian",
     "slq_density": "landscape.hessian",
+    "block_trace": "landscape.hessian",
     "METRICS": "landscape.metrics",
     "MetricResult": "landscape.metrics",
     "compute_metrics": "landscape.metrics",

@@ -349,7 +349,9 @@ class SharpnessAwareOptimizer(Optimizer):
                 stack.enter_context(disable_running_stats(self.model))
             if not sync:
                 stack.enter_context(self.model.no_sync())  # type: ignore[union-attr]
-            return fn() if req.part is None else fn(req.part)
+            out = fn() if req.part is None else fn(req.part)
+        # Detached: holding the first pass's graph through the later passes costs time.
+        return out.detach() if isinstance(out, Tensor) else out
 
     def _begin(
         self, has_val: bool = False
@@ -404,8 +406,8 @@ class SharpnessAwareOptimizer(Optimizer):
             val_closure: Agnostic-SAM only: computes the validation gradient (see there).
 
         Returns:
-            The loss the closure returned in the first pass at the unperturbed weights
-            (``None`` when the gradient of that pass was already present).
+            The loss the closure returned in the first pass at the unperturbed weights,
+            detached (``None`` when the gradient of that pass was already present).
         """
         if closure is None:
             raise ValueError(f"Invalid closure: None ({type(self).__name__}.step needs one)")

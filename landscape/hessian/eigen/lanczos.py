@@ -35,7 +35,7 @@ def lanczos_eigen(
     max_products: int = 100,
     seed: int = 0,
     *,
-    v0: torch.Tensor | None = None,
+    v0: torch.Tensor | list[torch.Tensor] | None = None,
     progress: bool | None = None,
 ) -> EigenResult:
     """Top-``k`` eigenpairs of a Hessian operator by Lanczos with full re-orthogonalisation.
@@ -56,7 +56,7 @@ def lanczos_eigen(
         max_products: cap on Hessian-vector products (a warning is logged when the pairs
             have not converged by then; they are returned flagged ``converged=False``).
         seed: seed of the Gaussian start vector (and of restart vectors).
-        v0: explicit start vector (flat), instead of a random one.
+        v0: explicit start vector (flat or a tensor list), instead of a random one.
         progress: progress bar (``None``: only on a terminal).
 
     Returns:
@@ -74,7 +74,12 @@ def lanczos_eigen(
     if max_products < k:
         raise ValueError(f"Invalid max_products: {max_products} (must be >= k={k})")
     gen = torch.Generator().manual_seed(seed)
-    start = op.random_vector(gen) if v0 is None else op.to_flat(op.to_list(v0))
+    if v0 is None:
+        start = op.random_vector(gen)
+    elif isinstance(v0, list | tuple):
+        start = op.to_flat(v0)
+    else:
+        start = op.to_flat(op.to_list(v0))
     if float(torch.linalg.vector_norm(start)) == 0.0:
         raise ValueError("Invalid v0: the zero vector")
 

@@ -242,3 +242,25 @@ def test_bad_arguments():
     op = HessianOperator(model, data=(x, y))
     with pytest.raises(ValueError, match="vector"):
         op.matvec(torch.zeros(op.dim + 1))
+
+
+@pytest.mark.parametrize("method", ["forward", "fd"])
+def test_parameter_subset_other_methods(method):
+    model = tanh_mlp()
+    x, y = classification_data()
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, ["2"], data=(x, y), method=method, dtype=torch.float64)
+    start = sum(p.numel() for p in model[0].parameters())
+    torch.testing.assert_close(op.to_dense(), H[start:, start:], atol=1e-7, rtol=1e-6)
+
+
+def test_lanczos_accepts_tensor_list_start():
+    from landscape.hessian import lanczos_eigen
+
+    model = tanh_mlp()
+    x, y = classification_data()
+    op = HessianOperator(model, data=(x, y), dtype=torch.float64)
+    g = op.gradient()
+    res = lanczos_eigen(op, k=1, tol=1e-8, max_products=op.dim, v0=g)
+    top = torch.linalg.eigvalsh(dense_hessian(model, x, y))[-1]
+    assert abs(float(res.eigenvalues[0]) - float(top)) < 1e-8 * float(top)

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         help="Hessian top eigenvalues, trace and spectral density of a checkpoint",
         description=(
             "Lanczos eigenvalues (full re-orthogonalisation, residual stopping), the trace "
-            "(Hutch++ with a Lanczos sketch, Hutchinson, per-layer blocks or CR-SAM finite "
+            "(Hutch++, Hutchinson, per-layer diagonal blocks or CR-SAM finite "
             "differences) and the spectral density (stochastic Lanczos quadrature) of the "
             "loss Hessian at a checkpoint, on a split of its data."
         ),

@@ -65,7 +65,7 @@ def hessian_summary(
         tol: relative residual tolerance of the eigenpairs.
         max_products: cap on products for the eigenpairs.
         trace: estimate ``Tr(H)``.
-        trace_method: ``"hutchpp"`` (Hutch++ with a Lanczos sketch), ``"hutchinson"``,
+        trace_method: ``"hutchpp"`` (Hutch++, Rademacher sketch), ``"hutchinson"``,
             ``"block"`` (:func:`block_trace`, per layer) or ``"fd"`` (CR-SAM's loss form).
         trace_products: products (probes for ``"fd"``) for the trace.
         target_rel_stderr: stop the trace early at this relative standard error
@@ -143,9 +143,7 @@ def hessian_summary(
                     progress=progress,
                 )
             else:
-                tr = hutchpp_trace(
-                    op, trace_products, target_rel_stderr, seed, sketch="lanczos", progress=progress
-                )
+                tr = hutchpp_trace(op, trace_products, target_rel_stderr, seed, progress=progress)
             out["trace"] = tr.to_dict()
             if per_layer and trace_method != "hutchinson":
                 layers = hutchinson_trace(

@@ -1,4 +1,4 @@
-"""The registry of optimizer configurations that the battery in test_battery.py runs over.
+"""The registry of optimizer configurations that the battery in test_optim_battery.py runs over.
 
 Each entry carries an INDEPENDENT re-statement of the update rule, written on one flat
 float64 parameter vector with plain tensor maths (no code shared with ``optimizers``),

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         with open(args.out, "w") as fh:
             json.dump(summary, fh, indent=1)
-        print(f"wrote {args.out}", file=sys.stderr)
+        print(f"wrote {args.out}")
     if args.save_eigenvectors is not None and vectors is not None:
         torch.save(
             {
@@ -152,5 +151,5 @@ def run(args: argparse.Namespace) -> int:
             },
             args.save_eigenvectors,
         )
-        print(f"wrote {args.save_eigenvectors}", file=sys.stderr)
+        print(f"wrote {args.save_eigenvectors}")
     return 0

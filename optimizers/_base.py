@@ -22,6 +22,7 @@ aligned with :attr:`StepContext.params`), and returns the direction.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -249,7 +250,7 @@ class SharpnessAwareOptimizer(Optimizer):
         self._saved: list[Tensor] = []
         self._saved_for: list[Tensor] = []
         self._pending: _Pending | None = None
-        self._stale: list[tuple[Tensor, int]] = []
+        self._stale: list[tuple[weakref.ref[Tensor], int]] = []
 
     # ---------------------------------------------------------------- the rule
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
@@ -312,7 +313,7 @@ class SharpnessAwareOptimizer(Optimizer):
             return False
         if len(grads) != len(self._stale):
             return True
-        return any(g is not s or g._version != v for (_, g), (s, v) in zip(grads, self._stale))
+        return any(g is not s() or g._version != v for (_, g), (s, v) in zip(grads, self._stale))
 
     def _take_grads(self, ctx: StepContext | None) -> list[Tensor]:
         """Take the gradients of the pass that just ran (``.grad`` is left ``None``)."""
@@ -383,7 +384,10 @@ class SharpnessAwareOptimizer(Optimizer):
             scaler.step(self.base_optimizer)
         else:
             self.base_optimizer.step()
-        self._stale = [(p.grad, p.grad._version) for p in self._trainable() if p.grad is not None]
+        # weak references: a later zero_grad() must be able to free the direction
+        self._stale = [
+            (weakref.ref(p.grad), p.grad._version) for p in self._trainable() if p.grad is not None
+        ]
 
     @torch.no_grad()
     def step(  # type: ignore[override]

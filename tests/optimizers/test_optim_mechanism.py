@@ -247,3 +247,17 @@ def test_mixed_dtypes_are_grouped(cfg):
     assert b1.dtype == torch.float32
     torch.testing.assert_close(a1, a2, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(b1, b2, rtol=1e-5, atol=1e-6)
+
+
+def test_the_direction_is_freed_by_zero_grad():
+    """The optimizer keeps no strong reference to the .grad it leaves behind."""
+    import weakref
+
+    model = make_model()
+    opt = O.SAM(model.parameters(), torch.optim.SGD, model=model, lr=0.1)
+    x, y = make_batches(1)[0]
+    opt.step(make_closure(model, opt, x, y))
+    ref = weakref.ref(next(model.parameters()).grad)
+    assert ref() is not None
+    opt.zero_grad()
+    assert ref() is None

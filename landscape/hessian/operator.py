@@ -123,8 +123,9 @@ class HessianOperator:
         fd_check: when to run the two-step consistency check of finite differences:
             ``"first"`` product only (default), ``"always"`` or ``"never"``.
         fd_check_rtol: relative disagreement between steps ``h`` and ``h/2`` that warns.
-        reuse_graph: keep the first-order graph between products; default: when the data
-            is one batch and ``method="exact"``.
+        reuse_graph: keep the first-order graph(s) between products (one per batch: the
+            memory of the whole data's graph, fixed across products); default: when the
+            data is one batch and ``method="exact"``.
 
     Use it as a context manager (or call :meth:`close`) to release a kept graph.
     """
@@ -194,8 +195,10 @@ class HessianOperator:
         )
         if self.reuse_graph and method != "exact":
             raise ValueError(f"Invalid reuse_graph: True needs method='exact', not {method!r}")
+        if self.reuse_graph and not self._obj.cached:
+            raise ValueError("Invalid reuse_graph: True needs data cached on the device")
         self.products = 0
-        self._graph: list[Tensor | None] | None = None
+        self._graph: list[list[Tensor | None]] | None = None
         self._graph_versions: list[int] | None = None
         self._fd_checked = False
 
@@ -324,22 +327,32 @@ class HessianOperator:
         )
         return [torch.zeros_like(p) if h is None else h for h, p in zip(parts, params, strict=True)]
 
-    def _first_order(self) -> list[Tensor | None]:
-        """The kept first-order graph of a one-batch objective (rebuilt if weights moved)."""
+    def _first_order(self) -> list[list[Tensor | None]]:
+        """The kept first-order graphs, one per batch (rebuilt if the weights moved)."""
         versions = [p._version for p in self._work]
         if self._graph is None or versions != self._graph_versions:
             self._graph = None
+            graphs = []
             with self._obj.eval_mode(), torch.enable_grad():
-                batch = next(iter(self._obj.batches()))
-                loss = self._obj.batch_loss(batch) * batch.weight
-                self._graph = list(
-                    torch.autograd.grad(loss, self._work, create_graph=True, allow_unused=True)
-                )
+                for batch in self._obj.batches():
+                    loss = self._obj.batch_loss(batch) * batch.weight
+                    graphs.append(
+                        list(
+                            torch.autograd.grad(
+                                loss, self._work, create_graph=True, allow_unused=True
+                            )
+                        )
+                    )
+            self._graph = graphs
             self._graph_versions = versions
         return self._graph
 
     def _hvp_reused(self, vs: list[Tensor]) -> list[Tensor]:
-        return self._double_backward(self._first_order(), self._work, vs, retain=True)
+        graphs = self._first_order()
+        out = self._double_backward(graphs[0], self._work, vs, retain=True)
+        for grads in graphs[1:]:
+            tl_add_(out, self._double_backward(grads, self._work, vs, retain=True))
+        return out
 
     def _hvp_batches(self, vs: list[Tensor]) -> list[Tensor]:
         out = [torch.zeros_like(p) for p in self._work]
@@ -411,10 +424,16 @@ class HessianOperator:
     def gradient(self) -> list[Tensor]:
         """``∇L`` w.r.t. ``params`` as a tensor list (from the kept graph when there is one)."""
         if self.reuse_graph:
-            return [
-                torch.zeros_like(p) if g is None else g.detach().clone()
-                for g, p in zip(self._first_order(), self._work, strict=True)
-            ]
+            out = [torch.zeros_like(p) for p in self._work]
+            for grads in self._first_order():
+                tl_add_(
+                    out,
+                    [
+                        torch.zeros_like(p) if g is None else g.detach()
+                        for g, p in zip(grads, self._work, strict=True)
+                    ],
+                )
+            return out
         return self._obj.gradient(self._work)
 
     def to_scipy(self) -> Any:

@@ -17,16 +17,29 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize(
-    ("method", "batch_size"), [("exact", 64), ("exact", 16), ("forward", 16), ("fd", 16)]
+    ("method", "batch_size", "reuse"),
+    [
+        ("exact", 64, None),
+        ("exact", 16, None),
+        ("exact", 16, True),
+        ("forward", 16, None),
+        ("fd", 16, None),
+    ],
 )
-def test_products_match_dense_hessian(method, batch_size):
+def test_products_match_dense_hessian(method, batch_size, reuse):
     model = tanh_mlp()
     x, y = classification_data(n=40)
     H = dense_hessian(model, x, y)
     op = HessianOperator(
-        Objective(model, (x, y), batch_size=batch_size), method=method, dtype=torch.float64
+        Objective(model, (x, y), batch_size=batch_size),
+        method=method,
+        dtype=torch.float64,
+        reuse_graph=reuse,
     )
-    assert op.reuse_graph == (method == "exact" and batch_size == 64)
+    assert op.reuse_graph == (method == "exact" and (batch_size == 64 or reuse is True))
+    g = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    for a, b in zip(op.gradient(), g, strict=True):
+        torch.testing.assert_close(a.float(), b, rtol=1e-4, atol=1e-6)
     V = torch.randn(op.dim, 3, dtype=torch.float64)
     tol = 1e-8 if method == "fd" else 1e-12
     assert _rel(op @ V, H @ V) < tol

@@ -126,6 +126,19 @@ def torchrun_seconds(nproc: int, steps: int, samples: int, out: str) -> float:
     return float(json.loads(line)["seconds"])
 
 
+def torchrun_speedup(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    one, two = [], []
+    for _ in range(args.repeats):  # interleaved: 1 rank, then 2 ranks, per repeat
+        one.append(torchrun_seconds(1, args.steps, args.samples, str(tmp / "t1.h5")))
+        two.append(torchrun_seconds(2, args.steps, args.samples, str(tmp / "t2.h5")))
+    print(
+        f"torchrun {args.steps}x{args.steps} grid: 1 rank {median(one):.2f} s, "
+        f"2 ranks {median(two):.2f} s, speed-up {median(one) / median(two):.2f}x "
+        "(2 cores shared with other jobs)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5, help="grid points per axis")
@@ -135,6 +148,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument("--flush-only", action="store_true")
+    parser.add_argument("--torchrun-only", action="store_true")
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -145,6 +159,9 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.samples, args.repeats = 2, 256, 1
+    if args.torchrun_only:
+        torchrun_speedup(args)
+        return
     torch.set_num_threads(1)
     from loss_landscapes import random_plane
     from loss_landscapes.metrics.metric import Metric
@@ -214,18 +231,7 @@ def main() -> None:
     point_s = median(times["sharpscape loop"]) / npts
     print(f"writing a point costs {100 * write_s / point_s:.3f}% of evaluating it")
 
-    one = [
-        torchrun_seconds(1, args.steps, args.samples, str(tmp / "t1.h5"))
-        for _ in range(args.repeats)
-    ]
-    two = [
-        torchrun_seconds(2, args.steps, args.samples, str(tmp / "t2.h5"))
-        for _ in range(args.repeats)
-    ]
-    print(
-        f"torchrun 1 rank: {median(one):.2f} s, 2 ranks: {median(two):.2f} s, "
-        f"speed-up {median(one) / median(two):.2f}x (2 cores shared with other jobs)"
-    )
+    torchrun_speedup(args)
 
 
 if __name__ == "__main__":

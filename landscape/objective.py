@@ -350,16 +350,29 @@ class Objective:
         sums: dict[str, Tensor] = {}
         with self.eval_mode(), torch.inference_mode():
             for batch in self.batches():
-                out = self.outputs(batch.inputs)
-                values = {"loss": self.loss_fn(out, batch.targets)}
-                if self._wants_accuracy(out, batch.targets):
-                    correct = (out.argmax(dim=-1) == batch.targets).sum()
-                    values["acc"] = correct.double() * (100.0 / batch.size)
-                for name, fn in self.metrics.items():
-                    values[name] = torch.as_tensor(fn(out, batch.targets), device=self.device)
-                for name, v in values.items():
-                    term = v.detach().double() * batch.weight
-                    sums[name] = sums[name] + term if name in sums else term
+                self.accumulate(sums, self.outputs(batch.inputs), batch)
+        return self.finalize(sums)
+
+    def accumulate(self, sums: dict[str, Tensor], outputs: Any, batch: WeightedBatch) -> None:
+        """Add one batch's weighted loss, accuracy and metrics (from its outputs) to ``sums``.
+
+        The running sums stay device tensors (no synchronisation per batch); turn them
+        into numbers with :meth:`finalize`. Shared by every evaluation loop (one model,
+        or several grid points batched with ``vmap``).
+        """
+        values = {"loss": self.loss_fn(outputs, batch.targets)}
+        if self._wants_accuracy(outputs, batch.targets):
+            correct = (outputs.argmax(dim=-1) == batch.targets).sum()
+            values["acc"] = correct.double() * (100.0 / batch.size)
+        for name, fn in self.metrics.items():
+            values[name] = torch.as_tensor(fn(outputs, batch.targets), device=self.device)
+        for name, v in values.items():
+            term = v.detach().double() * batch.weight
+            sums[name] = sums[name] + term if name in sums else term
+
+    @staticmethod
+    def finalize(sums: dict[str, Tensor]) -> dict[str, float]:
+        """Turn :meth:`accumulate`'s sums into floats, non-finite values into NaN."""
         result = {name: float(v) for name, v in sums.items()}
         return {k: (v if math.isfinite(v) else math.nan) for k, v in result.items()}
 

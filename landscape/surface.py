@@ -178,21 +178,10 @@ class _Evaluator:
 
                     outs = vmap(fwd)(stacked)
                     for j in range(k):
-                        o = outs[j]
-                        vals = {"loss": obj.loss_fn(o, batch.targets)}
-                        if obj._wants_accuracy(o, batch.targets):
-                            correct = (o.argmax(dim=-1) == batch.targets).sum()
-                            vals["acc"] = correct.double() * (100.0 / batch.size)
-                        for mname, fn in obj.metrics.items():
-                            vals[mname] = torch.as_tensor(fn(o, batch.targets), device=obj.device)
-                        for mname, v in vals.items():
-                            term = v.detach().double() * batch.weight
-                            s = sums[j]
-                            s[mname] = s[mname] + term if mname in s else term
+                        obj.accumulate(sums[j], outs[j], batch)
             for j in range(k):
-                for mname, v in sums[j].items():
-                    f = float(v)
-                    out[j][f"{split}_{mname}"] = f if math.isfinite(f) else math.nan
+                for mname, f in obj.finalize(sums[j]).items():
+                    out[j][f"{split}_{mname}"] = f
         return out
 
 

@@ -9,17 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from landscape.cli._args import positive_int
+
 log = logging.getLogger(__name__)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -47,7 +39,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--max-products",
-        type=_positive,
+        type=positive_int,
         default=100,
         help="cap on Hessian-vector products for the eigenvalues (default 100)",
     )
@@ -55,7 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trace-method", choices=TRACE_METHODS, default="hutchpp")
     p.add_argument(
         "--trace-products",
-        type=_positive,
+        type=positive_int,
         default=60,
         help="products (probes for fd) for the trace (default 60)",
     )
@@ -67,18 +59,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--per-layer", action="store_true", help="also per-layer traces")
     p.add_argument("--density", action="store_true", help="spectral density (SLQ)")
-    p.add_argument("--density-runs", type=_positive, default=5)
-    p.add_argument("--density-steps", type=_positive, default=60)
+    p.add_argument("--density-runs", type=positive_int, default=5)
+    p.add_argument("--density-steps", type=positive_int, default=60)
     p.add_argument("--split", choices=("train", "val", "test"), default="train")
     p.add_argument(
         "--max-samples",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="use only the first N samples of the split",
     )
     p.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         default=256,
         help="batch size; data in one batch keeps the first-order graph",
     )

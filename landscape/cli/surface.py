@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from landscape.cli._args import positive_int
 from landscape.surface import EVALUATION_MODES, SPLITS, parse_grid
 
 log = logging.getLogger(__name__)
@@ -20,16 +21,6 @@ def _grid(spec: str) -> Any:
         return parse_grid(spec)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -94,11 +85,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--max-samples",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="evaluate on the first N samples of each split",
     )
-    p.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     p.add_argument("--data-dir", default=None, help="folder of the dataset files (CIFAR)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument(

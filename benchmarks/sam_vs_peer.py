@@ -1,0 +1,101 @@
+"""SAM vs pytorch-optimizer's SAM, step by step: alternating pairs, per-pair ratios.
+
+CIFAR-shaped ResNet-20, batch 128 of random data, CPU.  Each pair runs one step of each
+optimizer (order alternating), and the table gives the median and quartiles of the
+per-pair time ratio ours / peer (process CPU time and wall time).  ``--no-model`` builds
+our SAM without ``model=``, i.e. without BatchNorm freezing (what the peer does: it lets
+the second pass update the running statistics too).
+
+    .venv/bin/python benchmarks/sam_vs_peer.py --pairs 30
+    .venv/bin/python benchmarks/sam_vs_peer.py --pairs 30 --no-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import optimizers
+from landscape.models import build_model
+
+
+def make_steps(with_model: bool, batch: int = 128):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    from pytorch_optimizer import SAM as PeerSAM
+
+    def net():
+        torch.manual_seed(1)
+        return build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
+
+    peer_model, our_model = net(), net()
+    peer = PeerSAM(peer_model.parameters(), torch.optim.SGD, rho=0.05, lr=0.05, momentum=0.9)
+
+    def peer_closure():
+        peer.zero_grad()
+        loss = F.cross_entropy(peer_model(x), y)
+        loss.backward()
+        return loss
+
+    def peer_step():
+        peer_closure()  # its first pass is the caller's
+        peer.step(peer_closure)
+
+    ours = optimizers.SAM(
+        our_model.parameters(),
+        torch.optim.SGD,
+        rho=0.05,
+        model=our_model if with_model else None,
+        lr=0.05,
+        momentum=0.9,
+    )
+
+    def our_closure(part=None):
+        ours.zero_grad()
+        loss = F.cross_entropy(our_model(x), y)
+        loss.backward()
+        return loss
+
+    return {"ours": lambda: ours.step(our_closure), "peer": peer_step}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-model", action="store_true", help="our SAM without model=")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps = make_steps(with_model=not args.no_model)
+    for fn in steps.values():  # warm-up
+        fn()
+    cpu, wall = [], []
+    for i in range(args.pairs):
+        order = ["ours", "peer"] if i % 2 == 0 else ["peer", "ours"]
+        t = {}
+        for name in order:
+            w, c = time.perf_counter(), time.process_time()
+            steps[name]()
+            t[name] = (time.perf_counter() - w, time.process_time() - c)
+        wall.append(t["ours"][0] / t["peer"][0])
+        cpu.append(t["ours"][1] / t["peer"][1])
+    q = statistics.quantiles(cpu, n=4)
+    mode = "model=None" if args.no_model else "model=model (BatchNorm frozen in pass 2)"
+    print(
+        f"SAM ({mode}) / pytorch_optimizer.SAM, ResNet-20 batch 128, {args.threads} thread(s), "
+        f"{args.pairs} alternating pairs, torch {torch.__version__}"
+    )
+    print(
+        f"median cpu ratio {statistics.median(cpu):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), "
+        f"median wall ratio {statistics.median(wall):.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

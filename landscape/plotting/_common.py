@@ -54,6 +54,36 @@ def surface_ndim(surface: Any) -> int:
     return int(ndim)
 
 
+def load_surfaces(
+    surfaces: Iterable[SurfaceLike],
+    labels: Sequence[str] | None = None,
+    *,
+    labels_name: str = "labels",
+    need_2d: str | None = None,
+) -> tuple[list[Any], list[str]]:
+    """Load several surfaces (objects or files) with one label each.
+
+    Args:
+        surfaces: surfaces or their files; at least one.
+        labels: one label per surface; default each surface's file name.
+        labels_name: the caller's name for ``labels`` (error messages).
+        need_2d: when given, the caller's name: every surface must be 2-D.
+
+    Raises:
+        ValueError: no surface, a 1-D surface where 2-D is needed, or a label count
+            that does not match.
+    """
+    loaded = [as_surface(s) for s in surfaces]
+    if not loaded:
+        raise ValueError("surfaces must hold at least one surface")
+    if need_2d is not None and any(surface_ndim(s) != 2 for s in loaded):
+        raise ValueError(f"{need_2d} needs 2-D surfaces")
+    if labels is not None and len(labels) != len(loaded):
+        raise ValueError(f"{labels_name} has {len(labels)} entries for {len(loaded)} surfaces")
+    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
+    return loaded, names
+
+
 def surface_label(surface: Any, default: str = "surface") -> str:
     """A short human label for a surface (its file stem, else ``default``)."""
     path = getattr(surface, "path", None)

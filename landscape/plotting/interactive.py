@@ -24,6 +24,7 @@ from landscape.plotting._common import (
     for_log,
     interpolate_on_grid,
     is_accuracy,
+    load_surfaces,
     metric_label,
     metric_order,
     metric_values,
@@ -227,14 +228,7 @@ def interactive_surfaces(
         title: figure title.
     """
     go = _go()
-    loaded = [as_surface(s) for s in surfaces]
-    if not loaded:
-        raise ValueError("surfaces must hold at least one surface")
-    if any(surface_ndim(s) != 2 for s in loaded):
-        raise ValueError("interactive_surfaces needs 2-D surfaces")
-    if labels is not None and len(labels) != len(loaded):
-        raise ValueError(f"labels has {len(labels)} entries for {len(loaded)} surfaces")
-    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
+    loaded, names = load_surfaces(surfaces, labels, need_2d="interactive_surfaces")
     zs = [metric_values(s, metric) for s in loaded]
     lo, hi = value_range([for_log(z) if log else z for z in zs], vmin, vmax, log)
     cmin, cmax = (np.log10(lo), np.log10(hi)) if log else (lo, hi)
@@ -315,14 +309,7 @@ def interactive_contours(
     go = _go()
     from plotly.subplots import make_subplots
 
-    loaded = [as_surface(s) for s in surfaces]
-    if not loaded:
-        raise ValueError("surfaces must hold at least one surface")
-    if any(surface_ndim(s) != 2 for s in loaded):
-        raise ValueError("interactive_contours needs 2-D surfaces")
-    if labels is not None and len(labels) != len(loaded):
-        raise ValueError(f"labels has {len(labels)} entries for {len(loaded)} surfaces")
-    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
+    loaded, names = load_surfaces(surfaces, labels, need_2d="interactive_contours")
     raws = [metric_values(s, metric) for s in loaded]
     zs = [for_log(z) if log else z for z in raws]
     lo, hi = value_range(zs, vmin, vmax, log)

@@ -32,6 +32,7 @@ from landscape.plotting._common import (
     curves_from_records,
     for_log,
     is_accuracy,
+    load_surfaces,
     metric_label,
     metric_order,
     metric_values,
@@ -405,15 +406,10 @@ def plot_surface_grid(
         ncols: panels per row; default up to 3.
         cmap: matplotlib colour map name.
     """
-    loaded = [as_surface(s) for s in surfaces]
-    if not loaded:
-        raise ValueError("surfaces must hold at least one surface")
+    loaded, titles = load_surfaces(surfaces, titles, labels_name="titles")
     dims = {surface_ndim(s) for s in loaded}
     if len(dims) != 1:
         raise ValueError("surfaces must be all 1-D or all 2-D")
-    if titles is not None and len(titles) != len(loaded):
-        raise ValueError(f"titles has {len(titles)} entries for {len(loaded)} surfaces")
-    titles = list(titles) if titles is not None else [surface_label(s) for s in loaded]
     two_d = dims == {2}
     allowed = ("filled", "contour", "heatmap") if two_d else ("line",)
     if (two_d and kind not in allowed) or (not two_d and kind not in ("line", "filled")):

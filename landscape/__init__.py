@@ -50,6 +50,7 @@ _LAZY: dict[str, str] = {
     "fd_trace": "landscape.hessian",
     "slq_density": "landscape.hessian",
     "block_trace": "landscape.hessian",
+    "ggn_trace": "landscape.hessian",
     "METRICS": "landscape.metrics",
     "MetricResult": "landscape.metrics",
     "compute_metrics": "landscape.metrics",

@@ -6,7 +6,8 @@
 - Eigenpairs: :func:`lanczos_eigen` (Lanczos, full re-orthogonalisation, residual
   stopping), :func:`power_iteration` (baseline).
 - Traces: :func:`hutchinson_trace` (with per-block traces), :func:`hutchpp_trace`,
-  :func:`fd_trace` (CR-SAM's finite differences).
+  :func:`block_trace` (per-layer blocks), :func:`fd_trace` (CR-SAM's finite
+  differences), :func:`ggn_trace` (Gauss–Newton part exactly, residual blocks probed).
 - Spectral density: :func:`slq_density` (stochastic Lanczos quadrature).
 """
 
@@ -17,6 +18,7 @@ from landscape.hessian.trace import (
     TraceResult,
     block_trace,
     fd_trace,
+    ggn_trace,
     hutchinson_trace,
     hutchpp_trace,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "block_trace",
     "default_fd_step",
     "fd_trace",
+    "ggn_trace",
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos_eigen",

@@ -16,6 +16,7 @@ from landscape.hessian.eigen.lanczos import lanczos_eigen
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace.block import block_trace
 from landscape.hessian.trace.finite_difference import fd_trace
+from landscape.hessian.trace.gauss_newton import ggn_trace
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.hutchpp import hutchpp_trace
 from landscape.objective import Objective
@@ -24,7 +25,7 @@ __all__ = ["TRACE_METHODS", "format_summary", "hessian_summary", "hessian_summar
 
 logger = logging.getLogger(__name__)
 
-TRACE_METHODS = ("hutchpp", "hutchinson", "block", "fd")
+TRACE_METHODS = ("hutchpp", "hutchinson", "block", "fd", "ggn")
 _SPLITS = ("train", "val", "test")
 
 
@@ -66,10 +67,11 @@ def hessian_summary(
         max_products: cap on products for the eigenpairs.
         trace: estimate ``Tr(H)``.
         trace_method: ``"hutchpp"`` (Hutch++, Rademacher sketch), ``"hutchinson"``,
-            ``"block"`` (:func:`block_trace`, per layer) or ``"fd"`` (CR-SAM's loss form).
+            ``"block"`` (:func:`block_trace`, per layer), ``"fd"`` (CR-SAM's loss form) or
+            ``"ggn"`` (:func:`ggn_trace`: Gauss–Newton part exact, residual blocks probed).
         trace_products: products (probes for ``"fd"``) for the trace.
         target_rel_stderr: stop the trace early at this relative standard error
-            (``hutchinson``, ``hutchpp``, ``fd``).
+            (``hutchinson``, ``hutchpp``, ``fd``, ``ggn``).
         per_layer: also report per-parameter-tensor traces (Hutchinson, same products).
         density: spectral density by :func:`slq_density`.
         density_runs: SLQ runs.
@@ -133,6 +135,8 @@ def hessian_summary(
                 )
             elif trace_method == "block":
                 tr = block_trace(op, trace_products, seed=seed, progress=progress)
+            elif trace_method == "ggn":
+                tr = ggn_trace(op, trace_products, target_rel_stderr, seed, progress=progress)
             elif trace_method == "hutchinson":
                 tr = hutchinson_trace(
                     op,

@@ -1,8 +1,8 @@
 r"""Curvature metrics: thin calls into :mod:`landscape.hessian` at the current weights.
 
 - ``lambda_max``: top Hessian eigenvalue (Lanczos);
-- ``trace``: :math:`\mathrm{Tr}(H)` with its standard error (Hutchinson, Hutch++ or
-  CR-SAM's finite differences);
+- ``trace``: :math:`\mathrm{Tr}(H)` with its standard error (Hutchinson, Hutch++,
+  CR-SAM's finite differences or the Gauss–Newton split);
 - ``normalized_trace``: :math:`\mathrm{Tr}(H)/\|∇L\|_2` (CR-SAM's curvature measure);
 - ``grad_curvature``: :math:`g^⊤Hg/\|g\|^2`, the curvature along the gradient (one
   Hessian-vector product).
@@ -68,7 +68,7 @@ def lambda_max(
     )
 
 
-_TRACE_METHODS = ("hutchinson", "hutchpp", "fd")
+_TRACE_METHODS = ("hutchinson", "hutchpp", "fd", "ggn")
 
 
 def _trace(
@@ -83,7 +83,7 @@ def _trace(
     per_layer: bool = False,
 ) -> Any:
     """The trace estimate, computed once per settings within one ``compute_metrics`` call."""
-    from landscape.hessian import fd_trace, hutchinson_trace, hutchpp_trace
+    from landscape.hessian import fd_trace, ggn_trace, hutchinson_trace, hutchpp_trace
 
     if method not in _TRACE_METHODS:
         raise ValueError(
@@ -103,6 +103,14 @@ def _trace(
                 num_probes=num_products,
                 seed=seed,
                 target_rel_stderr=target_rel_stderr,
+                progress=progress,
+            )
+        if method == "ggn":
+            return ggn_trace(
+                base.operator(),
+                num_products=num_products,
+                target_rel_stderr=target_rel_stderr,
+                seed=seed,
                 progress=progress,
             )
         if method == "hutchinson":
@@ -151,12 +159,15 @@ def trace(
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
-    """Hessian trace Tr(H) with its standard error (Hutchinson, Hutch++ or finite differences).
+    """Hessian trace Tr(H) with its standard error (Hutchinson, Hutch++, fd or Gauss–Newton).
 
     Args:
         objective: model, loss and data.
-        trace_method: ``"hutchinson"`` (Rademacher probes), ``"hutchpp"`` (Hutch++) or
-            ``"fd"`` (CR-SAM's finite differences, ``num_products`` probes).
+        trace_method: ``"hutchinson"`` (Rademacher probes), ``"hutchpp"`` (Hutch++),
+            ``"fd"`` (CR-SAM's finite differences, ``num_products`` probes) or ``"ggn"``
+            (:func:`~landscape.hessian.ggn_trace`: the Gauss–Newton part exactly from
+            per-sample gradients, the residual's diagonal blocks probed; needs a
+            mean-reduced loss and tensor outputs).
         num_products: Hessian-vector products (the maximum with a target).
         target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
         seed: seed of the probes.
@@ -201,7 +212,7 @@ def normalized_trace(
 
     Args:
         objective: model, loss and data.
-        trace_method: ``"hutchinson"``, ``"hutchpp"`` or ``"fd"`` (see ``trace``).
+        trace_method: ``"hutchinson"``, ``"hutchpp"``, ``"fd"`` or ``"ggn"`` (see ``trace``).
         num_products: Hessian-vector products for the trace.
         target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
         seed: seed of the probes.

@@ -1,9 +1,17 @@
-"""Trace estimators for Hessian operators: Hutchinson, Hutch++, finite differences."""
+"""Trace estimators for Hessian operators: Hutchinson, Hutch++, blocks, fd, Gauss–Newton."""
 
 from landscape.hessian.trace._result import TraceResult
 from landscape.hessian.trace.block import block_trace
 from landscape.hessian.trace.finite_difference import fd_trace
+from landscape.hessian.trace.gauss_newton import ggn_trace
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.hutchpp import hutchpp_trace
 
-__all__ = ["TraceResult", "block_trace", "fd_trace", "hutchinson_trace", "hutchpp_trace"]
+__all__ = [
+    "TraceResult",
+    "block_trace",
+    "fd_trace",
+    "ggn_trace",
+    "hutchinson_trace",
+    "hutchpp_trace",
+]

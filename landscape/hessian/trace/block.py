@@ -52,6 +52,16 @@ class _BlockView:
         yield self.name, slice(0, self.dim)
 
 
+def exact_block_trace(view: _BlockView, seed: int, progress: bool | None) -> TraceResult:
+    """The trace of a small block, exactly, by one Krylov run over its whole space.
+
+    Costs at most ``view.dim`` products (fewer when the Krylov space becomes invariant).
+    """
+    return hutchpp_trace(
+        view, view.dim + 1, seed=seed, sketch="lanczos", sketch_size=view.dim, progress=progress
+    )
+
+
 def _group(op: HessianOperator, grouping: str) -> list[tuple[str, slice]]:
     if grouping == "tensor":
         return list(op.blocks())
@@ -135,19 +145,14 @@ def block_trace(
         sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         if estimator == "hutchinson":
             res = hutchinson_trace(view, int(n), seed=sub_seed, progress=progress)
-        elif n >= view.dim:  # the whole block by one Krylov run: exact
-            res = hutchpp_trace(
-                view,
-                view.dim + 1,
-                seed=sub_seed,
-                sketch="lanczos",
-                sketch_size=view.dim,
-                progress=progress,
-            )
+            value, se = res.value, res.stderr
+        elif n >= view.dim:
+            res = exact_block_trace(view, sub_seed, progress)
+            value, se = res.value, 0.0
         else:
             res = hutchpp_trace(view, int(n), seed=sub_seed, sketch=sketch, progress=progress)
-        se = 0.0 if not math.isfinite(res.stderr) and res.products >= view.dim else res.stderr
-        per[view.name] = (res.value, se)
+            value, se = res.value, res.stderr
+        per[view.name] = (value, se)
         used += res.products
         alloc[i] = res.products
     values = np.array([v for v, _ in per.values()])

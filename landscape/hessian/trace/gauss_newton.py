@@ -1,0 +1,519 @@
+r"""Trace by the Gauss–Newton split: ``Tr H = Tr G`` from per-sample Jacobians plus ``Tr R``.
+
+With per-sample outputs ``f_i(θ)`` (flattened to ``C`` numbers) and a loss that is the
+exactly weighted mean of per-sample losses,
+
+.. math::
+
+    H = G + R, \quad G = \sum_i J_i^\top \Lambda_i J_i, \quad
+    R = \sum_i \sum_c r_{ic} \nabla^2 f_{ic},
+
+where ``Λ_i`` is the output Hessian of sample ``i``'s weighted loss and ``r_i = ∂L/∂f_i``.
+``Tr G = Σ_i Σ_k λ_ik ‖J_iᵀ q_ik‖²`` (``Λ_i = Σ_k λ_ik q_ik q_ikᵀ``) comes from
+per-sample gradients, without any Hessian-vector product; ``R`` is the Hessian of
+``φ(θ) = Σ_i ⟨r_i, f_i(θ)⟩`` with ``r`` fixed, and only its diagonal blocks (one per
+module) are probed: ``Tr R = Σ_l Tr R_ll``. When the output is linear in each module's
+parameters (convolution, linear, ReLU, pooling, eval-mode BatchNorm, residual sums),
+``R_ll = 0`` and the estimate is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from landscape.hessian._krylov import progress_bar
+from landscape.hessian.operator import HessianOperator, _cast_floating
+from landscape.hessian.trace._result import TraceResult, mean_stderr
+from landscape.hessian.trace.block import (
+    _GROUPINGS,
+    _allocate,
+    _BlockView,
+    _group,
+    exact_block_trace,
+)
+from landscape.objective import Objective
+
+__all__ = ["ggn_trace"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 256 * 2**20  # per-sample gradients held at once by default
+_LOSS_RTOL = 1e-5
+
+
+class _Outputs(nn.Module):
+    """``forward(inputs) -> outputs`` of an objective's model, for ``torch.func``."""
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__()
+        self.inner = objective.model
+        self._objective = objective
+
+    def forward(self, inputs: Any) -> Any:
+        return self._objective.outputs(inputs)
+
+
+class _ResidualData:
+    """Re-iterable ``(inputs, residual)`` batches: an objective's inputs, fixed targets."""
+
+    def __init__(self, objective: Objective, residuals: list[Tensor]) -> None:
+        self.objective, self.residuals = objective, residuals
+
+    def __iter__(self) -> Iterator[tuple[Any, Tensor]]:
+        for batch, r in zip(self.objective.batches(), self.residuals, strict=True):
+            yield batch.inputs, r
+
+
+def _inner_product(outputs: Tensor, residuals: Tensor) -> Tensor:
+    """``⟨f_b, r_b⟩``: the twin objective's batch loss (``r_b`` = gradient of the batch mean)."""
+    return (outputs * residuals).sum()
+
+
+def _in_dims(tree: Any, n: int) -> Any:
+    """0 for tensor leaves with a leading dimension ``n`` (per sample), ``None`` otherwise."""
+    return tree_map(
+        lambda t: 0 if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == n else None, tree
+    )
+
+
+def _take(tree: Any, dims: Any, sl: slice | int) -> Any:
+    return tree_map(lambda t, d: t[sl] if d == 0 else t, tree, dims)
+
+
+def _unsqueeze(tree: Any, dims: Any) -> Any:
+    return tree_map(lambda t, d: t.unsqueeze(0) if d == 0 else t, tree, dims)
+
+
+def _check_batch(objective: Objective, out: Any, targets: Any, size: int) -> None:
+    """The requirements: tensor outputs per sample, a loss that is the mean over samples."""
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != size:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"Invalid model outputs: {shape}; ggn_trace needs a tensor with a leading "
+            f"batch dimension of {size}"
+        )
+    dims = _in_dims(targets, size)
+    with torch.no_grad():
+        whole = objective.loss_fn(out, targets)
+        if not isinstance(whole, Tensor) or whole.numel() != 1:
+            raise ValueError("Invalid loss_fn: ggn_trace needs a scalar batch loss")
+        parts = [
+            float(objective.loss_fn(out[i : i + 1], _take(targets, dims, slice(i, i + 1))))
+            for i in range(size)
+        ]
+    mean, value = math.fsum(parts) / size, float(whole)
+    if abs(value - mean) > _LOSS_RTOL * max(abs(value), abs(mean), 1e-30):
+        raise ValueError(
+            f"Invalid loss_fn: the batch loss {value:.6g} is not the mean of the per-sample "
+            f"losses ({mean:.6g}); ggn_trace needs a mean-reduced loss"
+        )
+
+
+def _output_hessians(loss_fn: Callable, out: Tensor, targets: Any, scale: float) -> Tensor:
+    """``scale·∇²_f ℓ(f_i, y_i)`` per sample, ``(n, C, C)`` for outputs flattened to ``C``.
+
+    In float64 (outputs and floating targets cast): in float32 the output Hessian of a
+    confident softmax is mostly rounding error (``p(1 − p)`` with ``p ≈ 1``).
+    """
+    from torch.func import jacrev, vmap
+
+    n, shape = out.shape[0], out.shape[1:]
+    flat = out.detach().double().reshape(n, -1)
+    targets = _cast_floating(targets, torch.float64)
+    dims = _in_dims(targets, n)
+
+    def loss_of(f: Tensor, y: Any) -> Tensor:
+        return loss_fn(f.reshape(1, *shape), _unsqueeze(y, dims))
+
+    hessian = jacrev(jacrev(loss_of))  # reverse over reverse: no forward-mode rules needed
+    try:
+        hess = vmap(hessian, in_dims=(0, dims))(flat, targets)
+    except RuntimeError:  # a loss vmap cannot batch: one sample at a time
+        hess = torch.stack([hessian(flat[i], _take(targets, dims, i)) for i in range(n)])
+    return hess * scale
+
+
+def _columns(
+    lam: Tensor, gen: torch.Generator | None, probes: int | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor | None]:
+    """Vectors to pull back per sample: ``(n, M, C)`` and, when indefinite, their partners.
+
+    Exact: ``a_k = |λ_k|^½ q_k`` (partners ``sign(λ_k)·a_k``, columns negligible for every
+    sample dropped). Eigenvalues within ``C·eps(dtype)`` of the sample's largest count as
+    zero. Probes: ``a_j = Q|Λ|^½ u_j``, partners ``Q sign(Λ)|Λ|^½ u_j`` with
+    Rademacher ``u_j``, so that ``E⟨Jᵀa_j, Jᵀb_j⟩ = Tr(JᵀΛJ)``.
+    """
+    evals, evecs = torch.linalg.eigh(lam)  # (n, C), (n, C, C)
+    tol = lam.shape[-1] * torch.finfo(dtype).eps * evals.abs().amax(-1, keepdim=True)
+    evals = torch.where(evals.abs() <= tol, torch.zeros_like(evals), evals)
+    root = evecs * evals.abs().sqrt().unsqueeze(-2)  # columns |λ_k|^½ q_k
+    sign = evals.sign()
+    if probes is None:
+        order = evals.abs().argsort(dim=-1, descending=True)
+        root = root.gather(-1, order.unsqueeze(-2).expand_as(root))
+        sign = sign.gather(-1, order)
+        keep = int((sign != 0).any(0).sum())
+        cols = root[..., :keep].transpose(-1, -2)  # (n, M, C)
+        if bool((sign[:, :keep] < 0).any()):
+            return cols.to(dtype), (cols * sign[:, :keep].unsqueeze(-1)).to(dtype)
+        return cols.to(dtype), None
+    assert gen is not None
+    n, c = evals.shape
+    u = torch.randint(0, 2, (n, c, probes), generator=gen).to(torch.float64) * 2 - 1
+    u = u.to(lam.device)
+    cols = (root @ u).transpose(-1, -2)  # (n, k, C)
+    if bool((sign < 0).any()):
+        return cols.to(dtype), ((root * sign.unsqueeze(-2)) @ u).transpose(-1, -2).to(dtype)
+    return cols.to(dtype), None
+
+
+def _gauss_newton(
+    op: HessianOperator,
+    groups: list[tuple[str, slice]],
+    probes: int | None,
+    seed: int,
+    chunk_size: int | None,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """``Tr G`` per group (and its variance with output probes) and the residuals."""
+    from torch.func import functional_call, vjp, vmap
+
+    obj = op._obj
+    module = _Outputs(obj)
+    keys = [f"inner.{n}" for n in op.param_names]
+    primals = {k: p.detach() for k, p in zip(keys, op._work, strict=True)}
+    starts = [sl.start for _, sl in op.blocks()]
+    owner = torch.tensor(
+        [next(g for g, (_, s) in enumerate(groups) if s.start <= a < s.stop) for a in starts]
+    )
+    to_group = torch.zeros(len(starts), len(groups), dtype=torch.float64)
+    to_group[torch.arange(len(starts)), owner] = 1.0
+    gen = torch.Generator().manual_seed(seed) if probes is not None else None
+    elem = torch.finfo(op.dtype).bits // 8
+
+    values = torch.zeros(len(groups), dtype=torch.float64)
+    variance = torch.zeros(len(groups) + 1, dtype=torch.float64)  # groups, then the total
+    residuals: list[Tensor] = []
+    passes = 0
+    checked = False
+
+    def pulled_back(params: dict[str, Tensor], x_i: Any, cols: Tensor, dims: Any) -> Any:
+        def f(ps: dict[str, Tensor]) -> Tensor:
+            return functional_call(module, ps, (_unsqueeze(x_i, dims),))
+
+        out, back = vjp(f, params)
+        shape = out.shape
+        (grads,) = vmap(lambda c: back(c.reshape(shape)))(cols)
+        return out.reshape(-1), grads
+
+    with obj.eval_mode(), progress_bar(obj.n_samples, "ggn trace: Gauss-Newton", progress) as bar:
+        for batch in obj.batches():
+            with torch.no_grad():
+                out = obj.outputs(batch.inputs)
+            if not checked:
+                _check_batch(obj, out, batch.targets, batch.size)
+                checked = True
+            elif not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch.size:
+                _check_batch(obj, out, batch.targets, batch.size)
+            with torch.enable_grad():
+                leaf = out.detach().requires_grad_(True)
+                (r,) = torch.autograd.grad(obj.loss_fn(leaf, batch.targets), leaf)
+            residuals.append(r.detach())
+            lam = _output_hessians(obj.loss_fn, out, batch.targets, batch.weight / batch.size)
+            cols, partners = _columns(lam, gen, probes, op.dtype)
+            m = cols.shape[1] + (0 if partners is None else cols.shape[1])
+            passes = max(passes, m)
+            if m == 0:  # the loss is linear in the outputs here: no Gauss–Newton part
+                bar.update(batch.size)
+                continue
+            dims = _in_dims(batch.inputs, batch.size)
+            per = chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * m * op.dim * elem))
+            flat_out = out.reshape(batch.size, -1)
+            scale = float(flat_out.abs().max()) if flat_out.numel() else 0.0
+            for s in range(0, batch.size, per):
+                x = _take(batch.inputs, dims, slice(s, s + per))
+                c = cols[s : s + per]
+                both = c if partners is None else torch.cat([c, partners[s : s + per]], dim=1)
+                with torch.no_grad():
+                    outs, grads = vmap(pulled_back, in_dims=(None, dims, 0, None))(
+                        primals, x, both, dims
+                    )
+                _check_independent(outs, flat_out[s : s + per], scale)
+                k = c.shape[1]
+                # (chunk, k, tensors): ⟨Jᵀa, Jᵀb⟩ per column/probe and parameter tensor
+                terms = torch.stack(
+                    [
+                        (g[:, :k] * g[:, k:] if partners is not None else g.pow(2))
+                        .flatten(2)
+                        .sum(-1)
+                        .double()
+                        for g in (grads[key] for key in keys)
+                    ],
+                    dim=-1,
+                ).cpu()
+                per_group = terms @ to_group  # (chunk, k, groups)
+                if probes is None:
+                    values += per_group.sum(dim=(0, 1))
+                else:
+                    values += per_group.mean(dim=1).sum(0)
+                    both_terms = torch.cat([per_group, per_group.sum(-1, keepdim=True)], -1)
+                    variance += both_terms.var(dim=1, correction=1).sum(0) / probes
+                bar.update(int(c.shape[0]))
+    return {
+        "values": values.numpy(),
+        "variance": variance.numpy(),
+        "residuals": residuals,
+        "passes": passes,
+    }
+
+
+def _check_independent(per_sample: Tensor, batched: Tensor, scale: float) -> None:
+    """Per-sample outputs must equal the batch's: samples independent in eval mode."""
+    tol = 1e3 * torch.finfo(batched.dtype).eps * max(scale, 1.0)
+    if per_sample.shape != batched.shape or float((per_sample - batched).abs().max()) > tol:
+        raise ValueError(
+            "Invalid model: outputs computed one sample at a time differ from the batch's "
+            "(samples are not independent in eval mode); ggn_trace cannot split the batch"
+        )
+
+
+def _residual_operator(op: HessianOperator, residuals: list[Tensor]) -> HessianOperator:
+    """The Hessian ``R`` of ``Σ_b w_b ⟨f_b, r_b⟩`` on the operator's parameters and data."""
+    obj = op._obj
+    twin = Objective(
+        obj.model,
+        _ResidualData(obj, residuals),
+        _inner_product,
+        device=obj.device,
+        max_cache_bytes=obj.max_cache_bytes,
+        accuracy=False,
+        forward=obj.forward_fn,
+    )
+    return HessianOperator(
+        twin,
+        params=op.param_names,
+        method=op.method,
+        h=op.h,
+        fd_check=op.fd_check,
+        fd_check_rtol=op.fd_check_rtol,
+        reuse_graph=op.reuse_graph and twin.cached,
+    )
+
+
+def ggn_trace(
+    op: HessianOperator,
+    num_products: int = 60,
+    target_rel_stderr: float | None = None,
+    seed: int = 0,
+    *,
+    output_probes: int | None = None,
+    blocks: str = "module",
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> TraceResult:
+    r"""``Tr H = Tr G + Σ_l Tr R_ll``: the Gauss–Newton part exactly, the rest by block probes.
+
+    ``H = G + R`` with ``G = Σ_i J_iᵀ Λ_i J_i`` (``Λ_i`` the output Hessian of sample
+    ``i``'s weighted loss) and ``R = Σ_i Σ_c r_ic ∇²f_ic`` (``r_i = ∂L/∂f_i``). Unbiased for
+    any model and mean-reduced loss:
+
+    1. ``Tr G = Σ_i Σ_k λ_ik ‖J_iᵀ q_ik‖²`` from per-sample gradients of ``⟨f_i, q_ik⟩``
+       (``torch.func.vmap`` of ``vjp``, in chunks), for every eigenpair of ``Λ_i`` that is
+       not negligible for some sample (negative eigenvalues keep their sign). With
+       ``output_probes=k``, ``k`` Rademacher probes ``u`` per sample instead
+       (``E⟨J_iᵀ A_i u, J_iᵀ A_i S_i u⟩ = Tr(J_iᵀ Λ_i J_i)`` with ``Λ_i = A_i S_i A_iᵀ``):
+       unbiased, with variance ``Σ_i s_i²/k`` from each sample's spread ``s_i²`` over its
+       ``k`` probes (so ``k ≥ 2``), added to the standard error.
+    2. ``R`` is the Hessian of ``φ(θ) = Σ_b w_b ⟨r_b, f_b(θ)⟩`` with ``r`` fixed, a
+       :class:`HessianOperator` on a twin objective (same model, inputs, weights,
+       parameters and product method).
+    3. ``Tr R = Σ_l Tr R_ll`` over the diagonal blocks of :func:`block_trace`'s grouping.
+       One Gaussian probe per block first: ``R_ll v = 0`` exactly means ``R_ll = 0``
+       (with probability 1), the block's value is 0 with no error: so for networks whose
+       output is linear in each module's parameters (convolution, linear, ReLU, pooling,
+       eval-mode BatchNorm, residual sums) the whole estimate is exact. The remaining
+       budget goes to the other blocks in proportion to the square root of their sizes
+       (Rademacher Hutchinson probes; a block given its size in products is traced
+       exactly by a Krylov run), interleaved so that ``target_rel_stderr`` can stop them.
+
+    The products are those of ``R`` (each costs what one of ``H`` costs); they are also
+    added to ``op.products``. The per-sample gradients cost about ``M`` backward passes
+    over the data (``M`` the columns per sample: at most the output size, or ``k``
+    probes, twice that for a loss with a non-convex output Hessian).
+
+    Args:
+        op: the Hessian operator (its parameters, dtype, data and product method are used).
+        num_products: budget of ``R`` products (at least one per block).
+        target_rel_stderr: stop the residual probes once the standard error of the whole
+            estimate is within ``target·|estimate|``.
+        seed: seed of the output probes and of the residual probes.
+        output_probes: Rademacher probes per sample for ``Tr G`` (``None``: exact).
+        blocks: ``"module"`` or ``"tensor"``: the diagonal blocks of ``R`` (and the
+            grouping of ``blocks`` in the result).
+        chunk_size: samples per ``vmap`` call; default: as many as keep the per-sample
+            gradients within 256 MiB.
+        progress: progress bars (``None``: only on a terminal).
+
+    Returns:
+        A :class:`TraceResult`: ``products`` the ``R`` products, ``blocks`` the per-block
+        totals ``{name: (value, stderr)}``, ``samples`` the block totals, and ``info`` with
+        ``ggn_trace``, ``ggn_stderr``, ``residual_trace``, ``residual_stderr``,
+        ``seconds_ggn``, ``seconds_residual``, ``gradient_passes`` (per-sample gradients
+        per sample), ``zero_blocks`` and the ``allocation`` of residual products per block.
+
+    Raises:
+        ValueError: bad arguments; model outputs that are not a tensor with a leading batch
+            dimension; a loss that is not the mean of per-sample losses; samples that are
+            not independent in eval mode.
+    """
+    if blocks not in _GROUPINGS:
+        raise ValueError(f"Invalid blocks: {blocks!r} (expected one of {_GROUPINGS})")
+    if target_rel_stderr is not None and not target_rel_stderr > 0:
+        raise ValueError(f"Invalid target_rel_stderr: {target_rel_stderr}")
+    if output_probes is not None and (not isinstance(output_probes, int) or output_probes < 2):
+        raise ValueError(
+            f"Invalid output_probes: {output_probes!r} (an integer >= 2, for a variance)"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"Invalid chunk_size: {chunk_size!r}")
+    groups = _group(op, blocks)
+    if num_products < len(groups):
+        raise ValueError(
+            f"Invalid num_products: {num_products} < one per block for {len(groups)} blocks"
+        )
+
+    start = time.perf_counter()
+    ggn = _gauss_newton(op, groups, output_probes, seed, chunk_size, progress)
+    seconds_ggn = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with _residual_operator(op, ggn["residuals"]) as rop:
+        res = _residual_blocks(
+            rop, groups, num_products, target_rel_stderr, ggn, seed + 1, progress
+        )
+        products = rop.products
+    seconds_residual = time.perf_counter() - start
+    op.products += products
+
+    g_values, g_var = ggn["values"], ggn["variance"]
+    per: dict[str, tuple[float, float]] = {}
+    for j, (name, _) in enumerate(groups):
+        r_value, r_se = res["blocks"][j]
+        per[name] = (float(g_values[j] + r_value), math.sqrt(g_var[j] + r_se**2))
+    g_total, g_se = float(g_values.sum()), math.sqrt(float(g_var[-1]))
+    r_total, r_se = res["value"], res["stderr"]
+    value, stderr = g_total + r_total, math.hypot(g_se, r_se)
+    return TraceResult(
+        value=value,
+        stderr=stderr,
+        products=products,
+        samples=np.array([v for v, _ in per.values()]),
+        blocks=per,
+        converged=None if target_rel_stderr is None else stderr <= target_rel_stderr * abs(value),
+        info={
+            "method": "ggn",
+            "grouping": blocks,
+            "output_probes": output_probes,
+            "ggn_trace": g_total,
+            "ggn_stderr": g_se,
+            "residual_trace": r_total,
+            "residual_stderr": r_se,
+            "seconds_ggn": seconds_ggn,
+            "seconds_residual": seconds_residual,
+            "gradient_passes": ggn["passes"],
+            "zero_blocks": res["zero_blocks"],
+            "allocation": res["allocation"],
+        },
+    )
+
+
+def _residual_blocks(
+    rop: HessianOperator,
+    groups: list[tuple[str, slice]],
+    budget: int,
+    target: float | None,
+    ggn: dict[str, Any],
+    seed: int,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """``Σ_l Tr R_ll``: zero blocks detected by one Gaussian probe, Hutchinson on the rest."""
+    gen = torch.Generator().manual_seed(seed)
+    views = [_BlockView(rop, sl, name) for name, sl in groups]
+    gens = [
+        torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        for _ in views
+    ]
+    samples: list[list[float]] = [[] for _ in views]
+    used = [0] * len(views)
+    exact: dict[int, float] = {}
+    g_total = float(ggn["values"].sum())
+    g_var = float(ggn["variance"][-1])
+
+    def probe(i: int, kind: str) -> Tensor:
+        v = views[i].random_vector(gens[i], kind)
+        rv = views[i].matvec(v)
+        used[i] += 1
+        samples[i].append(float(torch.dot(v.double(), rv.double())))
+        return rv
+
+    with progress_bar(budget, "ggn trace: residual", progress) as bar:
+        for i in range(len(views)):
+            if not bool(probe(i, "gaussian").any()):  # R_ll v = 0 for a Gaussian v: R_ll = 0
+                exact[i] = 0.0
+            bar.update(1)
+        zero_blocks = len(exact)
+        active = [i for i in range(len(views)) if i not in exact]
+        plan: dict[int, int] = {}
+        if active:
+            dims = np.array([views[i].dim for i in active])
+            free = budget - len(views)
+            alloc = _allocate(np.sqrt(dims), free, 1 if free >= len(active) else 0, dims)
+            plan = {i: int(n) for i, n in zip(active, alloc, strict=True)}
+        for i in [i for i in active if plan[i] >= views[i].dim]:
+            # the whole block by one Krylov run: exact (its first probe is not used)
+            before = rop.products
+            sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gens[i]))
+            exact[i] = exact_block_trace(views[i], sub_seed, False).value
+            used[i] += rop.products - before
+            bar.update(rop.products - before)
+            active.remove(i)
+        # the probes of the other blocks, interleaved in proportion to their allocations
+        order = sorted((j / plan[i], i) for i in active for j in range(1, plan[i] + 1))
+
+        def total() -> tuple[float, float]:
+            value, var = g_total + sum(exact.values()), g_var
+            for i in active:
+                mean, se = mean_stderr(np.asarray(samples[i]))
+                value, var = value + mean, var + se**2
+            return value, math.sqrt(var)
+
+        for _, i in order:
+            if target is not None and all(len(samples[j]) >= 2 for j in active):
+                value, se = total()
+                if se <= target * abs(value):
+                    break
+            probe(i, "rademacher")
+            bar.update(1)
+
+    per = [
+        (exact[i], 0.0) if i in exact else mean_stderr(np.asarray(samples[i]))
+        for i in range(len(views))
+    ]
+    if any(not math.isfinite(se) for _, se in per):
+        logger.warning("ggn_trace: a residual block has one probe only; its stderr is nan")
+    return {
+        "value": float(sum(v for v, _ in per)),
+        "stderr": math.sqrt(sum(se**2 for _, se in per)),
+        "blocks": per,
+        "zero_blocks": zero_blocks,
+        "allocation": {view.name: n for view, n in zip(views, used, strict=True)},
+    }

@@ -1,6 +1,7 @@
 """Per-step wall time of every sharpness-aware optimizer vs plain SGD (and pytorch-optimizer's SAM).
 
-CIFAR-shaped ResNet-20 (0.27 M parameters), batch 128 of random data, CPU.  Each repeat
+CIFAR-shaped ResNet-20 (0.27 M parameters), batch 128 of random data, CPU, glibc heap
+trimming off unless ``--glibc-defaults`` (``faults``: minor page faults per step).  Each repeat
 times ``--steps`` steps of every optimizer in turn (interleaved); the table gives the
 median step time (wall clock and this process's CPU time) and the median over repeats
 of the ratio to SGD, beside the floor (``passes``: forward+backward passes per step).
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import interleaved_clocks, median, ratio_to
+from _timing import interleaved_clocks, median, ratio_to, steady_allocator
 
 import optimizers
 from landscape.models import build_model
@@ -66,7 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="subset of optimizer names")
+    ap.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="keep glibc's heap trimming (page faults every step; see _timing.py)",
+    )
     args = ap.parse_args(argv)
+    steady = False if args.glibc_defaults else steady_allocator()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
@@ -82,19 +89,21 @@ def main(argv=None) -> int:
     times = interleaved_clocks(steps, repeats=args.repeats, number=args.steps, warmup=1)
     print(
         f"ResNet-20, batch {args.batch}, CPU, {torch.get_num_threads()} thread(s), "
-        f"{args.repeats} interleaved repeats x {args.steps} steps, torch {torch.__version__}"
+        f"{args.repeats} interleaved repeats x {args.steps} steps, torch {torch.__version__}, "
+        f"allocator: {'steady (no trimming)' if steady else 'glibc defaults'}"
     )
     print("ratio = median over repeats of (step time / SGD step time in the same repeat)")
     wall, cpu = ratio_to(times["wall"], "sgd"), ratio_to(times["cpu"], "sgd")
     print(
         f"{'optimizer':<24}{'wall ms':>9}{'cpu ms':>9}{'floor':>7}"
-        f"{'wall/SGD':>10}{'cpu/SGD':>9}{'cpu/floor':>11}"
+        f"{'wall/SGD':>10}{'cpu/SGD':>9}{'cpu/floor':>11}{'faults':>9}"
     )
     for name in names:
         print(
             f"{name:<24}{median(times['wall'][name]) * 1e3:>9.1f}"
             f"{median(times['cpu'][name]) * 1e3:>9.1f}{floors[name]:>7.0f}"
             f"{wall[name]:>10.3f}{cpu[name]:>9.3f}{cpu[name] / floors[name]:>11.3f}"
+            f"{median(times['faults'][name]):>9.0f}"
         )
     if "sam" in steps and "pytorch_optimizer.SAM" in steps:
         for clock in ("wall", "cpu"):

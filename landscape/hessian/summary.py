@@ -37,6 +37,7 @@ def hessian_summary(
     top_k: int = 5,
     which: str = "largest",
     tol: float = 1e-3,
+    criterion: str = "residual",
     max_products: int = 100,
     trace: bool = False,
     trace_method: str = "hutchpp",
@@ -63,7 +64,9 @@ def hessian_summary(
         loss_fn: batch-mean loss (default cross-entropy).
         top_k: eigenpairs by :func:`lanczos_eigen` (0 skips them).
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
-        tol: relative residual tolerance of the eigenpairs.
+        tol: relative tolerance of the eigenpairs.
+        criterion: what ``tol`` bounds: ``"residual"`` ``‖Hv − λv‖`` or ``"eigenvalue"``
+            (the eigenvalue's error estimate; see :func:`lanczos_eigen`).
         max_products: cap on products for the eigenpairs.
         trace: estimate ``Tr(H)``.
         trace_method: ``"hutchpp"`` (Hutch++, Rademacher sketch), ``"hutchinson"``,
@@ -117,6 +120,7 @@ def hessian_summary(
                 k=min(top_k, op.dim),
                 which=which,
                 tol=tol,
+                criterion=criterion,
                 max_products=max(max_products, top_k),
                 seed=seed,
                 progress=progress,
@@ -166,6 +170,7 @@ def hessian_summary(
         "top_k": top_k,
         "which": which,
         "tol": tol,
+        "criterion": criterion,
         "max_products": max_products,
         "trace_method": trace_method if trace else None,
         "trace_products": trace_products,

@@ -33,6 +33,7 @@ def lambda_max(
     objective: Objective,
     *,
     tol: float = 1e-3,
+    criterion: str = "residual",
     max_products: int = 100,
     seed: int = 0,
     cache: MetricCache | None = None,
@@ -42,7 +43,9 @@ def lambda_max(
 
     Args:
         objective: model, loss and data.
-        tol: relative residual tolerance ``‖Hv − λv‖ ≤ tol·|λ|``.
+        tol: relative tolerance: of the residual ``‖Hv − λv‖ ≤ tol·|λ|``, or of the
+            eigenvalue with ``criterion="eigenvalue"``.
+        criterion: ``"residual"`` or ``"eigenvalue"`` (see :func:`lanczos_eigen`).
         max_products: cap on Hessian-vector products.
         seed: seed of the start vector.
         cache: base-point cache shared with other metrics (optional).
@@ -54,7 +57,14 @@ def lambda_max(
     check_int("max_products", max_products)
     op = get_cache(objective, cache).operator()
     res = lanczos_eigen(
-        op, k=1, which="largest", tol=tol, max_products=max_products, seed=seed, progress=progress
+        op,
+        k=1,
+        which="largest",
+        tol=tol,
+        criterion=criterion,
+        max_products=max_products,
+        seed=seed,
+        progress=progress,
     )
     return MetricResult(
         float(res.eigenvalues[0]),
@@ -64,6 +74,7 @@ def lambda_max(
             "residual": float(res.residuals[0]),
             "converged": bool(res.converged),
             "tol": tol,
+            "criterion": criterion,
         },
     )
 

@@ -28,6 +28,18 @@ def test_lambda_max_matches_dense_hessian(problem):
     assert res.info["converged"] and res.info["products"] <= H.shape[0]
 
 
+def test_lambda_max_eigenvalue_criterion(problem):
+    model, data, H, _ = problem
+    exact = float(torch.linalg.eigvalsh(H)[-1])
+    res = compute_metrics(
+        model, data, ["lambda_max"], tol=1e-4, criterion="eigenvalue", progress=False
+    )["lambda_max"]
+    assert res.info["criterion"] == "eigenvalue" and res.info["converged"]
+    assert res.value == pytest.approx(exact, rel=1e-4)
+    with pytest.raises(ValueError, match="criterion"):
+        compute_metrics(model, data, ["lambda_max"], criterion="value", progress=False)
+
+
 @pytest.mark.parametrize("method", ["hutchinson", "hutchpp", "fd"])
 def test_trace_within_three_stderr_of_exact(problem, method):
     model, data, H, _ = problem

@@ -10,7 +10,8 @@ exactly weighted mean of per-sample losses,
 
 where ``Λ_i`` is the output Hessian of sample ``i``'s weighted loss and ``r_i = ∂L/∂f_i``.
 ``Tr G = Σ_i Σ_k λ_ik ‖J_iᵀ q_ik‖²`` (``Λ_i = Σ_k λ_ik q_ik q_ikᵀ``) comes from
-per-sample gradients, without any Hessian-vector product; ``R`` is the Hessian of
+per-sample gradient norms (closed forms for linear, convolution and BatchNorm layers,
+``torch.func.vmap`` otherwise), without any Hessian-vector product; ``R`` is the Hessian of
 ``φ(θ) = Σ_i ⟨r_i, f_i(θ)⟩`` with ``r`` fixed, and only its diagonal blocks (one per
 module) are probed: ``Tr R = Σ_l Tr R_ll``. When the output is linear in each module's
 parameters (convolution, linear, ReLU, pooling, eval-mode BatchNorm, residual sums),
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
@@ -176,6 +178,170 @@ def _columns(
     return cols.to(dtype), None
 
 
+class _Unsupported(Exception):
+    """The hooked per-sample products do not apply (the model uses a module unusually)."""
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _hookable(model: nn.Module, names: list[str]) -> dict[str, tuple[nn.Module, list[int]]]:
+    """Modules whose per-sample products have closed forms, with their selected parameters.
+
+    ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (one group, zero padding given as numbers)
+    and BatchNorm with running statistics (in eval mode), exactly these types (a subclass
+    may change ``forward``). Each entry lists the indices in ``names`` of the module's own
+    ``weight`` and ``bias``, in that order.
+    """
+    index = {n: i for i, n in enumerate(names)}
+    out: dict[str, tuple[nn.Module, list[int]]] = {}
+    for prefix, m in model.named_modules():
+        if type(m) not in (nn.Linear, *_CONVS, *_NORMS):
+            continue
+        if isinstance(m, _CONVS) and (
+            m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)
+        ):
+            continue
+        if isinstance(m, _NORMS) and (m.running_mean is None or m.running_var is None):
+            continue
+        full = [f"{prefix}.{k}" if prefix else k for k in ("weight", "bias")]
+        if any(
+            getattr(m, k) is not None and f not in index
+            for k, f in zip(("weight", "bias"), full, strict=True)
+        ):
+            continue  # a parameter of the module outside the selection: leave it to vmap
+        owned = [index[f] for f in full if f in index]
+        if owned:
+            out[prefix] = (m, owned)
+    return out
+
+
+def _positions(m: nn.Module, a: Tensor, d: Tensor | None = None) -> Tensor:
+    """Inputs (or, given ``d``, output gradients) as ``(n, T, K)`` per position ``t``.
+
+    ``∂W_i = Σ_t d_itᵀ u_it`` for the unfolded inputs ``u`` (``K_in``) and output
+    gradients ``d`` (``K_out``) of a linear or convolution layer.
+    """
+    n = a.shape[0]
+    if isinstance(m, nn.Linear):
+        return a.reshape(n, -1, a.shape[-1]) if d is None else d.reshape(n, -1, d.shape[-1])
+    if d is not None:
+        return d.flatten(2).transpose(1, 2)
+    if isinstance(m, nn.Conv1d):
+        return F.unfold(
+            a.unsqueeze(2),
+            (1, *m.kernel_size),
+            dilation=(1, *m.dilation),
+            padding=(0, *m.padding),
+            stride=(1, *m.stride),
+        ).transpose(1, 2)
+    u = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    return u.transpose(1, 2)
+
+
+def _module_terms(
+    m: nn.Module, a: Tensor, da: Tensor, db: Tensor, cache: dict[str, Tensor]
+) -> list[Tensor]:
+    """Per-sample ``⟨∂_a θ, ∂_b θ⟩`` of a module's weight and bias from its input and ``δ``s.
+
+    ``cache`` keeps what depends on the input only (unfolded input, its Gram matrix)
+    across the columns.
+    """
+    terms = []
+    if isinstance(m, _NORMS):
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        if "xhat" not in cache:
+            mean, var = m.running_mean.view(shape), m.running_var.view(shape)
+            cache["xhat"] = (a - mean) * torch.rsqrt(var + m.eps)
+
+        def per_channel(t: Tensor) -> Tensor:
+            return t.flatten(2).sum(-1) if t.dim() > 2 else t
+
+        if m.weight is not None:
+            xhat = cache["xhat"]
+            terms.append((per_channel(da * xhat) * per_channel(db * xhat)).sum(-1))
+        if m.bias is not None:
+            terms.append((per_channel(da) * per_channel(db)).sum(-1))
+        return terms
+    if "u" not in cache:
+        cache["u"] = _positions(m, a)
+    u = cache["u"]
+    pa = _positions(m, a, da)
+    pb = pa if db is da else _positions(m, a, db)
+    if u.shape[1] <= u.shape[2]:  # Gram form: Σ_{t,s} (d_t·d_s)(u_t·u_s), ∂W never formed
+        if "gram" not in cache:
+            cache["gram"] = u @ u.transpose(1, 2)
+        terms.append(((pa @ pb.transpose(1, 2)) * cache["gram"]).sum((1, 2)))
+    else:
+        ga = pa.transpose(1, 2) @ u  # (n, K_out, K_in)
+        gb = ga if pb is pa else pb.transpose(1, 2) @ u
+        terms.append((ga * gb).sum((1, 2)))
+    if m.bias is not None:
+        terms.append((pa.sum(1) * pb.sum(1)).sum(-1))
+    return terms
+
+
+def _hooked_terms(
+    obj: Objective,
+    mods: dict[str, tuple[nn.Module, list[int]]],
+    inputs: Any,
+    cols: Tensor,
+    partners: Tensor | None,
+    n_params: int,
+) -> Tensor:
+    """``(n, k, params)`` per-sample ``⟨J_iᵀa, J_iᵀb⟩`` of the hooked modules' parameters.
+
+    One batched forward (each module's input kept, its output cloned so that in-place
+    operations downstream leave it intact) and one backward to the module outputs per
+    column: the per-sample parameter gradients are never formed.
+    """
+    captured: dict[str, tuple[Tensor, int, Tensor]] = {}
+
+    def hook(name: str) -> Callable:
+        def fn(module: nn.Module, args: tuple, output: Any) -> Any:
+            if name in captured or not args or not isinstance(args[0], Tensor):
+                raise _Unsupported(f"module {name!r} called more than once or without a tensor")
+            captured[name] = (args[0], args[0]._version, output)
+            return output.clone()
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(name)) for name, (m, _) in mods.items()]
+    try:
+        with torch.enable_grad():
+            out = obj.outputs(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    if set(captured) != set(mods):
+        raise _Unsupported("a module was not called")
+    names = list(mods)
+    ys = [captured[n][2] for n in names]
+    n, k = cols.shape[0], cols.shape[1]
+    terms = torch.zeros(n, k, n_params, dtype=torch.float64, device=cols.device)
+    caches: dict[str, dict[str, Tensor]] = {name: {} for name in names}
+
+    def deltas(c: Tensor) -> list[Tensor]:
+        parts = torch.autograd.grad(
+            out, ys, grad_outputs=c.reshape(out.shape), retain_graph=True, allow_unused=True
+        )
+        return [torch.zeros_like(y) if g is None else g for g, y in zip(parts, ys, strict=True)]
+
+    with torch.no_grad():
+        for j in range(k):
+            da = deltas(cols[:, j])
+            db = da if partners is None else deltas(partners[:, j])
+            for name, ga, gb in zip(names, da, db, strict=True):
+                m, owned = mods[name]
+                a, version, _ = captured[name]
+                if a._version != version:
+                    raise _Unsupported(f"the input of {name!r} was modified in place")
+                for idx, t in zip(owned, _module_terms(m, a, ga, gb, caches[name]), strict=True):
+                    terms[:, j, idx] = t.double()
+    return terms
+
+
 def _gauss_newton(
     op: HessianOperator,
     groups: list[tuple[str, slice]],
@@ -184,13 +350,17 @@ def _gauss_newton(
     chunk_size: int | None,
     progress: bool | None,
 ) -> dict[str, Any]:
-    """``Tr G`` per group (and its variance with output probes) and the residuals."""
+    """``Tr G`` per group (and its variance with output probes) and the residuals.
+
+    Per-sample products by hooks (:func:`_hooked_terms`) for the parameters of linear,
+    convolution and BatchNorm modules (checked against ``vmap`` on the first samples;
+    any mismatch falls back), by ``torch.func.vmap`` for the others.
+    """
     from torch.func import functional_call, vjp, vmap
 
     obj = op._obj
     module = _Outputs(obj)
     keys = [f"inner.{n}" for n in op.param_names]
-    primals = {k: p.detach() for k, p in zip(keys, op._work, strict=True)}
     starts = [sl.start for _, sl in op.blocks()]
     owner = torch.tensor(
         [next(g for g, (_, s) in enumerate(groups) if s.start <= a < s.stop) for a in starts]
@@ -199,6 +369,9 @@ def _gauss_newton(
     to_group[torch.arange(len(starts)), owner] = 1.0
     gen = torch.Generator().manual_seed(seed) if probes is not None else None
     elem = torch.finfo(op.dtype).bits // 8
+    mods = _hookable(obj.model, op.param_names)
+    hooked = sorted(i for _, owned in mods.values() for i in owned)
+    verified = False
 
     values = torch.zeros(len(groups), dtype=torch.float64)
     variance = torch.zeros(len(groups) + 1, dtype=torch.float64)  # groups, then the total
@@ -214,6 +387,31 @@ def _gauss_newton(
         shape = out.shape
         (grads,) = vmap(lambda c: back(c.reshape(shape)))(cols)
         return out.reshape(-1), grads
+
+    def vmapped(
+        which: list[int], x: Any, c: Tensor, p: Tensor | None, dims: Any, batched: Tensor
+    ) -> Tensor:
+        """``(n, k, params)`` terms of the parameters ``which`` by ``vmap``, in chunks."""
+        n, k = c.shape[0], c.shape[1]
+        terms = torch.zeros(n, k, len(keys), dtype=torch.float64, device=c.device)
+        primals = {keys[i]: op._work[i].detach() for i in which}
+        dim = sum(op.numels[i] for i in which)
+        m = k if p is None else 2 * k
+        per = chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * m * dim * elem))
+        scale = float(batched.abs().max()) if batched.numel() else 0.0
+        for s in range(0, n, per):
+            xs = _take(x, dims, slice(s, s + per))
+            both = c[s : s + per] if p is None else torch.cat([c[s : s + per], p[s : s + per]], 1)
+            with torch.no_grad():
+                outs, grads = vmap(pulled_back, in_dims=(None, dims, 0, None))(
+                    primals, xs, both, dims
+                )
+            _check_independent(outs, batched[s : s + per], scale)
+            for i in which:
+                g = grads[keys[i]]
+                prod = g[:, :k] * g[:, k:] if p is not None else g.pow(2)
+                terms[s : s + per, :, i] = prod.flatten(2).sum(-1).double()
+        return terms
 
     with obj.eval_mode(), progress_bar(obj.n_samples, "ggn trace: Gauss-Newton", progress) as bar:
         for batch in obj.batches():
@@ -236,31 +434,41 @@ def _gauss_newton(
                 bar.update(batch.size)
                 continue
             dims = _in_dims(batch.inputs, batch.size)
-            per = chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * m * op.dim * elem))
             flat_out = out.reshape(batch.size, -1)
-            scale = float(flat_out.abs().max()) if flat_out.numel() else 0.0
+            hooked_dim = sum(op.numels[i] for i in hooked)
+            per = chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * hooked_dim * elem))
             for s in range(0, batch.size, per):
                 x = _take(batch.inputs, dims, slice(s, s + per))
                 c = cols[s : s + per]
-                both = c if partners is None else torch.cat([c, partners[s : s + per]], dim=1)
-                with torch.no_grad():
-                    outs, grads = vmap(pulled_back, in_dims=(None, dims, 0, None))(
-                        primals, x, both, dims
-                    )
-                _check_independent(outs, flat_out[s : s + per], scale)
-                k = c.shape[1]
-                # (chunk, k, tensors): ⟨Jᵀa, Jᵀb⟩ per column/probe and parameter tensor
-                terms = torch.stack(
-                    [
-                        (g[:, :k] * g[:, k:] if partners is not None else g.pow(2))
-                        .flatten(2)
-                        .sum(-1)
-                        .double()
-                        for g in (grads[key] for key in keys)
-                    ],
-                    dim=-1,
-                ).cpu()
-                per_group = terms @ to_group  # (chunk, k, groups)
+                p = None if partners is None else partners[s : s + per]
+                terms = None
+                if hooked:
+                    try:
+                        terms = _hooked_terms(obj, mods, x, c, p, len(keys))
+                        if not verified:  # the closed forms against vmap on two samples
+                            first = _take(x, dims, slice(0, 2))
+                            ref = vmapped(
+                                hooked,
+                                first,
+                                c[:2],
+                                None if p is None else p[:2],
+                                dims,
+                                flat_out[s : s + 2],
+                            )
+                            got = terms[:2]
+                            tol = 1e3 * torch.finfo(op.dtype).eps * float(ref.abs().max())
+                            if float((got - ref).abs().max()) > tol:
+                                raise _Unsupported("closed forms differ from vmap")
+                            verified = True
+                    except _Unsupported as err:
+                        logger.info("ggn_trace: per-sample products by vmap only (%s)", err)
+                        hooked, mods, terms = [], {}, None
+                rest = [i for i in range(len(keys)) if i not in set(hooked)]
+                if rest:
+                    more = vmapped(rest, x, c, p, dims, flat_out[s : s + per])
+                    terms = more if terms is None else terms + more
+                assert terms is not None
+                per_group = terms.cpu() @ to_group  # (chunk, k, groups)
                 if probes is None:
                     values += per_group.sum(dim=(0, 1))
                 else:
@@ -268,11 +476,13 @@ def _gauss_newton(
                     both_terms = torch.cat([per_group, per_group.sum(-1, keepdim=True)], -1)
                     variance += both_terms.var(dim=1, correction=1).sum(0) / probes
                 bar.update(int(c.shape[0]))
+    engine = "hooks" if hooked and len(hooked) == len(keys) else "hooks+vmap" if hooked else "vmap"
     return {
         "values": values.numpy(),
         "variance": variance.numpy(),
         "residuals": residuals,
         "passes": passes,
+        "engine": engine,
     }
 
 
@@ -327,8 +537,14 @@ def ggn_trace(
     any model and mean-reduced loss:
 
     1. ``Tr G = Σ_i Σ_k λ_ik ‖J_iᵀ q_ik‖²`` from per-sample gradients of ``⟨f_i, q_ik⟩``
-       (``torch.func.vmap`` of ``vjp``, in chunks), for every eigenpair of ``Λ_i`` that is
-       not negligible for some sample (negative eigenvalues keep their sign). With
+       for every eigenpair of ``Λ_i`` (computed in float64) that is not negligible for
+       some sample (negative eigenvalues keep their sign). The squared norms are never
+       formed from per-sample gradients for ``nn.Linear`` (``‖δ_i‖²‖a_i‖²``, or a Gram
+       form over positions), ``nn.Conv1d``/``nn.Conv2d`` (unfolded inputs, Gram or
+       per-sample weight gradients, whichever is cheaper) and eval-mode BatchNorm: one
+       backward to the module outputs per column, by hooks, checked against ``vmap``
+       on the first two samples (a module called twice, a weight also used elsewhere:
+       ``vmap`` for all). Other parameters: ``torch.func.vmap`` of ``vjp`` in chunks. With
        ``output_probes=k``, ``k`` Rademacher probes ``u`` per sample instead
        (``E⟨J_iᵀ A_i u, J_iᵀ A_i S_i u⟩ = Tr(J_iᵀ Λ_i J_i)`` with ``Λ_i = A_i S_i A_iᵀ``):
        unbiased, with variance ``Σ_i s_i²/k`` from each sample's spread ``s_i²`` over its
@@ -346,9 +562,9 @@ def ggn_trace(
        exactly by a Krylov run), interleaved so that ``target_rel_stderr`` can stop them.
 
     The products are those of ``R`` (each costs what one of ``H`` costs); they are also
-    added to ``op.products``. The per-sample gradients cost about ``M`` backward passes
-    over the data (``M`` the columns per sample: at most the output size, or ``k``
-    probes, twice that for a loss with a non-convex output Hessian).
+    added to ``op.products``. The per-sample part costs about ``M`` backward passes over
+    the data (``M`` the columns per sample: at most the output size, or ``k`` probes,
+    twice that for a loss with a non-convex output Hessian).
 
     Args:
         op: the Hessian operator (its parameters, dtype, data and product method are used).
@@ -359,16 +575,17 @@ def ggn_trace(
         output_probes: Rademacher probes per sample for ``Tr G`` (``None``: exact).
         blocks: ``"module"`` or ``"tensor"``: the diagonal blocks of ``R`` (and the
             grouping of ``blocks`` in the result).
-        chunk_size: samples per ``vmap`` call; default: as many as keep the per-sample
-            gradients within 256 MiB.
+        chunk_size: samples per forward (hooks) and per ``vmap`` call; default: as many
+            as keep the per-sample gradients (or Gram matrices) within 256 MiB.
         progress: progress bars (``None``: only on a terminal).
 
     Returns:
         A :class:`TraceResult`: ``products`` the ``R`` products, ``blocks`` the per-block
         totals ``{name: (value, stderr)}``, ``samples`` the block totals, and ``info`` with
         ``ggn_trace``, ``ggn_stderr``, ``residual_trace``, ``residual_stderr``,
-        ``seconds_ggn``, ``seconds_residual``, ``gradient_passes`` (per-sample gradients
-        per sample), ``zero_blocks`` and the ``allocation`` of residual products per block.
+        ``seconds_ggn``, ``seconds_residual``, ``gradient_passes`` (columns per sample),
+        ``per_sample`` (``"hooks"``, ``"hooks+vmap"`` or ``"vmap"``), ``zero_blocks`` and
+        the ``allocation`` of residual products per block.
 
     Raises:
         ValueError: bad arguments; model outputs that are not a tensor with a leading batch
@@ -430,6 +647,7 @@ def ggn_trace(
             "seconds_ggn": seconds_ggn,
             "seconds_residual": seconds_residual,
             "gradient_passes": ggn["passes"],
+            "per_sample": ggn["engine"],
             "zero_blocks": res["zero_blocks"],
             "allocation": res["allocation"],
         },

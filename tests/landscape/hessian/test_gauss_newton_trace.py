@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
 from landscape.hessian import HessianOperator, ggn_trace, hutchinson_trace
+from landscape.hessian.trace import gauss_newton
 from landscape.hessian.trace.block import _group
 from landscape.hessian.trace.gauss_newton import _gauss_newton, _residual_operator
 from landscape.objective import Objective
@@ -84,6 +85,14 @@ def _exact(result, reference, rtol=1e-8):
     assert result.stderr <= 1e-12 * abs(reference)
 
 
+@pytest.fixture(params=["hooks", "vmap"])
+def engine(request, monkeypatch):
+    """Per-sample products by the closed forms of hooked modules, or by vmap only."""
+    if request.param == "vmap":
+        monkeypatch.setattr(gauss_newton, "_hookable", lambda model, names: {})
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def tanh_problem():
     model = tanh_mlp(hidden=8)
@@ -93,10 +102,11 @@ def tanh_problem():
     return model, x, y, op, H
 
 
-def test_ggn_part_matches_dense_gauss_newton(tanh_problem):
+def test_ggn_part_matches_dense_gauss_newton(tanh_problem, engine):
     model, x, y, op, _ = tanh_problem
     G = dense_ggn(model, [(x, y)], F.cross_entropy)
     res = ggn_trace(op, 60, seed=0)
+    assert res.info["per_sample"] == engine
     assert res.info["ggn_trace"] == pytest.approx(float(G.trace()), rel=1e-10)
     assert res.info["ggn_stderr"] == 0.0
     # cross-entropy's output Hessian has the null vector 1: 2 of 3 columns per sample
@@ -113,7 +123,7 @@ def test_residual_operator_is_hessian_minus_gauss_newton(tanh_problem):
     assert float(R.abs().max()) > 1e-3  # a tanh network has a real residual term
 
 
-def test_relu_conv_net_is_exact_with_zero_residual_blocks():
+def test_relu_conv_net_is_exact_with_zero_residual_blocks(engine):
     model = ReluConvNet()
     x, y = conv_data()
     H = dense_hessian(copy.deepcopy(model).eval(), x, y)
@@ -121,6 +131,7 @@ def test_relu_conv_net_is_exact_with_zero_residual_blocks():
     model.conv.weight.grad = torch.ones_like(model.conv.weight)
     op = HessianOperator(model, data=(x, y), dtype=torch.float64)
     res = ggn_trace(op, 10, seed=0)
+    assert res.info["per_sample"] == engine
     _exact(res, float(H.trace()))
     assert res.info["zero_blocks"] == 4 and res.products == 4 and op.products == 4
     assert set(res.blocks) == {"conv", "bn", "fc1", "fc2"}
@@ -164,7 +175,7 @@ def _custom_mean_loss(out, y):
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "custom"])
-def test_output_probes_unbiased_with_calibrated_stderr(loss):
+def test_output_probes_unbiased_with_calibrated_stderr(loss, engine):
     loss_fn = F.cross_entropy if loss == "cross_entropy" else _custom_mean_loss
     model = ReluConvNet()
     x, y = conv_data()
@@ -189,7 +200,7 @@ def test_parameter_subset():
     assert set(res.blocks) == {"fc1", "conv"}
 
 
-def test_unequal_batches_mse_exact_weights():
+def test_unequal_batches_mse_exact_weights(engine):
     model = ReluConvNet()
     x, _ = conv_data(n=23)
     t = torch.randn(23, 3, generator=torch.Generator().manual_seed(5))
@@ -213,7 +224,7 @@ class DictNet(nn.Module):
         return self.head(torch.tanh(self.a(a) + self.b(b)))
 
 
-def test_dict_inputs_and_chunks():
+def test_dict_inputs_and_chunks(engine):
     model = DictNet()
     g = torch.Generator().manual_seed(7)
     a, b = torch.randn(20, 3, generator=g), torch.randn(20, 2, generator=g)
@@ -318,3 +329,58 @@ def test_hessian_summary_with_ggn():
     assert out["trace"]["method"] == "ggn" and out["products"] == 4
     assert out["trace"]["value"] == pytest.approx(float(H.trace()), rel=1e-8)
     assert "ggn" in format_summary(out)
+
+
+class Mixed(nn.Module):
+    """Conv1d (Gram form), dilated Conv2d and a linear map over positions (materialised),
+    BatchNorm1d, in-place ReLU, and a LayerNorm (no closed form: vmap)."""
+
+    def __init__(self, tied=False, shared=False):
+        super().__init__()
+        torch.manual_seed(8)
+        self.c1 = nn.Conv1d(2, 3, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm1d(3)
+        self.c2 = nn.Conv2d(1, 2, 3, padding=2, dilation=2)
+        self.seq = nn.Linear(3, 3)
+        self.ln = nn.LayerNorm(3)
+        self.head = nn.Linear(44, 3)
+        self.tied, self.shared = tied, shared
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.2, 0.2)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.c1(x)), inplace=True).transpose(1, 2)  # (n, 4, 3)
+        h = self.seq(h)
+        if self.shared:  # one module called twice: no closed form
+            h = self.seq(h)
+        h = torch.tanh(self.ln(h)).flatten(1)
+        z = self.c2(x.reshape(-1, 1, 4, 4)).flatten(1)
+        out = self.head(torch.cat([h, z], 1))
+        if self.tied:  # the head's weight used outside the module too
+            out = out + 0.1 * F.linear(out, self.head.weight[:, :3])
+        return out
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({}, "hooks+vmap"), ({"shared": True}, "vmap"), ({"tied": True}, "vmap")],
+)
+def test_closed_forms_match_dense_gauss_newton(kwargs, expected):
+    model = Mixed(**kwargs)
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(10, 2, 8, generator=g), torch.randint(0, 3, (10,), generator=g)
+    G = dense_ggn(model, [(x, y)], F.cross_entropy)
+    op = HessianOperator(model, data=(x, y), dtype=torch.float64)
+    res = ggn_trace(op, 8)
+    assert res.info["per_sample"] == expected
+    assert res.info["ggn_trace"] == pytest.approx(float(G.trace()), rel=1e-10)
+    if not kwargs:  # a budget that traces every non-zero block exactly: per-module values
+        H = dense_hessian(copy.deepcopy(model).eval(), x, y)
+        res = ggn_trace(op, 200)
+        _exact(res, float(H.trace()))
+        bounds = np.cumsum([0, *op.numels])
+        diag = torch.diagonal(H).numpy()
+        for name, (value, _) in res.blocks.items():
+            idx = [i for i, n in enumerate(op.param_names) if n.startswith(name + ".")]
+            assert value == pytest.approx(diag[bounds[idx[0]] : bounds[idx[-1] + 1]].sum())

@@ -86,7 +86,8 @@ def lanczos_eigen(
             Gaussian vector; a trained network's gradient leans towards the top
             eigenvectors, Gur-Ari et al. 2018, and saved one product in five on the
             benchmark CNNs, while the random half keeps every direction present, so no
-            eigenvector orthogonal to the gradient is missed), ``"random"`` (``None``: a
+            eigenvector orthogonal to the gradient is missed; the gradient is free on a
+            kept first-order graph, one gradient pass otherwise), ``"random"`` (``None``: a
             Gaussian vector), or an explicit vector (flat or a tensor list).
         criterion: what ``tol`` bounds. ``"residual"`` (default): ``‖Hv − λv‖ ≤ tol·|λ|``,
             which also makes the eigenvector accurate. ``"eigenvalue"``: the eigenvalue

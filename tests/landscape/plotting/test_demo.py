@@ -20,7 +20,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     args = [
         "demo", "--out", str(out), "--optimizers", "sgd,sam", "--epochs", "3",
-        "--grid", "3", "--pca-grid", "3", "--metrics", "grad_norm",
+        "--grid", "3", "--pca-grid", "3", "--metrics", "grad_norm,trace",
         "--max-samples", "128", "--spectrum-runs", "1", "--spectrum-steps", "4",
         "--no-progress", "--threads", "1",
     ]  # fmt: skip
@@ -46,6 +46,10 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     comp = json.loads((out / "compare.json").read_text())
     assert [r["label"] for r in comp["rows"]] == ["sgd", "sam"]
     assert all(np.isfinite(r["grad_norm"]["value"]) for r in comp["rows"])
+    # The trace by the Gauss-Newton split: exact on the demo's ReLU MLP.
+    for r in comp["rows"]:
+        assert r["trace"]["info"]["method"] == "ggn"
+        assert r["trace"]["stderr"] == 0 and r["trace"]["value"] > 0
     page = (out / "report.html").read_text()
     assert page.count("* plotly.js v") == 1 and "Sharpness comparison" in page
     # A rerun resumes: same files, same numbers.

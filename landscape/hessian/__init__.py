@@ -7,7 +7,8 @@
   stopping), :func:`power_iteration` (baseline).
 - Traces: :func:`hutchinson_trace` (with per-block traces), :func:`hutchpp_trace`,
   :func:`block_trace` (per-layer blocks), :func:`fd_trace` (CR-SAM's finite
-  differences), :func:`ggn_trace` (Gauss–Newton part exactly, residual blocks probed).
+  differences), :func:`ggn_trace` (Gauss–Newton part exactly, residual blocks probed);
+  :func:`estimate_trace` picks one by name.
 - Spectral density: :func:`slq_density` (stochastic Lanczos quadrature).
 """
 
@@ -17,6 +18,7 @@ from landscape.hessian.operator import FiniteDifferenceWarning, HessianOperator,
 from landscape.hessian.trace import (
     TraceResult,
     block_trace,
+    estimate_trace,
     fd_trace,
     ggn_trace,
     hutchinson_trace,
@@ -31,6 +33,7 @@ __all__ = [
     "TraceResult",
     "block_trace",
     "default_fd_step",
+    "estimate_trace",
     "fd_trace",
     "ggn_trace",
     "hutchinson_trace",

@@ -14,18 +14,14 @@ from torch import nn
 from landscape.hessian.density.slq import slq_density
 from landscape.hessian.eigen.lanczos import lanczos_eigen
 from landscape.hessian.operator import HessianOperator
-from landscape.hessian.trace.block import block_trace
-from landscape.hessian.trace.finite_difference import fd_trace
-from landscape.hessian.trace.gauss_newton import ggn_trace
 from landscape.hessian.trace.hutchinson import hutchinson_trace
-from landscape.hessian.trace.hutchpp import hutchpp_trace
+from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
 from landscape.objective import Objective
 
 __all__ = ["TRACE_METHODS", "format_summary", "hessian_summary", "hessian_summary_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-TRACE_METHODS = ("hutchpp", "hutchinson", "block", "fd", "ggn")
 _SPLITS = ("train", "val", "test")
 
 
@@ -129,29 +125,15 @@ def hessian_summary(
             if return_eigenvectors:
                 out["eigenvectors"] = res.eigenvectors
         if trace:
-            if trace_method == "fd":
-                tr = fd_trace(
-                    op,
-                    num_probes=trace_products,
-                    seed=seed,
-                    target_rel_stderr=target_rel_stderr,
-                    progress=progress,
-                )
-            elif trace_method == "block":
-                tr = block_trace(op, trace_products, seed=seed, progress=progress)
-            elif trace_method == "ggn":
-                tr = ggn_trace(op, trace_products, target_rel_stderr, seed, progress=progress)
-            elif trace_method == "hutchinson":
-                tr = hutchinson_trace(
-                    op,
-                    trace_products,
-                    target_rel_stderr,
-                    seed,
-                    per_block=per_layer,
-                    progress=progress,
-                )
-            else:
-                tr = hutchpp_trace(op, trace_products, target_rel_stderr, seed, progress=progress)
+            tr = estimate_trace(
+                op,
+                trace_method,
+                trace_products,
+                target_rel_stderr,
+                seed,
+                per_block=per_layer and trace_method == "hutchinson",
+                progress=progress,
+            )
             out["trace"] = tr.to_dict()
             if per_layer and trace_method != "hutchinson":
                 layers = hutchinson_trace(

@@ -79,9 +79,6 @@ def lambda_max(
     )
 
 
-_TRACE_METHODS = ("hutchinson", "hutchpp", "fd", "ggn")
-
-
 def _trace(
     objective: Objective,
     cache: MetricCache | None,
@@ -94,50 +91,25 @@ def _trace(
     per_layer: bool = False,
 ) -> Any:
     """The trace estimate, computed once per settings within one ``compute_metrics`` call."""
-    from landscape.hessian import fd_trace, ggn_trace, hutchinson_trace, hutchpp_trace
+    from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
 
-    if method not in _TRACE_METHODS:
+    if method not in TRACE_METHODS:  # before any work; estimate_trace checks the rest
         raise ValueError(
-            f"Invalid trace_method: {method!r} (expected one of {', '.join(_TRACE_METHODS)})"
+            f"Invalid trace_method: {method!r} (expected one of {', '.join(TRACE_METHODS)})"
         )
-    if per_layer and method != "hutchinson":
-        raise ValueError(f"Invalid per_layer: True needs trace_method='hutchinson', not {method!r}")
     check_int("num_products", num_products)
     if target_rel_stderr is not None:
         check_positive("target_rel_stderr", target_rel_stderr)
     base = get_cache(objective, cache)
 
     def compute() -> Any:
-        if method == "fd":
-            return fd_trace(
-                objective,
-                num_probes=num_products,
-                seed=seed,
-                target_rel_stderr=target_rel_stderr,
-                progress=progress,
-            )
-        if method == "ggn":
-            return ggn_trace(
-                base.operator(),
-                num_products=num_products,
-                target_rel_stderr=target_rel_stderr,
-                seed=seed,
-                progress=progress,
-            )
-        if method == "hutchinson":
-            return hutchinson_trace(
-                base.operator(),
-                num_products=num_products,
-                target_rel_stderr=target_rel_stderr,
-                seed=seed,
-                per_block=per_layer,
-                progress=progress,
-            )
-        return hutchpp_trace(
+        return estimate_trace(
             base.operator(),
-            num_products=num_products,
-            target_rel_stderr=target_rel_stderr,
-            seed=seed,
+            method,
+            num_products,
+            target_rel_stderr,
+            seed,
+            per_block=per_layer,
             progress=progress,
         )
 
@@ -175,7 +147,8 @@ def trace(
     Args:
         objective: model, loss and data.
         trace_method: ``"hutchinson"`` (Rademacher probes), ``"hutchpp"`` (Hutch++),
-            ``"fd"`` (CR-SAM's finite differences, ``num_products`` probes) or ``"ggn"``
+            ``"block"`` (per-layer blocks), ``"fd"`` (CR-SAM's finite differences,
+            ``num_products`` probes) or ``"ggn"``
             (:func:`~landscape.hessian.ggn_trace`: the Gauss–Newton part exactly from
             per-sample gradients, the residual's diagonal blocks probed; needs a
             mean-reduced loss and tensor outputs).
@@ -223,7 +196,8 @@ def normalized_trace(
 
     Args:
         objective: model, loss and data.
-        trace_method: ``"hutchinson"``, ``"hutchpp"``, ``"fd"`` or ``"ggn"`` (see ``trace``).
+        trace_method: ``"hutchinson"``, ``"hutchpp"``, ``"block"``, ``"fd"`` or ``"ggn"``
+            (see ``trace``).
         num_products: Hessian-vector products for the trace.
         target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
         seed: seed of the probes.

@@ -6,10 +6,13 @@ from landscape.hessian.trace.finite_difference import fd_trace
 from landscape.hessian.trace.gauss_newton import ggn_trace
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.hutchpp import hutchpp_trace
+from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
 
 __all__ = [
+    "TRACE_METHODS",
     "TraceResult",
     "block_trace",
+    "estimate_trace",
     "fd_trace",
     "ggn_trace",
     "hutchinson_trace",

@@ -159,3 +159,22 @@ def test_block_trace_unbiased_with_exact_block_values(problem):
         assert abs(big.blocks[name][0] - float(diag[sl].sum())) < 1e-8
     with pytest.raises(ValueError, match="num_products"):
         block_trace(op, 5, blocks="tensor")
+
+
+def test_estimate_trace_dispatches_by_name(problem):
+    from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
+
+    _, op, H = problem
+    exact = float(torch.trace(H))
+    for method in TRACE_METHODS:
+        res = estimate_trace(op, method, 40, seed=1, progress=False)
+        assert res.info["method"].startswith(method.replace("hutchpp", "hutch")), method
+        assert abs(res.value - exact) <= 5 * res.stderr + 1e-6 * abs(exact), method
+    per = estimate_trace(op, "hutchinson", 20, per_block=True, progress=False)
+    assert per.blocks is not None and len(per.blocks) == len(op.params)
+    with pytest.raises(ValueError, match="trace_method"):
+        estimate_trace(op, "exact")
+    with pytest.raises(ValueError, match="per_layer"):
+        estimate_trace(op, "hutchpp", per_block=True)
+    with pytest.raises(ValueError, match="target_rel_stderr"):
+        estimate_trace(op, "block", 40, target_rel_stderr=0.1)

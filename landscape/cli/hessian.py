@@ -65,7 +65,11 @@ def register(subparsers: Any) -> None:
         default=None,
         help="stop the trace at this relative standard error",
     )
-    p.add_argument("--per-layer", action="store_true", help="also per-layer traces")
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also per-layer traces and per-layer top eigenvalues",
+    )
     p.add_argument("--density", action="store_true", help="spectral density (SLQ)")
     p.add_argument("--density-runs", type=positive_int, default=5)
     p.add_argument("--density-steps", type=positive_int, default=60)
@@ -84,9 +88,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("exact", "forward", "fd"),
+        choices=("exact", "forward", "fd", "auto"),
         default="exact",
-        help="Hessian-vector products (default exact double backward)",
+        help="Hessian-vector products (default exact double backward; auto: the kept graph "
+        "for one batch, else the faster of exact and forward on the first product)",
     )
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")

@@ -13,6 +13,12 @@ Products:
   accumulates ``Σ_b (n_b/N) H_b v`` (exact sample weights).
 - ``method="forward"``: forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``
   per batch (no graph kept between products).
+- ``method="auto"``: forward-over-reverse where it is faster. With a single batch the
+  kept graph (``"exact"``) is used, since one backward per product beats any recomputation;
+  with several batches the first product computes its first two batches both ways,
+  times them, and the operator keeps the faster method from then on (``op.method``
+  becomes ``"exact"`` or ``"forward"``; ``op.method_seconds`` holds the timings). The two
+  methods agree to rounding, so a run differs from ``"exact"`` at that level.
 - ``method="fd"``: central differences of the gradient,
   ``Hv ≈ ‖v‖ (g(θ + h v̂) − g(θ − h v̂)) / 2h`` with ``v̂ = v/‖v‖`` (two gradients, the
   memory of one). Weights are restored exactly by copy. The step ``h`` defaults per dtype;
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -43,7 +50,8 @@ __all__ = ["FiniteDifferenceWarning", "HessianOperator", "default_fd_step"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("exact", "forward", "fd")
+_METHODS = ("exact", "forward", "fd", "auto")
+_AUTO_TRIAL_BATCHES = 2  # batches of the first product computed both ways by method="auto"
 _FD_CHECKS = ("first", "always", "never")
 
 
@@ -114,8 +122,10 @@ class HessianOperator:
         loss_fn: the loss when ``objective`` is a module (default cross-entropy).
         batch_size: batch size when ``objective`` is a module.
         device: device when ``objective`` is a module.
-        method: ``"exact"`` (double backward), ``"forward"`` (forward-over-reverse) or
-            ``"fd"`` (finite differences of gradients).
+        method: ``"exact"`` (double backward), ``"forward"`` (forward-over-reverse),
+            ``"auto"`` (the kept graph with one batch; otherwise whichever of the two is
+            faster on the first product, see the module docstring) or ``"fd"`` (finite
+            differences of gradients).
         dtype: compute in this dtype (``torch.float64`` builds a float64 twin of the
             model and data); default the parameters' own dtype.
         h: finite-difference step along the unit direction (``method="fd"``); default
@@ -190,11 +200,15 @@ class HessianOperator:
         self.fd_check = fd_check
         self.fd_check_rtol = fd_check_rtol
         n_batches = sum(1 for _ in self._obj.batches()) if self._obj.cached else 2
+        graph_ok = method in ("exact", "auto")
         self.reuse_graph = (
-            (n_batches == 1 and method == "exact") if reuse_graph is None else bool(reuse_graph)
+            (n_batches == 1 and graph_ok) if reuse_graph is None else bool(reuse_graph)
         )
-        if self.reuse_graph and method != "exact":
+        if self.reuse_graph and not graph_ok:
             raise ValueError(f"Invalid reuse_graph: True needs method='exact', not {method!r}")
+        if self.reuse_graph:
+            self.method = "exact"
+        self.method_seconds: dict[str, float] = {}
         if self.reuse_graph and not self._obj.cached:
             raise ValueError("Invalid reuse_graph: True needs data cached on the device")
         self.products = 0
@@ -300,12 +314,12 @@ class HessianOperator:
                 raise ValueError(f"Invalid vector: a tensor of shape {tuple(t.shape)}, not {s}")
         if self.method == "fd":
             out = self._hvp_fd(vs)
-        elif self.method == "forward":
-            out = self._hvp_forward(vs)
         elif self.reuse_graph:
             out = self._hvp_reused(vs)
+        elif self.method == "auto":
+            out = self._hvp_auto(vs)
         else:
-            out = self._hvp_batches(vs)
+            out = self._accumulate(vs, lambda batch, _i: self._per_batch()(batch, vs))
         self.products += 1
         return out
 
@@ -354,32 +368,77 @@ class HessianOperator:
             tl_add_(out, self._double_backward(grads, self._work, vs, retain=True))
         return out
 
-    def _hvp_batches(self, vs: list[Tensor]) -> list[Tensor]:
+    def _accumulate(self, vs: list[Tensor], product: Any) -> list[Tensor]:
+        """``Σ_b product(batch_b, b)`` over the objective's batches (weights inside)."""
         out = [torch.zeros_like(p) for p in self._work]
-        with self._obj.eval_mode(), torch.enable_grad():
-            for batch in self._obj.batches():
-                loss = self._obj.batch_loss(batch) * batch.weight
-                grads = torch.autograd.grad(loss, self._work, create_graph=True, allow_unused=True)
-                tl_add_(out, self._double_backward(grads, self._work, vs, retain=False))
+        with self._obj.eval_mode():
+            for i, batch in enumerate(self._obj.batches()):
+                tl_add_(out, product(batch, i))
         return out
 
-    def _hvp_forward(self, vs: list[Tensor]) -> list[Tensor]:
+    def _per_batch(self) -> Any:
+        """The per-batch product of the (resolved) method."""
+        return self._batch_forward if self.method == "forward" else self._batch_exact
+
+    def _batch_exact(self, batch: Any, vs: list[Tensor]) -> list[Tensor]:
+        """One batch's weighted ``H_b v`` by double backward on a fresh graph."""
+        with torch.enable_grad():
+            loss = self._obj.batch_loss(batch) * batch.weight
+            grads = torch.autograd.grad(loss, self._work, create_graph=True, allow_unused=True)
+            return self._double_backward(grads, self._work, vs, retain=False)
+
+    def _batch_forward(self, batch: Any, vs: list[Tensor]) -> list[Tensor]:
+        """One batch's weighted ``H_b v`` by forward-over-reverse (``jvp`` of ``grad``)."""
         from torch.func import functional_call, grad, jvp
 
         module = _BatchLoss(self._obj)
         keys = [f"inner.{n}" for n in self.param_names]
         primals = tuple(p.detach() for p in self._work)
 
-        out = [torch.zeros_like(p) for p in self._work]
-        with self._obj.eval_mode():
-            for batch in self._obj.batches():
+        def loss_of(*ps: Tensor) -> Tensor:
+            return functional_call(module, dict(zip(keys, ps, strict=True)), (batch,))
 
-                def loss_of(*ps: Tensor, batch: Any = batch) -> Tensor:
-                    return functional_call(module, dict(zip(keys, ps, strict=True)), (batch,))
+        _, hv = jvp(grad(loss_of, argnums=tuple(range(len(primals)))), primals, tuple(vs))
+        return list(hv)
 
-                _, hv = jvp(grad(loss_of, argnums=tuple(range(len(primals)))), primals, tuple(vs))
-                tl_add_(out, list(hv))
+    def _timed(self, fn: Any, *args: Any) -> tuple[list[Tensor], float]:
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda *_: None)
+        sync(self.device)
+        start = time.perf_counter()
+        out = fn(*args)
+        sync(self.device)
+        return out, time.perf_counter() - start
+
+    def _hvp_auto(self, vs: list[Tensor]) -> list[Tensor]:
+        """The first product of ``method="auto"``: time both methods, keep the faster."""
+        seconds = {"exact": 0.0, "forward": 0.0}
+
+        def product(batch: Any, i: int) -> list[Tensor]:
+            if self.method != "auto":
+                return self._per_batch()(batch, vs)
+            # forward first, so that the cold first pass is not always charged to one side
+            _, t_fwd = self._timed(self._batch_forward, batch, vs)
+            out, t_exact = self._timed(self._batch_exact, batch, vs)
+            seconds["forward"] += t_fwd
+            seconds["exact"] += t_exact
+            if i + 1 == _AUTO_TRIAL_BATCHES:
+                self._choose(seconds)
+            return out
+
+        out = self._accumulate(vs, product)
+        if self.method == "auto":  # fewer batches than the trial
+            self._choose(seconds)
         return out
+
+    def _choose(self, seconds: dict[str, float]) -> None:
+        self.method = "forward" if seconds["forward"] < seconds["exact"] else "exact"
+        self.method_seconds = dict(seconds)
+        logger.info(
+            "HessianOperator(method='auto'): %s (first batches: exact %.3g s, forward %.3g s)",
+            self.method,
+            seconds["exact"],
+            seconds["forward"],
+        )
 
     # ------------------------------------------------------------------ finite differences
     def _gradient_at(self, vs: Sequence[Tensor], step: float, saved: list[Tensor]) -> list[Tensor]:

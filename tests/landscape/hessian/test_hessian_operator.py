@@ -277,3 +277,58 @@ def test_lanczos_accepts_tensor_list_start():
     res = lanczos_eigen(op, k=1, tol=1e-8, max_products=op.dim, v0=g)
     top = torch.linalg.eigvalsh(dense_hessian(model, x, y))[-1]
     assert abs(float(res.eigenvalues[0]) - float(top)) < 1e-8 * float(top)
+
+
+def test_auto_keeps_the_graph_for_one_batch():
+    model = tanh_mlp()
+    x, y = classification_data(n=40)
+    op = HessianOperator(model, data=(x, y), method="auto", dtype=torch.float64)
+    assert op.reuse_graph and op.method == "exact"
+    H = dense_hessian(model, x, y)
+    v = torch.randn(op.dim, dtype=torch.float64)
+    assert _rel(op @ v, H @ v) < 1e-12
+    assert op.method_seconds == {}  # nothing timed
+
+
+@pytest.mark.parametrize("faster", ["exact", "forward"])
+def test_auto_times_the_first_product_and_keeps_the_faster(faster, monkeypatch):
+    model = tanh_mlp()
+    x, y = classification_data(n=40)
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(
+        Objective(model, (x, y), batch_size=12), method="auto", dtype=torch.float64
+    )  # 4 batches: the first two are computed both ways
+    assert not op.reuse_graph and op.method == "auto"
+    calls = []
+    timed = op._timed
+
+    def fake_timed(fn, *args):
+        out, _ = timed(fn, *args)
+        name = "forward" if fn == op._batch_forward else "exact"
+        calls.append(name)
+        return out, (1.0 if name == faster else 2.0)
+
+    monkeypatch.setattr(op, "_timed", fake_timed)
+    V = torch.randn(op.dim, 3, dtype=torch.float64)
+    assert _rel(op @ V[:, 0], H @ V[:, 0]) < 1e-12
+    assert calls == ["forward", "exact"] * 2  # two trial batches, then the choice
+    assert op.method == faster
+    assert op.method_seconds == {faster: 2.0, ({"exact", "forward"} - {faster}).pop(): 4.0}
+    assert _rel(op @ V[:, 1:], H @ V[:, 1:]) < 1e-12
+    assert len(calls) == 4 and op.products == 3
+    # the per-batch functions really are the two methods: each alone matches H
+    for method in ("exact", "forward"):
+        op.method = method
+        assert _rel(op @ V[:, 0], H @ V[:, 0]) < 1e-12
+
+
+def test_auto_with_fewer_batches_than_the_trial():
+    model = tanh_mlp()
+    x, y = classification_data(n=40)
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, data=(x, y), method="auto", dtype=torch.float64, reuse_graph=False)
+    v = torch.randn(op.dim, dtype=torch.float64)
+    assert _rel(op @ v, H @ v) < 1e-12
+    assert op.method in ("exact", "forward")
+    assert set(op.method_seconds) == {"exact", "forward"}
+    assert all(t > 0 for t in op.method_seconds.values())

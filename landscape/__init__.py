@@ -45,6 +45,7 @@ _LAZY: dict[str, str] = {
     "HessianOperator": "landscape.hessian",
     "lanczos_eigen": "landscape.hessian",
     "power_iteration": "landscape.hessian",
+    "layer_eigenvalues": "landscape.hessian",
     "hutchinson_trace": "landscape.hessian",
     "hutchpp_trace": "landscape.hessian",
     "fd_trace": "landscape.hessian",

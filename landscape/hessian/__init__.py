@@ -4,7 +4,8 @@
   first-order graph reused, forward-over-reverse, or finite differences) over any model,
   loss and data, optionally restricted to a block of parameters.
 - Eigenpairs: :func:`lanczos_eigen` (Lanczos, full re-orthogonalisation, residual
-  stopping), :func:`power_iteration` (baseline).
+  stopping), :func:`power_iteration` (baseline), :func:`layer_eigenvalues` (each layer's
+  diagonal block).
 - Traces: :func:`hutchinson_trace` (with per-block traces), :func:`hutchpp_trace`,
   :func:`block_trace` (per-layer blocks), :func:`fd_trace` (CR-SAM's finite
   differences), :func:`ggn_trace` (Gauss–Newton part exactly, residual blocks probed);
@@ -13,7 +14,13 @@
 """
 
 from landscape.hessian.density import SpectralDensity, slq_density
-from landscape.hessian.eigen import EigenResult, lanczos_eigen, power_iteration
+from landscape.hessian.eigen import (
+    EigenResult,
+    LayerEigenResult,
+    lanczos_eigen,
+    layer_eigenvalues,
+    power_iteration,
+)
 from landscape.hessian.operator import FiniteDifferenceWarning, HessianOperator, default_fd_step
 from landscape.hessian.trace import (
     TraceResult,
@@ -29,6 +36,7 @@ __all__ = [
     "EigenResult",
     "FiniteDifferenceWarning",
     "HessianOperator",
+    "LayerEigenResult",
     "SpectralDensity",
     "TraceResult",
     "block_trace",
@@ -39,6 +47,7 @@ __all__ = [
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos_eigen",
+    "layer_eigenvalues",
     "power_iteration",
     "slq_density",
 ]

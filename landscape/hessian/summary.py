@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from landscape.hessian.density.slq import slq_density
+from landscape.hessian.eigen.blocks import layer_eigenvalues
 from landscape.hessian.eigen.lanczos import lanczos_eigen
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace.hutchinson import hutchinson_trace
@@ -71,7 +72,12 @@ def hessian_summary(
         trace_products: products (probes for ``"fd"``) for the trace.
         target_rel_stderr: stop the trace early at this relative standard error
             (``hutchinson``, ``hutchpp``, ``fd``, ``ggn``).
-        per_layer: also report per-parameter-tensor traces (Hutchinson, same products).
+        per_layer: also report per-parameter-tensor traces (Hutchinson, same products)
+            when ``trace``, and, when ``top_k > 0``, the top eigenvalue of each layer's
+            diagonal block by :func:`layer_eigenvalues` (one per module, ``k=1``, the same
+            ``which``, ``tol``, ``criterion``, ``seed`` and ``max_products`` per block)
+            under ``out["eigen"]["layers"]``; their block products count in
+            ``out["products"]`` (and in ``out["eigen"]["layer_products"]``).
         density: spectral density by :func:`slq_density`.
         density_runs: SLQ runs.
         density_steps: Lanczos steps per run.
@@ -124,6 +130,28 @@ def hessian_summary(
             out["eigen"] = res.to_dict()
             if return_eigenvectors:
                 out["eigenvectors"] = res.eigenvectors
+            if per_layer:
+                lay = layer_eigenvalues(
+                    op,
+                    k=1,
+                    which=which,
+                    tol=tol,
+                    max_products=max_products,
+                    seed=seed,
+                    criterion=criterion,
+                    progress=progress,
+                )
+                out["eigen"]["layers"] = {
+                    name: {
+                        "eigenvalues": [float(v) for v in r.eigenvalues],
+                        "residuals": [float(v) for v in r.residuals],
+                        "products": int(r.products),
+                        "converged": bool(r.converged),
+                        "dim": lay.dims[name],
+                    }
+                    for name, r in lay.items()
+                }
+                out["eigen"]["layer_products"] = lay.products
         if trace:
             tr = estimate_trace(
                 op,
@@ -154,6 +182,7 @@ def hessian_summary(
         "tol": tol,
         "criterion": criterion,
         "max_products": max_products,
+        "per_layer": per_layer,
         "trace_method": trace_method if trace else None,
         "trace_products": trace_products,
         "method": method,
@@ -214,6 +243,20 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         for i, (v, r) in enumerate(zip(eig["eigenvalues"], eig["residuals"], strict=True)):
             lines.append(f"  λ{i + 1} = {v: .6g}   (residual {r:.1e})")
+        layers = eig.get("layers")
+        if layers:
+            bad = sum(not d["converged"] for d in layers.values())
+            lines.append(
+                f"per-layer λ1 (diagonal blocks, {eig['layer_products']} block products"
+                + (f", {bad} NOT converged" if bad else "")
+                + "):"
+            )
+            for name, d in layers.items():
+                flag = "" if d["converged"] else ", NOT converged"
+                lines.append(
+                    f"  {name:<32} {d['eigenvalues'][0]:< 13.6g} (residual "
+                    f"{d['residuals'][0]:.1e}, {d['products']} products, dim {d['dim']}{flag})"
+                )
     tr = summary.get("trace")
     if tr:
         lines.append(

@@ -10,7 +10,6 @@ whole-vector Hutchinson probes noisy. Splitting by blocks is unbiased for any ``
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape.hessian._blocks import GROUPINGS as _GROUPINGS
+from landscape.hessian._blocks import group_blocks as _group
 from landscape.hessian.operator import HessianOperator, random_vector
 from landscape.hessian.trace._result import TraceResult
 from landscape.hessian.trace.hutchinson import hutchinson_trace
@@ -25,7 +26,6 @@ from landscape.hessian.trace.hutchpp import hutchpp_trace
 
 __all__ = ["block_trace"]
 
-_GROUPINGS = ("module", "tensor")
 _ESTIMATORS = ("hutchpp", "hutchinson")
 
 
@@ -60,22 +60,6 @@ def exact_block_trace(view: _BlockView, seed: int, progress: bool | None) -> Tra
     return hutchpp_trace(
         view, view.dim + 1, seed=seed, sketch="lanczos", sketch_size=view.dim, progress=progress
     )
-
-
-def _group(op: HessianOperator, grouping: str) -> list[tuple[str, slice]]:
-    if grouping == "tensor":
-        return list(op.blocks())
-    groups: dict[str, list[slice]] = {}
-    for name, sl in op.blocks():
-        groups.setdefault(name.rsplit(".", 1)[0] if "." in name else name, []).append(sl)
-    out = []
-    for name, sls in groups.items():
-        # parameters of one module are contiguous when the module's are listed together
-        if all(a.stop == b.start for a, b in itertools.pairwise(sls)):
-            out.append((name, slice(sls[0].start, sls[-1].stop)))
-        else:
-            out += [(f"{name}[{i}]", s) for i, s in enumerate(sls)]
-    return out
 
 
 def _allocate(weights: np.ndarray, budget: int, floor: int, caps: np.ndarray) -> np.ndarray:

@@ -35,16 +35,22 @@ class LanczosState:
     betas: list[float] = field(default_factory=list)
     products: int = 0
     invariant: bool = False  # the basis spans an invariant subspace: the Ritz pairs are exact
+    breakdown: bool = False  # the last step closed an invariant subspace (a restart follows)
+    block_starts: list[int] = field(default_factory=lambda: [0])  # first step of each block
 
     @property
     def steps(self) -> int:
         return len(self.alphas)
 
 
-def ritz(state: LanczosState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ritz values (ascending), eigenvectors of ``T`` and residual norms ``|β_m s_{m,i}|``."""
-    a = np.asarray(state.alphas, dtype=np.float64)
-    b = np.asarray(state.betas[:-1], dtype=np.float64)
+def ritz(state: LanczosState, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ritz values (ascending), eigenvectors of ``T`` and residual norms ``|β_m s_{m,i}|``.
+
+    ``start``: only the trailing block of ``T`` from that step on (e.g. the Krylov space of
+    the last restart, ``state.block_starts[-1]``, which ``T`` holds as a separate block).
+    """
+    a = np.asarray(state.alphas[start:], dtype=np.float64)
+    b = np.asarray(state.betas[start:-1], dtype=np.float64)
     if a.size == 1:
         values, vectors = a.copy(), np.ones((1, 1))
     else:
@@ -116,6 +122,7 @@ def lanczos_run(
             scale = max(scale, abs(alpha), beta)
             eps = torch.finfo(q.dtype).eps
             breakdown = beta <= 100 * eps * max(scale, 1e-300) * np.sqrt(j + 1)
+            state.breakdown = breakdown
             if breakdown:
                 state.betas[-1] = 0.0
                 if j + 1 == dim or new_start is None:
@@ -132,6 +139,7 @@ def lanczos_run(
                 prev_beta = 0.0
                 q_prev = None
                 q = w / torch.linalg.vector_norm(w)
+                state.block_starts.append(j + 1)
             else:
                 q_prev, q = q, w / beta
                 prev_beta = beta

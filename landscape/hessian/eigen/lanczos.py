@@ -72,7 +72,11 @@ def lanczos_eigen(
     each of the ``k`` wanted Ritz pairs has residual ``‖H v − λ v‖ ≤ tol·|λ|`` (the
     residual is ``|β_m s_{m,i}|``, free of extra products) or after ``max_products``.
     When the Krylov space becomes invariant a fresh random start vector continues the run
-    in the orthogonal complement, so repeated eigenvalues are found too.
+    in the orthogonal complement, so repeated eigenvalues are found too: for ``k > 1`` the
+    run does not stop at such a breakdown (an invariant Krylov space holds one vector per
+    distinct eigenvalue) but restarts, and stops once the restarted space's own extreme
+    pair has converged as well. A single Krylov space cannot see multiplicities it never
+    broke down on: with no breakdown, a repeated eigenvalue appears once.
 
     Args:
         op: the Hessian operator.
@@ -129,12 +133,23 @@ def lanczos_eigen(
             return res
         return np.minimum(res, res**2 / _gaps(values))
 
+    def converged(values: np.ndarray, res: np.ndarray, idx: np.ndarray) -> bool:
+        return bool(np.all(errors(values, res)[idx] <= tol * np.abs(values[idx])))
+
     def stop(state: LanczosState) -> bool:
         if state.steps < min(k + 1, op.dim):
             return False
+        if k > 1 and state.breakdown and state.steps - state.block_starts[-1] > 1:
+            # An invariant Krylov space holds one vector per distinct eigenvalue: a wanted
+            # eigenvalue's other copies can only show after the restart that follows.
+            return False
+        if k > 1 and len(state.block_starts) > 1:
+            # ... and only once the restarted space has converged its own extreme pair.
+            values, _, res = ritz(state, state.block_starts[-1])
+            if not converged(values, res, _wanted(values, 1, which)):
+                return False
         values, _, res = ritz(state)
-        idx = _wanted(values, k, which)
-        return bool(np.all(errors(values, res)[idx] <= tol * np.abs(values[idx])))
+        return converged(values, res, _wanted(values, k, which))
 
     state = lanczos_run(
         op.matvec,

@@ -167,3 +167,23 @@ def test_eigenvalue_criterion_bounds_the_eigenvalue_error(problem, tol):
     assert by_value.products <= by_residual.products
     with pytest.raises(ValueError, match="criterion"):
         lanczos_eigen(op, k=1, criterion="value")
+
+
+class _WithUnused(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = torch.nn.Linear(4, 3).double()
+        self.unused = torch.nn.Parameter(torch.ones(10, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_zero_block_restarts_once_per_wanted_copy():
+    """H = 0 on the block: every step breaks down; k zeros come after k restarts, no more."""
+    torch.manual_seed(0)
+    x, y = classification_data(n=20, d_in=4)
+    op = HessianOperator(_WithUnused(), ["unused"], data=(x.double(), y))
+    res = lanczos_eigen(op, k=3, tol=1e-8, max_products=50)
+    assert res.converged and res.eigenvalues.tolist() == [0.0, 0.0, 0.0]
+    assert res.products == 4  # k + 1 steps before any judgement, each a closed space

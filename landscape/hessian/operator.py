@@ -398,7 +398,10 @@ class HessianOperator:
         def loss_of(*ps: Tensor) -> Tensor:
             return functional_call(module, dict(zip(keys, ps, strict=True)), (batch,))
 
-        _, hv = jvp(grad(loss_of, argnums=tuple(range(len(primals)))), primals, tuple(vs))
+        # torch.func differentiates under no_grad; no_grad keeps autograd from recording a
+        # graph through the parameters outside a subset (which still require grad)
+        with torch.no_grad():
+            _, hv = jvp(grad(loss_of, argnums=tuple(range(len(primals)))), primals, tuple(vs))
         return list(hv)
 
     def _timed(self, fn: Any, *args: Any) -> tuple[list[Tensor], float]:

@@ -10,7 +10,7 @@ import itertools
 
 from landscape.hessian.operator import HessianOperator
 
-__all__ = ["GROUPINGS", "group_blocks", "validate_grouping"]
+__all__ = ["GROUPINGS", "block_param_names", "group_blocks", "validate_grouping"]
 
 GROUPINGS = ("module", "tensor")
 
@@ -44,3 +44,12 @@ def group_blocks(op: HessianOperator, grouping: str) -> list[tuple[str, slice]]:
         else:
             out += [(f"{name}[{i}]", s) for i, s in enumerate(sls)]
     return out
+
+
+def block_param_names(op: HessianOperator, grouping: str) -> list[tuple[str, list[str]]]:
+    """``(name, parameter names)`` of each block of :func:`group_blocks`."""
+    layout = list(op.blocks())
+    return [
+        (name, [n for n, s in layout if sl.start <= s.start and s.stop <= sl.stop])
+        for name, sl in group_blocks(op, grouping)
+    ]

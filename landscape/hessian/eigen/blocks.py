@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from landscape.hessian._blocks import group_blocks, validate_grouping
+from landscape.hessian._blocks import block_param_names, validate_grouping
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.eigen._result import EigenResult
 from landscape.hessian.eigen.lanczos import lanczos_eigen
@@ -124,12 +124,12 @@ def layer_eigenvalues(
     every product recomputes them). Parameters the loss does not use form a zero block
     (eigenvalues 0).
 
-    .. note:: With ``k > 1``, an eigenvalue of multiplicity above one can be returned
-       once, followed by the next distinct eigenvalue, and flagged converged:
-       :func:`lanczos_eigen` stops when its Krylov space becomes invariant. The output
-       layer's block under cross-entropy has such a zero eigenvalue (shifting all logits
-       by the same amount changes nothing), so ``which="smallest"`` with ``k > 1`` is
-       unreliable there; ``k=1`` is exact.
+    .. note:: The output layer's block under cross-entropy has a multiple zero
+       eigenvalue (shifting all logits by the same amount changes nothing). On a small
+       block the Krylov space closes on it and :func:`lanczos_eigen` restarts to find the
+       other copies (``which="smallest"``, ``k=2`` is tested against dense blocks); a
+       large block's run can stop before its Krylov space closes and then returns such
+       an eigenvalue once.
 
     Args:
         op_or_objective: a :class:`HessianOperator` (its parameters, dtype and product
@@ -168,15 +168,13 @@ def layer_eigenvalues(
     if max_products < k:
         raise ValueError(f"Invalid max_products: {max_products} (must be >= k={k})")
     start = time.perf_counter()
-    layout = list(op.blocks())
     layers: dict[str, EigenResult] = {}
     param_names: dict[str, list[str]] = {}
     dims: dict[str, int] = {}
     total = 0
-    groups = group_blocks(op, blocks)
+    groups = block_param_names(op, blocks)
     with progress_bar(len(groups), "layer eigenvalues", progress) as bar:
-        for name, sl in groups:
-            names = [n for n, s in layout if sl.start <= s.start and s.stop <= sl.stop]
+        for name, names in groups:
             with _block_operator(op, names) as block:
                 res = lanczos_eigen(
                     block,

@@ -81,7 +81,8 @@ def hessian_summary(
         density: spectral density by :func:`slq_density`.
         density_runs: SLQ runs.
         density_steps: Lanczos steps per run.
-        method: Hessian-vector products: ``"exact"``, ``"forward"`` or ``"fd"``.
+        method: Hessian-vector products: ``"exact"``, ``"forward"``, ``"fd"`` or ``"auto"``
+            (the one used is reported in ``settings["method_used"]``).
         dtype: e.g. ``torch.float64``.
         batch_size: evaluation batch size (one batch keeps the first-order graph).
         max_samples: use only the first ``max_samples`` samples.
@@ -175,6 +176,7 @@ def hessian_summary(
                 op, num_runs=density_runs, num_steps=density_steps, seed=seed, progress=progress
             ).to_dict()
         out["products"] = op.products
+        method_used = op.method
     out["seconds"] = time.perf_counter() - start
     out["settings"] = {
         "top_k": top_k,
@@ -186,6 +188,7 @@ def hessian_summary(
         "trace_method": trace_method if trace else None,
         "trace_products": trace_products,
         "method": method,
+        "method_used": method_used,
         "dtype": str(dtype or "native"),
         "seed": seed,
         "batch_size": obj.batch_size,

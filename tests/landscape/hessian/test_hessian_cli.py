@@ -105,3 +105,22 @@ def test_summary_in_python_fd_trace_and_smallest():
     assert "λ1" in format_summary(s)
     with pytest.raises(ValueError, match="trace_method"):
         hessian_summary(model, (x, y), trace_method="magic")
+
+
+@pytest.mark.parametrize(("batch_size", "used"), [(30, {"exact"}), (8, {"exact", "forward"})])
+def test_summary_reports_the_method_auto_chose(batch_size, used):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    s = hessian_summary(
+        model,
+        (x, y),
+        top_k=1,
+        tol=1e-8,
+        method="auto",
+        batch_size=batch_size,
+        dtype=torch.float64,
+    )
+    assert s["settings"]["method"] == "auto" and s["settings"]["method_used"] in used
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y))
+    assert s["eigen"]["eigenvalues"][0] == pytest.approx(float(exact[-1]), rel=1e-6)

@@ -507,6 +507,14 @@ def main() -> None:
     for name, r in ratios.items():
         if name != "gradient":
             print(f"{name:<22}: {r:.2f}x  ({median(times[name]) * 1e3:.1f} ms)")
+    for _ in range(3):  # method="auto" on the same data in four batches of 64, thrice
+        auto = HessianOperator(Objective(model, (x, y), batch_size=64), method="auto")
+        auto.matvec(v)
+        sec = auto.method_seconds
+        print(
+            f"method='auto', 4 batches of 64: {auto.method} (its first two batches both ways: "
+            f"exact {1e3 * sec['exact']:.1f} ms, forward {1e3 * sec['forward']:.1f} ms)"
+        )
 
     # 6. per-layer eigenvalues ------------------------------------------------------
     layer_products(obj, max(5, 2 * args.repeats))

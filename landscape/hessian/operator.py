@@ -15,10 +15,10 @@ Products:
   per batch (no graph kept between products).
 - ``method="auto"``: forward-over-reverse where it is faster. With a single batch the
   kept graph (``"exact"``) is used, since one backward per product beats any recomputation;
-  with several batches the first product computes its first two batches both ways,
-  times them, and the operator keeps the faster method from then on (``op.method``
-  becomes ``"exact"`` or ``"forward"``; ``op.method_seconds`` holds the timings). The two
-  methods agree to rounding, so a run differs from ``"exact"`` at that level.
+  with several batches the first product computes its first two batches both ways
+  (the first as a warm-up), times the second, and the operator keeps the faster method
+  (``op.method`` becomes ``"exact"`` or ``"forward"``; ``op.method_seconds`` holds the
+  timings). The two agree to rounding, so a run differs from ``"exact"`` at that level.
 - ``method="fd"``: central differences of the gradient,
   ``Hv ≈ ‖v‖ (g(θ + h v̂) − g(θ − h v̂)) / 2h`` with ``v̂ = v/‖v‖`` (two gradients, the
   memory of one). Weights are restored exactly by copy. The step ``h`` defaults per dtype;
@@ -413,31 +413,34 @@ class HessianOperator:
         return out, time.perf_counter() - start
 
     def _hvp_auto(self, vs: list[Tensor]) -> list[Tensor]:
-        """The first product of ``method="auto"``: time both methods, keep the faster."""
-        seconds = {"exact": 0.0, "forward": 0.0}
+        """The first product of ``method="auto"``: time both methods, keep the faster.
+
+        The first two batches are computed both ways; the first warms both up (the first
+        ``torch.func`` call alone can cost several products) and only the second is
+        compared, unless there is a single batch.
+        """
+        trials: list[dict[str, float]] = []
 
         def product(batch: Any, i: int) -> list[Tensor]:
             if self.method != "auto":
                 return self._per_batch()(batch, vs)
-            # forward first, so that the cold first pass is not always charged to one side
             _, t_fwd = self._timed(self._batch_forward, batch, vs)
             out, t_exact = self._timed(self._batch_exact, batch, vs)
-            seconds["forward"] += t_fwd
-            seconds["exact"] += t_exact
+            trials.append({"exact": t_exact, "forward": t_fwd})
             if i + 1 == _AUTO_TRIAL_BATCHES:
-                self._choose(seconds)
+                self._choose(trials[-1])
             return out
 
         out = self._accumulate(vs, product)
-        if self.method == "auto":  # fewer batches than the trial
-            self._choose(seconds)
+        if self.method == "auto":  # a single batch
+            self._choose(trials[-1])
         return out
 
     def _choose(self, seconds: dict[str, float]) -> None:
         self.method = "forward" if seconds["forward"] < seconds["exact"] else "exact"
         self.method_seconds = dict(seconds)
         logger.info(
-            "HessianOperator(method='auto'): %s (first batches: exact %.3g s, forward %.3g s)",
+            "HessianOperator(method='auto'): %s (one batch: exact %.3g s, forward %.3g s)",
             self.method,
             seconds["exact"],
             seconds["forward"],

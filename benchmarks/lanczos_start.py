@@ -19,7 +19,10 @@ target is a product budget: with PyHessian taking ``n`` products, ours must take
    the top eigenvector of the Hessian of the first ``m`` samples (m = 32, 64, 128;
    Lanczos to 1e-2 on its own kept graph) and of the head block (the two ``Linear``
    layers: 100,362 of the parameters, cheap products since the double backward stops at
-   the features).
+   the features);
+4. on the first checkpoint, whether a product could be cheaper: the relative error of
+   finite-difference products against exact ones, and ``torch.func.linearize``'s trace
+   time and seconds per product against the double backward.
 """
 
 from __future__ import annotations
@@ -99,6 +102,42 @@ def start_rows(model, x, y, obj, lam, x1, p):
     return out
 
 
+def other_products(model, x, y, obj, repeats):
+    """Cheaper products? Finite differences' error, ``torch.func.linearize``'s cost."""
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, linearize
+
+    exact = HessianOperator(obj)
+    fd = HessianOperator(obj, method="fd", fd_check="never")
+    gen = torch.Generator().manual_seed(0)
+    errs = []
+    for _ in range(3):
+        v = exact.random_vector(gen)
+        hv = exact.matvec(v)
+        errs.append(float((fd.matvec(v) - hv).norm() / hv.norm()))
+    names = [n for n, _ in model.named_parameters()]
+    primals = tuple(p.detach() for p in model.parameters())
+
+    def loss(*ps):
+        return F.cross_entropy(functional_call(model, dict(zip(names, ps, strict=True)), (x,)), y)
+
+    t0 = time.perf_counter()
+    _, jvp_fn = linearize(grad(loss, argnums=tuple(range(len(primals)))), *primals)
+    trace = time.perf_counter() - t0
+    vs = tuple(t.view_as(p) for t, p in zip(exact.to_list(v), primals, strict=True))
+    times = interleaved(
+        {"double backward": lambda: exact.matvec(v), "linearize": lambda: jvp_fn(*vs)},
+        repeats=repeats,
+    )
+    print(
+        "finite-difference products (default h) vs exact: relative error "
+        + ", ".join(f"{e:.1e}" for e in errs)
+        + f"; torch.func.linearize: {trace:.2f} s to trace, "
+        f"{1e3 * median(times['linearize']):.1f} ms per product against "
+        f"{1e3 * median(times['double backward']):.1f} ms (double backward, kept graph)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", default="300:0,300:1,1000:0,1000:1,3000:0,3000:1")
@@ -118,6 +157,8 @@ def main() -> None:
         )
         lam = float(ref.eigenvalues[0])
         x1 = _flat(ref.eigenvectors[0]).float()
+        if spec == args.checkpoints.split(",")[0]:
+            other_products(model, x, y, obj, args.repeats)
         b, p = graph_and_product_seconds(obj, args.repeats)
         n = median([pyhessian_top(model, x, y, 1, [lam])["products"] for _ in range(args.repeats)])
         budget = (0.5 * (b + n * p) - b) / p

@@ -121,10 +121,40 @@ def test_gradient_start_never_misses_a_direction_the_gradient_lacks():
     # Started from the gradient alone, Lanczos sees only the `a` block in 12 products ...
     blind = lanczos_eigen(op, k=1, tol=1e-8, max_products=12, v0=grad)
     assert float(blind.eigenvalues[0]) < 0.5 * top
-    # ... the default start (unit gradient + unit random vector) finds the top of `b`.
-    res = lanczos_eigen(op, k=1, tol=1e-8, max_products=12)
-    assert res.converged
-    assert float(res.eigenvalues[0]) == pytest.approx(top, rel=1e-8)
+    # ... v0="gradient" (unit gradient + unit random vector) and the default (random)
+    # start find the top of `b`.
+    for v0 in ("gradient", "random"):
+        res = lanczos_eigen(op, k=1, tol=1e-8, max_products=12, v0=v0)
+        assert res.converged
+        assert float(res.eigenvalues[0]) == pytest.approx(top, rel=1e-8)
+
+
+def _gradient_along_second_problem(d=60, n=120):
+    """``H = Q diag(1, 0.92, 0.3 … 0.01) Qᵀ`` with the gradient along the 2nd eigenvector."""
+    g = torch.Generator().manual_seed(0)
+    ev = torch.cat([torch.tensor([1.0, 0.92]), torch.linspace(0.3, 0.01, d - 2)]).double()
+    s = (ev / 2).sqrt()  # H = 2 XᵀX / N
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    z, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64))
+    x = (z * n**0.5) * s @ q.T  # XᵀX/N = Q diag(s²) Qᵀ exactly
+    a = torch.zeros(d, dtype=torch.float64)
+    a[1], a[0] = 1.0, 0.01  # gradient 2XᵀXw/N − 2Xᵀy/N at w = 0 ∝ Q a
+    y = -0.5 * (z * n**0.5) @ (a / s)
+    model = LowRankRegression(d).double()
+    return HessianOperator(model, data=(x, y), loss_fn=mse), q
+
+
+def test_gradient_start_can_settle_on_the_second_eigenvalue():
+    """Why the default start is random: a gradient along x2 hides x1 for several steps."""
+    op, q = _gradient_along_second_problem()
+    grad = op.to_flat(op.gradient())
+    assert float((grad @ q[:, 1]).abs() / grad.norm()) > 0.99
+    for seed in range(3):
+        early = lanczos_eigen(op, tol=1e-3, criterion="eigenvalue", v0="gradient", seed=seed)
+        assert float(early.eigenvalues[0]) == pytest.approx(0.92, rel=5e-3)  # λ2, 8 % low
+        for criterion in ("eigenvalue", "residual"):
+            res = lanczos_eigen(op, tol=1e-3, criterion=criterion, seed=seed)  # random start
+            assert float(res.eigenvalues[0]) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_start_vector_options(problem):

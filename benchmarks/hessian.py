@@ -62,7 +62,12 @@ TARGET = 1e-3
 
 
 # ---------------------------------------------------------------------------- setup
-def make_problem(steps: int = 300, seed: int = 0):
+def train_snapshots(steps: list[int], seed: int = 0):
+    """Train the benchmark CNN once; a copy in eval mode after each of ``steps``, and the batch.
+
+    The small CNN (width 16, hidden 192) on digits upsampled to 16×16, SGD with momentum
+    0.9, lr 0.05, batches of 64; the Hessian batch is the first 256 training samples.
+    """
     torch.manual_seed(seed)
     bundle = load_data("digits", seed=seed)
     x, y = bundle.train.tensors
@@ -72,14 +77,23 @@ def make_problem(steps: int = 300, seed: int = 0):
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    keep, snaps = set(steps), []
+    for step in range(1, max(steps) + 1):
         idx = torch.randint(0, x.shape[0], (64,), generator=g)
         opt.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    return model, x[:256].contiguous(), y[:256].contiguous()
+        if step in keep:
+            snap = copy.deepcopy(model)
+            snap.zero_grad(set_to_none=True)
+            snaps.append((step, snap.eval()))
+    return snaps, x[:256].contiguous(), y[:256].contiguous()
+
+
+def make_problem(steps: int = 300, seed: int = 0):
+    """The benchmark CNN after ``steps`` SGD steps, and its Hessian batch ``(x, y)``."""
+    [(_, model)], x, y = train_snapshots([steps], seed)
+    return model, x, y
 
 
 def exact_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -20,48 +20,20 @@ on λ2 for several steps: a stopping rule judged on those steps returns λ2.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
 import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hessian import TARGET, pyhessian_top
+from hessian import TARGET, pyhessian_top, train_snapshots
 
-from landscape.data import load_data
 from landscape.hessian import HessianOperator, lanczos_eigen
-from landscape.models import build_model
 from landscape.objective import Objective
 
 RUNS = [(v0, crit) for v0 in ("random", "gradient") for crit in ("residual", "eigenvalue")]
-
-
-def snapshots(first: int, last: int, every: int, seed: int = 0):
-    """Train the benchmark CNN once; ``(step, model in eval mode)`` every ``every`` steps."""
-    torch.manual_seed(seed)
-    bundle = load_data("digits", seed=seed)
-    x, y = bundle.train.tensors
-    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
-    model = build_model(
-        "cnn", in_channels=1, num_classes=10, input_size=(16, 16), width=16, hidden=192
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for step in range(1, last + 1):
-        idx = torch.randint(0, x.shape[0], (64,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-        if step >= first and (step - first) % every == 0:
-            snap = copy.deepcopy(model)
-            snap.zero_grad(set_to_none=True)
-            out.append((step, snap.eval()))
-    return out, x[:256].contiguous(), y[:256].contiguous()
 
 
 def _flat(vectors):
@@ -78,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("landscape").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    snaps, x, y = snapshots(args.first, args.last, args.every)
+    snaps, x, y = train_snapshots(list(range(args.first, args.last + 1, args.every)))
     names = [f"{v0}/{crit}" for v0, crit in RUNS] + ["pyhessian"]
     print(f"{len(snaps)} checkpoints, steps {args.first}..{args.last} every {args.every}")
     print(

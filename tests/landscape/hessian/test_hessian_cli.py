@@ -83,10 +83,14 @@ def test_cli_errors(checkpoint, tmp_path, capsys):
     assert main(["hessian", str(checkpoint), "--out", str(tmp_path / "no" / "h.json")]) == 2
 
 
-def test_summary_in_python_fd_trace_and_smallest():
+def _small_tanh_problem():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    return model, torch.randn(30, 4), torch.randint(0, 3, (30,))
+
+
+def test_summary_in_python_fd_trace_and_smallest():
+    model, x, y = _small_tanh_problem()
     s = hessian_summary(
         model,
         (x, y),
@@ -109,9 +113,7 @@ def test_summary_in_python_fd_trace_and_smallest():
 
 @pytest.mark.parametrize(("batch_size", "used"), [(30, {"exact"}), (8, {"exact", "forward"})])
 def test_summary_reports_the_method_auto_chose(batch_size, used):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    model, x, y = _small_tanh_problem()
     s = hessian_summary(
         model,
         (x, y),

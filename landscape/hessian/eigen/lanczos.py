@@ -186,6 +186,7 @@ def lanczos_eigen(
             "which": which,
             "tol": tol,
             "criterion": criterion,
+            "v0": "random" if v0 is None else v0 if isinstance(v0, str) else "vector",
             "steps": state.steps,
             "error_estimates": [float(err[i]) for i in idx],
         },

@@ -163,6 +163,8 @@ def test_start_vector_options(problem):
     for v0 in ("gradient", "random", None):
         res = lanczos_eigen(op, k=1, tol=1e-9, max_products=op.dim, v0=v0)
         assert float(res.eigenvalues[0]) == pytest.approx(lam, rel=1e-8)
+        assert res.info["v0"] == (v0 or "random")
+    assert lanczos_eigen(op, k=1, tol=1e-3).info["v0"] == "random"  # the default
     a = lanczos_eigen(op, k=1, tol=1e-3, seed=3)
     b = lanczos_eigen(op, k=1, tol=1e-3, seed=3)
     assert torch.equal(a.eigenvalues, b.eigenvalues)  # reproducible for a seed

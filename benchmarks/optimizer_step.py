@@ -28,8 +28,12 @@ import optimizers
 from landscape.models import build_model
 
 
-def make_step(name, model, x, y, lr=0.05):
-    """Return a callable that performs one optimisation step, and the floor in passes."""
+def make_step(name, model, x, y, lr=0.05, freeze_bn=True):
+    """Return a callable that performs one optimisation step, and the floor in passes.
+
+    ``freeze_bn=False`` builds ours without ``model=`` (no BatchNorm freezing in the
+    second pass, as pytorch-optimizer's SAM does).
+    """
     if name == "pytorch_optimizer.SAM":
         from pytorch_optimizer import SAM as PeerSAM
 
@@ -46,7 +50,9 @@ def make_step(name, model, x, y, lr=0.05):
             opt.step(closure)
 
         return step, 2.0
-    opt = optimizers.build_optimizer(name, model.parameters(), model=model, lr=lr)
+    opt = optimizers.build_optimizer(
+        name, model.parameters(), model=model if freeze_bn else None, lr=lr
+    )
 
     def closure(part=None):
         opt.zero_grad()

@@ -23,54 +23,27 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import minor_faults, steady_allocator
+from optimizer_step import make_step
 
-import optimizers
 from landscape.models import build_model
 
 
 def make_steps(with_model: bool, batch: int = 128):
+    """One step of ours and of the peer, each on its own copy of the same ResNet-20."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
-    from pytorch_optimizer import SAM as PeerSAM
 
     def net():
         torch.manual_seed(1)
         return build_model("resnet20", in_channels=3, num_classes=10, input_size=32)
 
-    peer_model, our_model = net(), net()
-    peer = PeerSAM(peer_model.parameters(), torch.optim.SGD, rho=0.05, lr=0.05, momentum=0.9)
-
-    def peer_closure():
-        peer.zero_grad()
-        loss = F.cross_entropy(peer_model(x), y)
-        loss.backward()
-        return loss
-
-    def peer_step():
-        peer_closure()  # its first pass is the caller's
-        peer.step(peer_closure)
-
-    ours = optimizers.SAM(
-        our_model.parameters(),
-        torch.optim.SGD,
-        rho=0.05,
-        model=our_model if with_model else None,
-        lr=0.05,
-        momentum=0.9,
-    )
-
-    def our_closure(part=None):
-        ours.zero_grad()
-        loss = F.cross_entropy(our_model(x), y)
-        loss.backward()
-        return loss
-
-    return {"ours": lambda: ours.step(our_closure), "peer": peer_step}
+    ours, _ = make_step("sam", net(), x, y, freeze_bn=with_model)
+    peer, _ = make_step("pytorch_optimizer.SAM", net(), x, y)
+    return {"ours": ours, "peer": peer}
 
 
 def main(argv=None) -> int:

@@ -206,6 +206,7 @@ class HessianOperator:
         )
         if self.reuse_graph and not graph_ok:
             raise ValueError(f"Invalid reuse_graph: True needs method='exact', not {method!r}")
+        self._auto = method == "auto"  # what was asked for; ``method`` is what runs
         if self.reuse_graph:
             self.method = "exact"
         self.method_seconds: dict[str, float] = {}
@@ -265,6 +266,30 @@ class HessianOperator:
         lookup = dict(model.named_parameters())
         return twin, [lookup[n] for n in names]
 
+    def like(
+        self, objective: Objective | None = None, params: Sequence[Tensor | str] | None = None
+    ) -> HessianOperator:
+        """An operator with this one's product settings on another objective or block.
+
+        Args:
+            objective: default the objective the products run on (the dtype twin, if
+                any, so that no further copy of the model is made).
+            params: default the same parameters (by name).
+
+        ``method="auto"`` is passed on as ``"auto"`` (the new operator times its own
+        products); the graph is kept when this one keeps it and the data is cached.
+        """
+        obj = self._obj if objective is None else objective
+        return HessianOperator(
+            obj,
+            params=self.param_names if params is None else params,
+            method="auto" if self._auto else self.method,
+            h=self.h,
+            fd_check=self.fd_check,
+            fd_check_rtol=self.fd_check_rtol,
+            reuse_graph=self.reuse_graph and obj.cached,
+        )
+
     # ------------------------------------------------------------------ vector layout
     def to_list(self, v: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like ``params`` (views when possible)."""
@@ -319,7 +344,8 @@ class HessianOperator:
         elif self.method == "auto":
             out = self._hvp_auto(vs)
         else:
-            out = self._accumulate(vs, lambda batch, _i: self._per_batch()(batch, vs))
+            each = self._per_batch()
+            out = self._accumulate(vs, lambda batch, _i: each(batch, vs))
         self.products += 1
         return out
 

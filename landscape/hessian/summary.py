@@ -142,16 +142,7 @@ def hessian_summary(
                     criterion=criterion,
                     progress=progress,
                 )
-                out["eigen"]["layers"] = {
-                    name: {
-                        "eigenvalues": [float(v) for v in r.eigenvalues],
-                        "residuals": [float(v) for v in r.residuals],
-                        "products": int(r.products),
-                        "converged": bool(r.converged),
-                        "dim": lay.dims[name],
-                    }
-                    for name, r in lay.items()
-                }
+                out["eigen"]["layers"] = lay.to_dict()["layers"]
                 out["eigen"]["layer_products"] = lay.products
         if trace:
             tr = estimate_trace(

@@ -82,25 +82,6 @@ class LayerEigenResult(Mapping[str, EigenResult]):
         }
 
 
-def _block_operator(op: HessianOperator, names: list[str]) -> HessianOperator:
-    """``op`` restricted to the named parameters, with ``op``'s product settings.
-
-    Built on the objective ``op`` computes on (its float64 twin, if any), so no further
-    copy of the model is made. When ``op`` was built with ``method="auto"``, each block
-    picks its own faster method (they differ between early and late layers).
-    """
-    auto = op.method == "auto" or bool(getattr(op, "method_seconds", None))
-    return HessianOperator(
-        op._obj,  # the objective the products run on (op.objective, or its dtype twin)
-        params=names,
-        method="auto" if auto else op.method,
-        h=op.h,
-        fd_check=op.fd_check,
-        fd_check_rtol=op.fd_check_rtol,
-        reuse_graph=op.reuse_graph,
-    )
-
-
 def layer_eigenvalues(
     op_or_objective: HessianOperator | Objective,
     k: int = 1,
@@ -175,7 +156,7 @@ def layer_eigenvalues(
     groups = block_param_names(op, blocks)
     with progress_bar(len(groups), "layer eigenvalues", progress) as bar:
         for name, names in groups:
-            with _block_operator(op, names) as block:
+            with op.like(params=names) as block:
                 res = lanczos_eigen(
                     block,
                     k=min(k, block.dim),

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.hessian._blocks import GROUPINGS as _GROUPINGS
-from landscape.hessian._blocks import group_blocks as _group
+from landscape.hessian._blocks import group_blocks, validate_grouping
 from landscape.hessian.operator import HessianOperator, random_vector
 from landscape.hessian.trace._result import TraceResult
 from landscape.hessian.trace.hutchinson import hutchinson_trace
@@ -109,11 +108,10 @@ def block_trace(
         A :class:`TraceResult`; ``blocks`` maps each block to ``(value, stderr)``,
         ``samples`` holds the block values and ``info["allocation"]`` the products per block.
     """
-    if blocks not in _GROUPINGS:
-        raise ValueError(f"Invalid blocks: {blocks!r} (expected one of {_GROUPINGS})")
+    validate_grouping(blocks)
     if estimator not in _ESTIMATORS:
         raise ValueError(f"Invalid estimator: {estimator!r} (expected one of {_ESTIMATORS})")
-    groups = _group(op, blocks)
+    groups = group_blocks(op, blocks)
     if num_products < 3 * len(groups):
         raise ValueError(
             f"Invalid num_products: {num_products} < 3 per block for {len(groups)} blocks "

@@ -32,16 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from landscape.hessian._blocks import group_blocks, validate_grouping
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import HessianOperator, _cast_floating
 from landscape.hessian.trace._result import TraceResult, mean_stderr
-from landscape.hessian.trace.block import (
-    _GROUPINGS,
-    _allocate,
-    _BlockView,
-    _group,
-    exact_block_trace,
-)
+from landscape.hessian.trace.block import _allocate, _BlockView, exact_block_trace
 from landscape.objective import Objective
 
 __all__ = ["ggn_trace"]
@@ -508,15 +503,7 @@ def _residual_operator(op: HessianOperator, residuals: list[Tensor]) -> HessianO
         accuracy=False,
         forward=obj.forward_fn,
     )
-    return HessianOperator(
-        twin,
-        params=op.param_names,
-        method=op.method,
-        h=op.h,
-        fd_check=op.fd_check,
-        fd_check_rtol=op.fd_check_rtol,
-        reuse_graph=op.reuse_graph and twin.cached,
-    )
+    return op.like(twin)
 
 
 def ggn_trace(
@@ -592,8 +579,7 @@ def ggn_trace(
             dimension; a loss that is not the mean of per-sample losses; samples that are
             not independent in eval mode.
     """
-    if blocks not in _GROUPINGS:
-        raise ValueError(f"Invalid blocks: {blocks!r} (expected one of {_GROUPINGS})")
+    validate_grouping(blocks)
     if target_rel_stderr is not None and not target_rel_stderr > 0:
         raise ValueError(f"Invalid target_rel_stderr: {target_rel_stderr}")
     if output_probes is not None and (not isinstance(output_probes, int) or output_probes < 2):
@@ -602,7 +588,7 @@ def ggn_trace(
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"Invalid chunk_size: {chunk_size!r}")
-    groups = _group(op, blocks)
+    groups = group_blocks(op, blocks)
     if num_products < len(groups):
         raise ValueError(
             f"Invalid num_products: {num_products} < one per block for {len(groups)} blocks"

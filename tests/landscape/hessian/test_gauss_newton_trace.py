@@ -11,8 +11,8 @@ from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
 from landscape.hessian import HessianOperator, ggn_trace, hutchinson_trace
+from landscape.hessian._blocks import group_blocks
 from landscape.hessian.trace import gauss_newton
-from landscape.hessian.trace.block import _group
 from landscape.hessian.trace.gauss_newton import _gauss_newton, _residual_operator
 from landscape.objective import Objective
 
@@ -116,7 +116,7 @@ def test_ggn_part_matches_dense_gauss_newton(tanh_problem, engine):
 def test_residual_operator_is_hessian_minus_gauss_newton(tanh_problem):
     model, x, y, op, H = tanh_problem
     G = dense_ggn(model, [(x, y)], F.cross_entropy)
-    ggn = _gauss_newton(op, _group(op, "module"), None, 0, None, False)
+    ggn = _gauss_newton(op, group_blocks(op, "module"), None, 0, None, False)
     with _residual_operator(op, ggn["residuals"]) as rop:
         R = rop.to_dense()
     assert torch.allclose(R, H - G, atol=1e-12 * float(H.abs().max()))

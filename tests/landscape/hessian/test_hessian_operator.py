@@ -337,3 +337,28 @@ def test_auto_with_fewer_batches_than_the_trial():
     assert op.method in ("exact", "forward")
     assert set(op.method_seconds) == {"exact", "forward"}
     assert all(t > 0 for t in op.method_seconds.values())
+
+
+def test_like_keeps_the_product_settings_on_a_block_or_another_objective():
+    model = tanh_mlp()
+    x, y = classification_data(n=40)
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(
+        Objective(model, (x, y), batch_size=12), method="auto", dtype=torch.float64
+    )
+    op @ torch.randn(op.dim, dtype=torch.float64)  # resolves op's own method
+    block = op.like(params=["2"])
+    assert block._obj is op._obj  # the float64 twin, not another copy
+    assert block.method == "auto" and not block.reuse_graph  # times its own products
+    start = sum(p.numel() for p in model[0].parameters())
+    torch.testing.assert_close(block.to_dense(), H[start:, start:], rtol=1e-10, atol=1e-12)
+    fd = HessianOperator(model, data=(x, y), method="fd", h=1e-3, fd_check="never")
+    same = fd.like()
+    assert (same.method, same.h, same.fd_check, same.param_names) == (
+        "fd",
+        1e-3,
+        "never",
+        fd.param_names,
+    )
+    exact = HessianOperator(model, data=(x, y))
+    assert exact.like().reuse_graph and exact.like().method == "exact"

@@ -187,8 +187,10 @@ def test_summary_per_layer_keys_json_and_format():
     )
     layers = s["eigen"]["layers"]
     assert list(layers) == ["0", "2", "4"]
-    for d in layers.values():
-        assert set(d) == {"eigenvalues", "residuals", "products", "converged", "dim"}
+    for name, d in layers.items():
+        # the entries of LayerEigenResult.to_dict(): one serialisation for both
+        assert {"eigenvalues", "residuals", "products", "converged", "dim"} <= set(d)
+        assert d["param_names"] == [f"{name}.weight", f"{name}.bias"]
         assert len(d["eigenvalues"]) == 1 and d["converged"]
     dense = dense_blocks(model, x, y, "module")
     for name, (block, _) in dense.items():

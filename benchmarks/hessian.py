@@ -34,6 +34,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,13 @@ TARGET = 1e-3
 
 
 # ---------------------------------------------------------------------------- setup
+def quiet(threads: int) -> None:
+    """The Hessian benchmarks' set-up: ``threads`` torch threads, no library logs or warnings."""
+    torch.set_num_threads(threads)
+    logging.getLogger("landscape").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def train_snapshots(steps: list[int], seed: int = 0):
     """Train the benchmark CNN once; a copy in eval mode after each of ``steps``, and the batch.
 
@@ -341,11 +349,7 @@ def main() -> None:
         help="training steps:seed of the checkpoints for the top-eigenvalue table",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("landscape").setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    quiet(args.threads)
 
     model, x, y = make_problem()
     obj = Objective(model, (x, y), batch_size=256)

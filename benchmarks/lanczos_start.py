@@ -29,17 +29,15 @@ target is a product budget: with PyHessian taking ``n`` products, ours must take
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, median
-from hessian import TARGET, make_problem, pyhessian_top
+from hessian import TARGET, make_problem, pyhessian_top, quiet
 
 from landscape.hessian import HessianOperator, lanczos_eigen
 from landscape.objective import Objective
@@ -148,9 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("landscape").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet(args.threads)
     print(f"threads {args.threads}, repeats {args.repeats}")
     for spec in args.checkpoints.split(","):
         steps, seed = (int(t) for t in spec.split(":"))

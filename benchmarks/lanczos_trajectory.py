@@ -22,16 +22,14 @@ on λ2 for several steps: a stopping rule judged on those steps returns λ2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hessian import TARGET, pyhessian_top, train_snapshots
+from hessian import TARGET, pyhessian_top, quiet, train_snapshots
 
 from landscape.hessian import HessianOperator, lanczos_eigen
 from landscape.objective import Objective
@@ -50,9 +48,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    logging.getLogger("landscape").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet(args.threads)
     snaps, x, y = train_snapshots(list(range(args.first, args.last + 1, args.every)))
     names = [f"{v0}/{crit}" for v0, crit in RUNS] + ["pyhessian"]
     print(f"{len(snaps)} checkpoints, steps {args.first}..{args.last} every {args.every}")

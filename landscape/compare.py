@@ -9,7 +9,10 @@ a :class:`Comparison`: plain rows a notebook displays as a table, written as JSO
     print(cmp.format_table())
     cmp.to_json("cmp.json")
 
-Metric names and options are validated before any checkpoint is opened.
+Metric names and options are validated before any checkpoint is opened. With ``out=``
+the comparison so far is written after every checkpoint (atomically), and running the
+same call again on an existing ``.json`` file resumes it: rows of unchanged checkpoints
+are reused, only the others are computed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
 
-__all__ = ["Comparison", "check_output_path", "compare_checkpoints", "compare_models"]
+__all__ = [
+    "CompareInterrupted",
+    "Comparison",
+    "check_output_path",
+    "compare_checkpoints",
+    "compare_models",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,22 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return _plain(obj.item())
     return str(obj)
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None], **open_kwargs: Any) -> None:
+    """Call ``write(fh)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
+
+    A process killed at any moment leaves either the previous file or the new one.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", **open_kwargs) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fmt(value: float | None, stderr: float | None, digits: int) -> str:
@@ -101,9 +126,10 @@ class Comparison:
 
     # ------------------------------------------------------------------ files
     def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write the comparison as JSON (NaN written as ``null``); returns the path."""
+        """Write the comparison as JSON (NaN written as ``null``, atomically); returns the path."""
         p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        _write_atomically(p, lambda fh: fh.write(text))
         return p
 
     @classmethod
@@ -115,12 +141,16 @@ class Comparison:
         return cls(list(obj["metrics"]), list(obj["rows"]), dict(obj.get("settings") or {}))
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write one CSV line per checkpoint: ``checkpoint,label,<m>,<m>_stderr,...``."""
+        """Write one CSV line per checkpoint: ``checkpoint,label,<m>,<m>_stderr,...``.
+
+        The file is written atomically; returns the path.
+        """
         p = Path(path)
         header = ["checkpoint", "label"]
         for m in self.metrics:
             header += [m, f"{m}_stderr"]
-        with p.open("w", newline="") as fh:
+
+        def write(fh: Any) -> None:
             writer = csv.writer(fh)
             writer.writerow(header)
             for row in self.rows:
@@ -131,6 +161,8 @@ class Comparison:
                         v = cell.get(key)
                         line.append("" if v is None else repr(float(v)))
                 writer.writerow(line)
+
+        _write_atomically(p, write, newline="")
         return p
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -271,6 +303,92 @@ def compare_models(
     return Comparison(names, rows, _plain(settings))
 
 
+class CompareInterrupted(KeyboardInterrupt):
+    """A ``KeyboardInterrupt`` of :func:`compare_checkpoints` writing to ``out``.
+
+    It is a ``KeyboardInterrupt`` (code catching that still works) that says how much of
+    the comparison is on disk; running the same call again resumes from there.
+
+    Attributes:
+        saved: rows in ``out`` (finished checkpoints, reused rows included).
+        total: checkpoints of the call.
+        out: the file holding them.
+    """
+
+    def __init__(self, saved: int, total: int, out: Path) -> None:
+        """Record what is saved; the message is the one the CLI prints."""
+        self.saved, self.total, self.out = saved, total, out
+        super().__init__(
+            f"interrupted: {saved} of {total} checkpoints saved in {out}; "
+            "run the same command again to resume"
+        )
+
+
+def _differences(old: Any, new: Any, name: str) -> list[str]:
+    """``"name: old there, new now"`` for each entry where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in [*new, *(k for k in old if k not in new)]:
+            sub = f"{name}.{key}" if name else str(key)
+            if key not in old:
+                found.append(f"{sub}: absent there, {new[key]!r} now")
+            elif key not in new:
+                found.append(f"{sub}: {old[key]!r} there, absent now")
+            else:
+                found += _differences(old[key], new[key], sub)
+        return found
+    return [] if old == new else [f"{name}: {old!r} there, {new!r} now"]
+
+
+def _previous_rows(out: Path, names: list[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of the comparison in ``out`` if it was made with ``names`` and ``settings``.
+
+    Raises:
+        ValueError: ``out`` is not a comparison, or one with other metrics or settings.
+    """
+    advice = "choose another output file (--out) or start over with resume=False (--no-resume)"
+    try:
+        obj = json.loads(out.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{out}: cannot resume from it ({exc}); {advice}") from None
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("metrics"), list)
+        or not isinstance(obj.get("rows"), list)
+    ):
+        raise ValueError(f"{out}: not a comparison file (needs 'metrics' and 'rows'); {advice}")
+    diffs = _differences(obj["metrics"], names, "metrics")
+    diffs += _differences(obj.get("settings") or {}, settings, "")
+    if diffs:
+        raise ValueError(
+            f"{out}: holds a comparison with different settings ({'; '.join(diffs)}); {advice}"
+        )
+    return [row for row in obj["rows"] if isinstance(row, dict)]
+
+
+def _reusable_rows(
+    previous: list[dict[str, Any]], files: Sequence[Path], names: list[str]
+) -> dict[int, dict[str, Any]]:
+    """``index in files -> previous row`` for the files whose sha256 a previous row holds."""
+    from landscape.checkpoint import file_sha256
+
+    by_hash: dict[str, dict[str, Any]] = {}
+    measured = set()
+    for row in previous:
+        measured.add(os.path.normpath(str(row.get("checkpoint"))))
+        digest = row.get("sha256")
+        if isinstance(digest, str) and all(isinstance(row.get(m), dict) for m in names):
+            by_hash.setdefault(digest, row)
+    found = {}
+    for i, path in enumerate(files):
+        row = by_hash.get(file_sha256(path))
+        if row is not None:
+            found[i] = row
+        elif os.path.normpath(path) in measured:
+            logger.info("%s changed since it was measured (sha256 differs): recomputing", path)
+    return found
+
+
 def compare_checkpoints(
     paths: Sequence[str | os.PathLike[str]],
     metrics: str | Iterable[str],
@@ -285,9 +403,22 @@ def compare_checkpoints(
     batch_size: int = 256,
     per_metric: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = True,
     **options: Any,
 ) -> Comparison:
     """Compute metrics for each checkpoint, one row each.
+
+    With ``out``, the comparison so far is written after every checkpoint, atomically (a
+    temporary file in the same folder renamed over ``out``), so an interrupted call leaves
+    a valid file holding the finished rows. Calling again with the same arguments on an
+    existing ``.json`` file resumes it: a row is reused when the file's metrics and
+    settings equal this call's and the row's ``sha256`` equals the checkpoint file's
+    (a rewritten checkpoint is measured again); only the other checkpoints are computed.
+    Rows come in the order of ``paths``, with this call's labels. What the file does not
+    record (``data``, ``model``, ``loss_fn``, ``device``, ``batch_size``) is assumed
+    unchanged. A ``.csv`` ``out`` is written after every checkpoint too but never resumed
+    from (it holds neither settings nor hashes): an existing one is overwritten.
 
     Args:
         paths: checkpoint files (sharpscape checkpoints, or plain state_dicts with
@@ -307,12 +438,20 @@ def compare_checkpoints(
         batch_size: evaluation batch size.
         per_metric: options for one metric only, e.g. ``{"sam_sharpness": {"steps": 5}}``.
         progress: progress bars (``None``: only on a terminal).
+        out: a ``.json`` or ``.csv`` file written after every checkpoint (``None``: keep
+            the comparison in memory only).
+        resume: reuse the rows of an existing ``.json`` ``out``; ``False`` starts over
+            and overwrites it.
         **options: metric options shared by the metrics that take them (``rho``,
             ``steps``, ``num_products``, ``sigma``, ``num_samples``, ``seed``, ...).
 
     Raises:
-        ValueError: unknown metric/option/split, bad labels (before any work).
+        ValueError: unknown metric/option/split, bad labels, an ``out`` that is neither
+            ``.json`` nor ``.csv``, or an existing ``.json`` ``out`` to resume that is not
+            a comparison or holds other metrics or settings (all before any work).
         FileNotFoundError: a checkpoint is missing (before any work).
+        CompareInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says how
+            many rows the file holds.
     """
     from landscape._device import resolve_device
     from landscape.checkpoint import load_checkpoint
@@ -321,47 +460,82 @@ def compare_checkpoints(
     names = _check_common(metrics, options, per_metric, labels, len(files))
     if split not in SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")
+    out_path = None if out is None else Path(out)
+    kind = None if out is None else check_output_path(out)
     missing = [os.fspath(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such checkpoint: {', '.join(missing)}")
-    dev = resolve_device(device)
-    row_labels = list(labels) if labels is not None else _default_labels(files)
-    bundles: dict[str, Any] = {}
-    rows = []
-    for path, label in progress_bar(
-        list(zip(files, row_labels, strict=True)), desc="checkpoints", progress=progress
-    ):
-        target = model() if callable(model) and not isinstance(model, nn.Module) else model
-        ckpt = load_checkpoint(path, target, map_location=dev)
-        if data is not None:
-            measured_on = data
-        else:
-            key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
-            if key not in bundles:
-                bundles[key] = ckpt.load_data()
-            measured_on = getattr(bundles[key], split)
-            if measured_on is None:
-                raise ValueError(f"{path}: its data has no {split!r} split")
-        logger.info("measuring %s (%s)", path, label)
-        results = compute_metrics(
-            ckpt.model,
-            measured_on,
-            names,
-            loss_fn=loss_fn,
-            batch_size=batch_size,
-            max_samples=max_samples,
-            per_metric=per_metric,
-            progress=progress,
-            **options,
-        )
-        row = _row(label, os.fspath(path), results)
-        row["sha256"] = ckpt.sha256
-        row["epoch"] = ckpt.epoch
-        rows.append(row)
     settings = {
         "split": split if data is None else None,
         "max_samples": max_samples,
         "options": options,
         "per_metric": per_metric or {},
     }
-    return Comparison(names, rows, _plain(settings))
+    # Exactly what the file holds after a JSON round trip (tuples become lists, ...).
+    settings = json.loads(json.dumps(_plain(settings), allow_nan=False))
+    row_labels = list(labels) if labels is not None else _default_labels(files)
+
+    reused: dict[int, dict[str, Any]] = {}
+    if out_path is not None:
+        if kind == "json" and resume and out_path.is_file():
+            previous = _previous_rows(out_path, names, settings)
+            reused = _reusable_rows(previous, files, names)
+            logger.info("resuming %s: %d of %d rows reused", out_path, len(reused), len(files))
+        elif out_path.exists():
+            why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
+            logger.info("%s exists: overwriting it%s", out_path, why)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any] | None] = [None] * len(files)
+    for i, row in reused.items():
+        rows[i] = {**row, "checkpoint": os.fspath(files[i]), "label": row_labels[i]}
+    todo = [i for i, row in enumerate(rows) if row is None]
+    saved = len(reused)  # rows of this call that the file on disk holds
+
+    def save() -> None:
+        nonlocal saved
+        assert out_path is not None
+        done = Comparison(names, [r for r in rows if r is not None], settings)
+        done.save(out_path)
+        saved = len(done.rows)
+
+    dev = resolve_device(device)
+    bundles: dict[str, Any] = {}
+    try:
+        for i in progress_bar(todo, desc="checkpoints", progress=progress):
+            path, label = files[i], row_labels[i]
+            target = model() if callable(model) and not isinstance(model, nn.Module) else model
+            ckpt = load_checkpoint(path, target, map_location=dev)
+            if data is not None:
+                measured_on = data
+            else:
+                key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
+                if key not in bundles:
+                    bundles[key] = ckpt.load_data()
+                measured_on = getattr(bundles[key], split)
+                if measured_on is None:
+                    raise ValueError(f"{path}: its data has no {split!r} split")
+            logger.info("measuring %s (%s)", path, label)
+            results = compute_metrics(
+                ckpt.model,
+                measured_on,
+                names,
+                loss_fn=loss_fn,
+                batch_size=batch_size,
+                max_samples=max_samples,
+                per_metric=per_metric,
+                progress=progress,
+                **options,
+            )
+            row = _row(label, os.fspath(path), results)
+            row["sha256"] = ckpt.sha256
+            row["epoch"] = ckpt.epoch
+            rows[i] = row
+            if out_path is not None:
+                save()
+        if out_path is not None and not todo:
+            save()  # every row reused: this call's labels and order
+    except KeyboardInterrupt as exc:
+        if out_path is None:
+            raise
+        raise CompareInterrupted(saved, len(files), out_path) from exc
+    return Comparison(names, [r for r in rows if r is not None], settings)

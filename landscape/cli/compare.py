@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mean ± standard error). Metrics: lambda_max, trace, normalized_trace, "
             "grad_norm, grad_curvature, sam_sharpness, adaptive_sharpness, "
             "first_order_flatness, average_sharpness, eps_sharpness, grad_cosine "
-            "(--list-metrics shows their options)."
+            "(--list-metrics shows their options). With --out the comparison so far is "
+            "written after every checkpoint; rerunning the same command on an existing "
+            ".json file resumes it (only checkpoints not measured yet, or changed since, "
+            "are computed)."
         ),
     )
     p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint files")
@@ -46,7 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--labels", default=None, help="comma-separated row labels")
     p.add_argument(
-        "--out", default=None, metavar="FILE", help="write the comparison to FILE.json or FILE.csv"
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the comparison to FILE.json or FILE.csv after every checkpoint "
+        "(an existing FILE.json with the same metrics and settings is resumed)",
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="do not reuse the rows of an existing --out FILE.json: overwrite it",
     )
     for flag, dest, typ, text in _OPTION_FLAGS:
         metavar = dest.split("_")[-1].upper() if typ is int else "X"
@@ -77,7 +91,7 @@ def _list_metrics() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``landscape compare``."""
-    from landscape.compare import check_output_path, compare_checkpoints
+    from landscape.compare import CompareInterrupted, compare_checkpoints
     from landscape.metrics import parse_option_assignments
 
     if args.list_metrics:
@@ -85,28 +99,33 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.checkpoints:
         raise ValueError("no checkpoints given (landscape compare A.pt B.pt ...)")
-    if args.out is not None:
-        check_output_path(args.out)
     options, per_metric = parse_option_assignments(args.assignments)
     for _, dest, _, _ in _OPTION_FLAGS:
         value = getattr(args, f"opt_{dest}")
         if value is not None:
             options[dest] = value
     labels = None if args.labels is None else [s.strip() for s in args.labels.split(",")]
-    comparison = compare_checkpoints(
-        args.checkpoints,
-        args.metrics,
-        split=args.split,
-        max_samples=args.max_samples,
-        labels=labels,
-        device=args.device,
-        batch_size=args.batch_size,
-        per_metric=per_metric,
-        progress=False if args.no_progress else None,
-        **options,
-    )
+    try:
+        comparison = compare_checkpoints(
+            args.checkpoints,
+            args.metrics,
+            split=args.split,
+            max_samples=args.max_samples,
+            labels=labels,
+            device=args.device,
+            batch_size=args.batch_size,
+            per_metric=per_metric,
+            progress=False if args.no_progress else None,
+            out=args.out,
+            resume=args.resume,
+            **options,
+        )
+    except CompareInterrupted as exc:
+        # The file already holds the finished rows; say so (the dispatcher would only
+        # print "interrupted").
+        print(f"landscape compare: {exc}", file=sys.stderr)
+        return 130
     print(comparison.format_table())
     if args.out is not None:
-        path = comparison.save(args.out)
-        print(f"wrote {path}")
+        print(f"wrote {args.out}")
     return 0

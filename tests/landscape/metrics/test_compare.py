@@ -17,24 +17,20 @@ DATA_SPEC = {"name": "synthetic", "seed": 0, "n_train": 40, "n_test": 30, "dim":
 MODEL_SPEC = {"name": "mlp", "in_channels": 1, "num_classes": 3, "input_size": [5], "hidden": [6]}
 
 
+def write_checkpoint(path, seed, epoch):
+    """A small MLP checkpoint with its data spec; weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    spec = dict(MODEL_SPEC)
+    model = build_model(spec.pop("name"), **spec)
+    return save_checkpoint(
+        path, model, model_spec=MODEL_SPEC, data_spec=DATA_SPEC, meta={"epoch": epoch}
+    )
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    paths = []
-    for i in range(2):
-        torch.manual_seed(10 + i)
-        spec = dict(MODEL_SPEC)
-        model = build_model(spec.pop("name"), **spec)
-        paths.append(
-            save_checkpoint(
-                root / f"run{i}" / "final.pt",
-                model,
-                model_spec=MODEL_SPEC,
-                data_spec=DATA_SPEC,
-                meta={"epoch": 3 + i},
-            )
-        )
-    return paths
+    return [write_checkpoint(root / f"run{i}" / "final.pt", 10 + i, 3 + i) for i in range(2)]
 
 
 def _reference(path, names, split="train", **options):

@@ -22,8 +22,14 @@ target is a product budget: with PyHessian taking ``n`` products, ours must take
    layers: 100,362 of the parameters, cheap products since the double backward stops at
    the features);
 4. on the first checkpoint, whether a product could be cheaper: the relative error of
-   finite-difference products against exact ones, and ``torch.func.linearize``'s trace
-   time and seconds per product against the double backward.
+   finite-difference products against exact ones, ``torch.func.linearize``'s trace
+   time and seconds per product against the double backward, and where the double
+   backward's time goes (torch profiler, self CPU time per autograd node), including
+   the work PyTorch does that no caller can switch off: the transposed convolution
+   ``_convolution_double_backward`` computes for the first convolution's input (the
+   data, which needs no gradient: PyTorch computes it whenever the weight direction is
+   set, without looking at the output mask), and the zero tensors that the double
+   backward of ReLU and max-pool creates and adds for their saved inputs.
 """
 
 from __future__ import annotations
@@ -140,6 +146,63 @@ def other_products(model, x, y, obj, repeats):
     )
 
 
+def product_breakdown(model, obj, repeats: int) -> None:
+    """Where one double-backward product's time goes: self CPU time per autograd node."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    conv1 = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    op = HessianOperator(obj)
+    v = op.random_vector(torch.Generator().manual_seed(0))
+    op.matvec(v)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(repeats):
+            op.matvec(v)
+    op.close()
+    by_node: dict[str, float] = defaultdict(float)
+    wasted_conv = zero_fill = total = 0.0
+    w1 = list(conv1.weight.shape)
+    for e in prof.events():
+        if e.name.startswith(("autograd::", "ProfilerStep")) or e.self_cpu_time_total <= 0:
+            continue
+        node, parent = "outside autograd nodes", e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("autograd::engine::evaluate_function: "):
+                node = parent.name.split(": ", 1)[1]
+                break
+            parent = parent.cpu_parent
+        t = e.self_cpu_time_total
+        total += t
+        by_node[node] += t
+        shapes = e.input_shapes or []
+        if (
+            node == "ConvolutionBackwardBackward0"
+            and e.name in ("aten::_convolution", "aten::mkldnn_convolution")
+            and len(shapes) > 1
+            and list(shapes[1]) == w1
+            and len(shapes[0]) == 4
+            and shapes[0][1] == w1[0]
+        ):
+            wasted_conv += t  # conv-transpose of conv1's output gradient: d/d(data)
+        if e.name == "aten::fill_" and node in (
+            "ThresholdBackwardBackward0",
+            "MaxPool2DWithIndicesBackwardBackward0",
+        ):
+            zero_fill += t
+    top = sorted(by_node.items(), key=lambda kv: -kv[1])[:6]
+    print(
+        f"one product, profiled ({repeats} products, self CPU time {total / 1e3 / repeats:.1f} ms "
+        "each under the profiler): "
+        + ", ".join(f"{name} {100 * t / total:.0f} %" for name, t in top)
+    )
+    print(
+        f"  computed but not needed: the first convolution's input gradient "
+        f"{100 * wasted_conv / total:.1f} %, zero tensors of ReLU/max-pool double backward "
+        f"{100 * zero_fill / total:.1f} % (their fills only)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", default="300:0,300:1,1000:0,1000:1,3000:0,3000:1")
@@ -159,6 +222,7 @@ def main() -> None:
         x1 = _flat(ref.eigenvectors[0]).float()
         if spec == args.checkpoints.split(",")[0]:
             other_products(model, x, y, obj, args.repeats)
+            product_breakdown(model, obj, args.repeats)
         b, p = graph_and_product_seconds(obj, args.repeats)
         n = median([pyhessian_top(model, x, y, 1, [lam])["products"] for _ in range(args.repeats)])
         budget = (0.5 * (b + n * p) - b) / p

@@ -4,7 +4,8 @@
 
 - comparison tables: JSON files of :class:`landscape.compare.Comparison`
   (``{"metrics": [...], "rows": [...]}``), or computed from checkpoints when metric
-  names are passed;
+  names are passed; a comparison of one run's checkpoints at two or more epochs also
+  gets its metrics drawn against the epoch under its table;
 - surfaces: HDF5 files in the layout of ``analysis.md`` (2-D ones as interactive 3-D
   landscapes, plus one togglable scene when there are several; 1-D ones as curves);
 - spectra: spectral density JSON (``landscape hessian --out``) on a log axis;
@@ -173,6 +174,41 @@ def comparison_table_html(comparison: Mapping[str, Any]) -> str:
     )
 
 
+def _run_folder(checkpoint: Any) -> str:
+    """The run a checkpoint path belongs to (``RUN`` of ``RUN/checkpoints/x.pt``)."""
+    parent = Path(str(checkpoint)).parent
+    return str(parent.parent if parent.name == "checkpoints" else parent)
+
+
+def _curves_worth_drawing(comparison: Mapping[str, Any]) -> bool:
+    """True when a comparison traces one run through training.
+
+    Its rows with an epoch span two or more distinct epochs and all come from one run
+    folder (a table of several runs' final checkpoints is not a curve).
+    """
+    rows = [r for r in comparison.get("rows") or [] if isinstance(r, Mapping)]
+    timed = [r for r in rows if r.get("epoch") is not None]
+    runs = {_run_folder(r["checkpoint"]) for r in timed if r.get("checkpoint")}
+    return len({r["epoch"] for r in timed}) >= 2 and len(runs) <= 1
+
+
+def _metric_curves_figure(comparison: Mapping[str, Any]) -> Any:
+    """The interactive metric curves of a comparison worth drawing, else None."""
+    if not _curves_worth_drawing(comparison):
+        return None
+    from landscape.plotting.interactive import interactive_metric_curves
+
+    src = str(comparison.get("_source") or "")
+    label = Path(src).stem if src and src != "computed" else "comparison"
+    try:
+        return interactive_metric_curves(
+            comparison, labels=[label], title=f"{label}: metrics against the epoch"
+        )
+    except ValueError as exc:  # e.g. no finite value at any epoch
+        logger.warning("report: no metric curves for %s: %s", src or label, exc)
+        return None
+
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
        padding: 0 1em; box-sizing: border-box; }
@@ -242,15 +278,19 @@ def build_report(
             ".json files"
         )
 
-    sections: list[tuple[str, str, list[Any]]] = []  # (heading, html before figures, figures)
+    # (heading, blocks): a block is an HTML string or a plotly figure, in page order.
+    sections: list[tuple[str, list[Any]]] = []
     if collected.comparisons:
-        tables = []
+        blocks: list[Any] = []
         for comp in collected.comparisons:
             src = comp.get("_source", "")
-            tables.append(
+            blocks.append(
                 f'<p class="meta">source: {html.escape(str(src))}</p>' + comparison_table_html(comp)
             )
-        sections.append(("Sharpness comparison", "".join(tables), []))
+            curves = _metric_curves_figure(comp)
+            if curves is not None:
+                blocks.append(curves)
+        sections.append(("Sharpness comparison", blocks))
 
     surfaces = [as_surface(s) for s in collected.surfaces]
     planes = [s for s in surfaces if surface_ndim(s) == 2]
@@ -288,23 +328,24 @@ def build_report(
                 "<p>Each path is the run's checkpoints projected on the plane of its top-2 "
                 "PCA directions, the same plane the contours are evaluated on.</p>"
             )
-        sections.append((heading, note, figs))
+        sections.append((heading, [note, *figs]))
     if lines:
-        sections.append(("1-D loss curves", "", [ia.interactive_line(lines, log=log)]))
+        sections.append(("1-D loss curves", [ia.interactive_line(lines, log=log)]))
     if collected.spectra:
         labels = [name for name, _ in collected.spectra]
         fig = ia.interactive_spectrum([d for _, d in collected.spectra], labels=labels)
-        sections.append(("Hessian spectral density", "", [fig]))
+        sections.append(("Hessian spectral density", [fig]))
     if collected.runs:
-        sections.append(("Training curves", "", [ia.interactive_training_curves(collected.runs)]))
+        sections.append(("Training curves", [ia.interactive_training_curves(collected.runs)]))
 
-    all_figs = [f for _, _, figs in sections for f in figs]
+    all_figs = [b for _, blocks in sections for b in blocks if not isinstance(b, str)]
     fragments = iter(ia.figures_to_html(all_figs))
     parts = []
-    for heading, pre, figs in sections:
-        parts.append(f"<section><h2>{html.escape(heading)}</h2>{pre}")
-        for _ in figs:
-            parts.append(f'<div class="figure">{next(fragments)}</div>')
+    for heading, blocks in sections:
+        parts.append(f"<section><h2>{html.escape(heading)}</h2>")
+        for block in blocks:
+            is_html = isinstance(block, str)
+            parts.append(block if is_html else f'<div class="figure">{next(fragments)}</div>')
         parts.append("</section>")
     listed = "".join(
         f"<li>{html.escape(surface_label(s))}: {html.escape(str(s.path))}</li>" for s in surfaces

@@ -1,9 +1,14 @@
-"""``landscape plot``: draw a stored surface (format from the output's extension)."""
+"""``landscape plot``: draw a stored surface, or comparisons against the epoch."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+def _comma_list(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]`` (an argparse type)."""
+    return [part.strip() for part in text.split(",")]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,44 +17,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "plot",
-        help="draw a surface file as a picture, an interactive page or a mesh",
+        help="draw a surface file or comparison files as a picture, a page or a mesh",
         description=(
-            "Draw a surface .h5 file. The output's extension picks the format: "
-            ".png/.pdf/.svg (matplotlib), .html (interactive plotly, offline), "
-            ".vtp/.vtu/.vtk/.obj/.stl/.ply (mesh for ParaView and 3-D tools)."
+            "Draw a surface .h5 file, or the metrics of one or more comparison .json files "
+            "(landscape compare --out) against the epoch, one line per file. The output's "
+            "extension picks the format: .png/.pdf/.svg (matplotlib), .html (interactive "
+            "plotly, offline), .vtp/.vtu/.vtk/.obj/.stl/.ply (mesh of a surface)."
         ),
     )
-    p.add_argument("surface", help="surface HDF5 file")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE",
+        help="one surface .h5 file, or one or more comparison .json files",
+    )
     p.add_argument(
         "--kind",
         choices=PLOT_KINDS,
         default=None,
-        help="plot kind (default: contour for 2-D surfaces, line for 1-D)",
+        help="surface plot kind (default: contour for 2-D surfaces, line for 1-D)",
     )
     p.add_argument("--out", required=True, help="output file: .png .pdf .svg .html .vtp .obj .stl")
     p.add_argument(
         "--metric",
         default=None,
-        help="stored metric to draw (default train_loss; 1-D: every metric)",
+        help="metric to draw (surface default train_loss, 1-D every metric; "
+        "comparisons: one panel per metric)",
     )
-    p.add_argument("--log", action="store_true", help="logarithmic levels / colour / height")
-    p.add_argument("--levels", type=int, default=30, help="number of contour levels (default 30)")
+    p.add_argument(
+        "--labels",
+        type=_comma_list,
+        default=None,
+        help="comma-separated legend labels, one per comparison file (default: file names)",
+    )
+    p.add_argument("--log", action="store_true", help="logarithmic levels / colour / height / axis")
+    p.add_argument("--levels", type=int, default=None, help="number of contour levels (default 30)")
     p.add_argument("--vmin", type=float, default=None, help="lower end of the colour range")
     p.add_argument("--vmax", type=float, default=None, help="upper end of the colour range")
-    p.add_argument("--scale", type=float, default=1.0, help="height scale of mesh exports")
+    p.add_argument(
+        "--scale", type=float, default=None, help="height scale of mesh exports (default 1)"
+    )
     p.add_argument("--dpi", type=int, default=150, help="resolution of raster images")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw the surface as asked and write the output file."""
-    from landscape.plotting import plot_file
+    """Draw the inputs as asked and write the output file."""
+    from landscape.plotting import plot_inputs
 
-    out = plot_file(
-        args.surface,
+    out = plot_inputs(
+        args.inputs,
         args.out,
         kind=args.kind,
         metric=args.metric,
+        labels=args.labels,
         log=args.log,
         levels=args.levels,
         vmin=args.vmin,

@@ -1,10 +1,12 @@
 """Pictures of loss landscapes: static (matplotlib), interactive (plotly), mesh export.
 
 - :mod:`landscape.plotting.static`: 1-D curves, contours, filled contours, heatmaps, 3-D
-  surfaces, the training path on its PCA plane, spectral densities, training curves, a
-  grid of surfaces on one colour scale; every function returns a matplotlib ``Figure``.
+  surfaces, the training path on its PCA plane, spectral densities, training curves,
+  metrics of checkpoints against the epoch, a grid of surfaces on one colour scale;
+  every function returns a matplotlib ``Figure``.
 - :mod:`landscape.plotting.interactive`: plotly 3-D surfaces with hover and contour
-  projections, several surfaces in one togglable scene, offline HTML pages.
+  projections, several surfaces in one togglable scene, metric curves, offline HTML
+  pages.
 - :mod:`landscape.plotting.export`: ParaView ``.vtp``, ``.obj``, ``.stl`` and other
   meshes through meshio.
 
@@ -23,6 +25,7 @@ _NAMES = {
     "plot_contour": "static",
     "plot_heatmap": "static",
     "plot_line": "static",
+    "plot_metric_curves": "static",
     "plot_spectrum": "static",
     "plot_surface": "static",
     "plot_surface3d": "static",
@@ -34,6 +37,7 @@ _NAMES = {
     "figures_to_html": "interactive",
     "interactive_contours": "interactive",
     "interactive_line": "interactive",
+    "interactive_metric_curves": "interactive",
     "interactive_spectrum": "interactive",
     "interactive_surface": "interactive",
     "interactive_surfaces": "interactive",
@@ -41,7 +45,9 @@ _NAMES = {
     "write_html": "interactive",
     # files by extension
     "STATIC_FORMATS": "files",
+    "plot_curves_file": "files",
     "plot_file": "files",
+    "plot_inputs": "files",
     # meshes (meshio)
     "MESH_FORMATS": "export",
     "export_surface": "export",

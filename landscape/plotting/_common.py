@@ -350,3 +350,192 @@ def curves_from_records(records: Sequence[Mapping]) -> dict[str, tuple[np.ndarra
                 out[key][0].append(epoch)
                 out[key][1].append(value)
     return {k: (np.asarray(e, dtype=np.float64), np.asarray(v)) for k, (e, v) in out.items()}
+
+
+# --- metric curves along training (comparison files) ----------------------------------
+
+_NO_EPOCH = (
+    "rows have no epoch: plot needs checkpoints with an epoch, e.g. RUN/checkpoints/epoch_*.pt"
+)
+
+
+@dataclass
+class MetricCurve:
+    """One metric of one comparison against the epoch, sorted by epoch.
+
+    Rows without an epoch or without a finite value are left out; ``stderr`` is NaN
+    where the row has no finite, positive standard error.
+    """
+
+    epoch: np.ndarray
+    value: np.ndarray
+    stderr: np.ndarray
+    rows: list[str]
+
+
+@dataclass
+class ComparisonCurves:
+    """The metric curves of one comparison (one line per metric)."""
+
+    label: str
+    metrics: list[str]
+    curves: dict[str, MetricCurve]
+
+
+def is_comparison_like(obj: Any) -> bool:
+    """True for a comparison object or its ``to_dict()`` (not for paths or sequences)."""
+    if isinstance(obj, Mapping):
+        return isinstance(obj.get("rows"), list)
+    return hasattr(obj, "rows") and hasattr(obj, "metrics")
+
+
+def comparison_metrics(rows: Sequence[Mapping], metrics: Sequence[str] | None) -> list[str]:
+    """The metric names of a comparison: its list, else every row key holding a value cell."""
+    if metrics:
+        return [str(m) for m in metrics]
+    found: list[str] = []
+    for row in rows:
+        for key, cell in row.items():
+            if isinstance(cell, Mapping) and "value" in cell and key not in found:
+                found.append(key)
+    return found
+
+
+def _float(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _load_comparison(obj: Any) -> tuple[list[str], list[Mapping], str | None]:
+    """(metrics, rows, file stem or None) of a comparison, its dict or its JSON file."""
+    if isinstance(obj, str | os.PathLike):
+        path = Path(obj)
+        if not path.is_file():
+            raise FileNotFoundError(f"comparison file not found: {path}")
+        from landscape.compare import Comparison
+
+        comp = Comparison.read_json(path)
+        return list(comp.metrics), list(comp.rows), path.stem
+    if isinstance(obj, Mapping):
+        if not isinstance(obj.get("rows"), list):
+            raise ValueError("a comparison dict needs a 'rows' list")
+        source = obj.get("_source")  # set by the report for files it read
+        stem = Path(source).stem if source and source != "computed" else None
+        rows = [r for r in obj["rows"] if isinstance(r, Mapping)]
+        return comparison_metrics(rows, obj.get("metrics")), rows, stem
+    if is_comparison_like(obj):
+        rows = list(obj.rows)
+        return comparison_metrics(rows, obj.metrics), rows, None
+    raise ValueError(
+        "comparisons must be comparison JSON files, Comparison objects or their to_dict(), "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _distinct_labels(stems: list[str | None], sources: list[Any]) -> list[str]:
+    """File stems (with the parent folder when stems repeat), else ``comparison i``."""
+    labels = [s if s is not None else f"comparison {i + 1}" for i, s in enumerate(stems)]
+    for i, (stem, src) in enumerate(zip(stems, sources, strict=True)):
+        if stem is not None and stems.count(stem) > 1:
+            path = Path(src if isinstance(src, str | os.PathLike) else src.get("_source", ""))
+            if path.parent.name:
+                labels[i] = f"{path.parent.name}/{path.stem}"
+    return labels
+
+
+def metric_curve(rows: Sequence[Mapping], metric: str) -> MetricCurve:
+    """The curve of ``metric`` over the rows that have an epoch and a finite value."""
+    points = []
+    for n, row in enumerate(rows):
+        epoch, cell = row.get("epoch"), row.get(metric)
+        if epoch is None or not isinstance(cell, Mapping):
+            continue
+        value = _float(cell.get("value"))
+        if not math.isfinite(value):
+            continue
+        stderr = _float(cell.get("stderr"))
+        if not (math.isfinite(stderr) and stderr > 0):
+            stderr = math.nan
+        label = str(row.get("label") or row.get("checkpoint") or f"row {n}")
+        points.append((float(epoch), value, stderr, label))
+    points.sort(key=lambda p: p[0])  # stable: rows at the same epoch keep their order
+    return MetricCurve(
+        epoch=np.array([p[0] for p in points], dtype=np.float64),
+        value=np.array([p[1] for p in points], dtype=np.float64),
+        stderr=np.array([p[2] for p in points], dtype=np.float64),
+        rows=[p[3] for p in points],
+    )
+
+
+def comparison_curves(
+    comparisons: Any, labels: Sequence[str] | None = None
+) -> list[ComparisonCurves]:
+    """Per-metric curves against the epoch of one or several comparisons.
+
+    Args:
+        comparisons: a comparison JSON file (``landscape compare --out``), a
+            :class:`landscape.compare.Comparison`, its ``to_dict()``, or a list of those.
+        labels: one line label per comparison; default the file stem (with its folder
+            when stems repeat), else ``comparison i``.
+
+    Raises:
+        ValueError: no comparison, a label count that does not match, or a comparison
+            whose rows have no epoch.
+        FileNotFoundError: a comparison file is missing.
+    """
+    single = isinstance(comparisons, str | os.PathLike | Mapping) or is_comparison_like(comparisons)
+    items = [comparisons] if single else list(comparisons)
+    if not items:
+        raise ValueError("comparisons must hold at least one comparison")
+    if labels is not None and len(labels) != len(items):
+        raise ValueError(f"labels has {len(labels)} entries for {len(items)} comparisons")
+    loaded = [_load_comparison(c) for c in items]
+    names = (
+        [str(x) for x in labels]
+        if labels is not None
+        else _distinct_labels([stem for _, _, stem in loaded], items)
+    )
+    out = []
+    for (metrics, rows, _), name in zip(loaded, names, strict=True):
+        if not any(r.get("epoch") is not None for r in rows):
+            raise ValueError(f"{name}: {_NO_EPOCH}")
+        epochs = [r["epoch"] for r in rows if r.get("epoch") is not None]
+        if len(set(epochs)) < len(epochs):
+            logger.warning(
+                "%s: several rows share an epoch; its line joins them in file order "
+                "(compare one run per file for a clean curve)",
+                name,
+            )
+        curves = {m: metric_curve(rows, m) for m in metrics}
+        out.append(ComparisonCurves(name, list(metrics), curves))
+    return out
+
+
+def curve_metrics(sets: Sequence[ComparisonCurves], metric: str | None) -> list[str]:
+    """The metrics to draw: ``metric`` alone, else every one with a point to plot.
+
+    Raises:
+        ValueError: ``metric`` is in no comparison (the message lists the available
+            ones), or there is nothing finite to plot.
+    """
+    available: list[str] = []
+    for s in sets:
+        available += [m for m in s.metrics if m not in available]
+    if metric is not None:
+        if metric not in available:
+            raise ValueError(
+                f"metric {metric!r} is not in the comparisons; available: "
+                f"{', '.join(available) or 'none'}"
+            )
+        chosen = [metric]
+    else:
+        chosen = available
+    drawn = [m for m in chosen if any(m in s.curves and s.curves[m].epoch.size for s in sets)]
+    if not drawn:
+        what = f"metric {metric!r} has" if metric is not None else "the comparisons have"
+        raise ValueError(f"nothing to plot: {what} no finite value at any epoch")
+    return drawn

@@ -1,14 +1,20 @@
-"""Draw a stored surface straight to a file, the format chosen by the extension."""
+"""Draw stored results straight to a file, the format chosen by the extension.
+
+:func:`plot_file` draws a surface; :func:`plot_curves_file` draws comparison files
+(metrics against the epoch); :func:`plot_inputs` picks between them from the inputs,
+as ``landscape plot`` does.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from landscape.plotting._common import SurfaceLike, as_surface, surface_ndim
 
-__all__ = ["STATIC_FORMATS", "plot_file"]
+__all__ = ["STATIC_FORMATS", "plot_curves_file", "plot_file", "plot_inputs"]
 
 #: Extensions drawn with matplotlib.
 STATIC_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
@@ -80,4 +86,123 @@ def plot_file(
         return save_figure(fig, out, dpi=dpi)
     raise ValueError(
         f"--out must end in one of {(*STATIC_FORMATS, '.html', *MESH_FORMATS)}, got {out.name!r}"
+    )
+
+
+def _check_suffix(out: Path, what: str, allowed: tuple[str, ...]) -> str:
+    from landscape.plotting.export import MESH_FORMATS
+
+    ext = out.suffix.lower()
+    if ext in allowed:
+        return ext
+    if ext in MESH_FORMATS:
+        raise ValueError(f"--out {out.name!r}: {what} is drawn as {allowed}, not as a mesh")
+    raise ValueError(f"--out must end in one of {allowed} for {what}, got {out.name!r}")
+
+
+def plot_curves_file(
+    comparisons: Any,
+    out: str | os.PathLike,
+    *,
+    metric: str | None = None,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    dpi: int = 150,
+) -> Path:
+    """Draw comparisons' metrics against the epoch into ``out`` (format by extension).
+
+    ``.png .pdf .svg .jpg .eps .ps``: :func:`landscape.plotting.static.plot_metric_curves`;
+    ``.html``: :func:`landscape.plotting.interactive.interactive_metric_curves` as an
+    offline page.
+
+    Args:
+        comparisons: comparison JSON files (``landscape compare --out``), ``Comparison``
+            objects or their ``to_dict()``; one line each.
+        out: output path.
+        metric: draw only this metric (default one panel per metric).
+        labels: one legend label per comparison (default the file stems).
+        log: logarithmic value axes.
+        dpi: resolution of raster images.
+    """
+    out = Path(out)
+    ext = _check_suffix(out, "a comparison", (*STATIC_FORMATS, ".html", ".htm"))
+    if ext in (".html", ".htm"):
+        from landscape.plotting.interactive import interactive_metric_curves, write_html
+
+        fig: Any = interactive_metric_curves(comparisons, metric, labels=labels, log=log)
+        return write_html(fig, out, title=out.stem)
+    from landscape.plotting.static import plot_metric_curves, save_figure
+
+    fig = plot_metric_curves(comparisons, metric, labels=labels, log=log)
+    return save_figure(fig, out, dpi=dpi)
+
+
+def plot_inputs(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    metric: str | None = None,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    levels: int | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    scale: float | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Draw one surface file or one or more comparison files (what ``landscape plot`` calls).
+
+    ``.json`` inputs are comparisons (metric curves against the epoch, one line per
+    file, see :func:`plot_curves_file`); any other input is a surface file, drawn alone
+    by :func:`plot_file`.  The surface options (``kind``, ``levels``, ``vmin``,
+    ``vmax``, ``scale``) apply to surfaces only and ``labels`` to comparisons only;
+    ``None`` means not given.
+
+    Raises:
+        ValueError: no input, surfaces mixed with comparisons, several surfaces, or an
+            option that does not apply to the inputs (the message names the option).
+    """
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    paths = [Path(p) for p in items]
+    if not paths:
+        raise ValueError("inputs must name a surface file or comparison .json files")
+    is_json = [p.suffix.lower() == ".json" for p in paths]
+    if any(is_json) and not all(is_json):
+        mixed = ", ".join(p.name for p in paths)
+        raise ValueError(
+            f"inputs mix comparison .json files and surface files ({mixed}): "
+            "plot one surface, or one or more comparisons"
+        )
+    if all(is_json):
+        surface_only = (
+            ("--kind", kind),
+            ("--levels", levels),
+            ("--vmin", vmin),
+            ("--vmax", vmax),
+            ("--scale", scale),
+        )
+        given = [name for name, value in surface_only if value is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} to surface files, not to comparisons")
+        return plot_curves_file(paths, out, metric=metric, labels=labels, log=log, dpi=dpi)
+    if len(paths) > 1:
+        raise ValueError(
+            f"inputs: plot draws one surface file at a time, got {len(paths)} "
+            "(several inputs must be comparison .json files)"
+        )
+    if labels is not None:
+        raise ValueError("--labels applies to comparison files, not to a surface")
+    return plot_file(
+        paths[0],
+        out,
+        kind=kind,
+        metric=metric,
+        log=log,
+        levels=30 if levels is None else levels,
+        vmin=vmin,
+        vmax=vmax,
+        scale=1.0 if scale is None else scale,
+        dpi=dpi,
     )

@@ -20,6 +20,8 @@ from landscape.plotting._common import (
     as_spectrum,
     as_surface,
     axis_labels,
+    comparison_curves,
+    curve_metrics,
     curves_from_records,
     for_log,
     interpolate_on_grid,
@@ -38,6 +40,7 @@ __all__ = [
     "figures_to_html",
     "interactive_contours",
     "interactive_line",
+    "interactive_metric_curves",
     "interactive_spectrum",
     "interactive_surface",
     "interactive_surfaces",
@@ -52,6 +55,12 @@ def _go():
     import plotly.graph_objects as go
 
     return go
+
+
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]  # fmt: skip
 
 
 def _hover_extras(surface: Any, metric: str) -> tuple[np.ndarray | None, str]:
@@ -470,12 +479,8 @@ def interactive_training_curves(
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy (%)"))
     dashes = {"train": "solid", "val": "dashdot", "test": "dash"}
-    palette = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    ]  # fmt: skip
     for i, (name, records) in enumerate(runs):
-        color = palette[i % len(palette)]
+        color = _PALETTE[i % len(_PALETTE)]
         curves = curves_from_records(records)
         for key in sorted(curves, key=metric_order):
             epoch, value = curves[key]
@@ -497,6 +502,90 @@ def interactive_training_curves(
             )
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(title={"text": html.escape(title or "")}, height=420)
+    return fig
+
+
+def interactive_metric_curves(
+    comparisons: Any,
+    metric: str | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    title: str | None = "Metrics along training",
+) -> Any:
+    """Metrics of checkpoints against their epoch, one line per comparison.
+
+    The plotly twin of :func:`landscape.plotting.static.plot_metric_curves`: rows sorted
+    by epoch, error bars of ±1 standard error where the stderr is finite and positive,
+    rows without an epoch or a finite value left out.  One panel per metric (shared
+    epoch axis) unless ``metric`` is given; a comparison keeps its colour in every panel
+    and its legend entry toggles all of them.  Hover shows the checkpoint's label.
+
+    Args:
+        comparisons: a comparison JSON file, a :class:`landscape.compare.Comparison`,
+            its ``to_dict()``, or a list of those.
+        metric: the metric to draw; default every metric with a value.
+        labels: one legend label per comparison; default the file stems.
+        log: logarithmic value axes.
+        title: figure title.
+
+    Raises:
+        ValueError: as :func:`landscape.plotting.static.plot_metric_curves`.
+    """
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    sets = comparison_curves(comparisons, labels)
+    names = curve_metrics(sets, metric)
+    fig = make_subplots(
+        rows=len(names),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08 / max(len(names) - 1, 1) if len(names) > 1 else 0.0,
+    )
+    shown: set[int] = set()  # comparisons with a legend entry already
+    for row, name in enumerate(names, start=1):
+        for i, s in enumerate(sets):
+            curve = s.curves.get(name)
+            if curve is None or curve.epoch.size == 0:
+                continue
+            color = _PALETTE[i % len(_PALETTE)]
+            fig.add_trace(
+                go.Scatter(
+                    x=curve.epoch,
+                    y=curve.value,
+                    error_y={
+                        "type": "data",
+                        "array": curve.stderr,  # NaN (no stderr) draws no bar
+                        "visible": bool(np.isfinite(curve.stderr).any()),
+                        "thickness": 1.2,
+                    },
+                    customdata=[
+                        [html.escape(r), "" if np.isnan(e) else f" ± {e:.2g}"]
+                        for r, e in zip(curve.rows, curve.stderr, strict=True)
+                    ],
+                    mode="lines+markers",
+                    name=html.escape(s.label),
+                    legendgroup=f"comparison {i}",
+                    showlegend=i not in shown,
+                    line={"color": color},
+                    marker={"size": 5},
+                    hovertemplate=(
+                        f"%{{customdata[0]}}<br>epoch %{{x}}<br>{html.escape(name)}: "
+                        "%{y:.4g}%{customdata[1]}<extra>%{fullData.name}</extra>"
+                    ),
+                ),
+                row=row,
+                col=1,
+            )
+            shown.add(i)
+        fig.update_yaxes(
+            title_text=html.escape(name), type="log" if log else "linear", row=row, col=1
+        )
+    fig.update_xaxes(title_text="epoch", row=len(names), col=1)
+    fig.update_layout(
+        title={"text": html.escape(title or "")}, height=max(360, 100 + 260 * len(names))
+    )
     return fig
 
 

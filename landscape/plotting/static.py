@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator
 
 from landscape.plotting._common import (
     SurfaceLike,
@@ -28,7 +28,9 @@ from landscape.plotting._common import (
     as_surface,
     axis_labels,
     cell_edges,
+    comparison_curves,
     contour_levels,
+    curve_metrics,
     curves_from_records,
     for_log,
     is_accuracy,
@@ -48,6 +50,7 @@ __all__ = [
     "plot_contour",
     "plot_heatmap",
     "plot_line",
+    "plot_metric_curves",
     "plot_spectrum",
     "plot_surface",
     "plot_surface3d",
@@ -566,6 +569,91 @@ def _as_runs(runs: Any) -> list[tuple[str, list[dict]]]:
 def _run_name(path: str | os.PathLike) -> str:
     p = Path(path)
     return p.name if p.is_dir() else p.parent.name or p.stem
+
+
+def plot_metric_curves(
+    comparisons: Any,
+    metric: str | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    ax: Any = None,
+) -> Figure:
+    """Metrics of checkpoints against their epoch: curvature along training runs.
+
+    Each comparison (``landscape compare RUN/checkpoints/*.pt --out run.json``) becomes
+    one line through its rows sorted by epoch, with a band of ±1 standard error where
+    the stderr is finite and positive.  Rows without an epoch or without a finite value
+    are left out of the line, never filled in.
+
+    Args:
+        comparisons: a comparison JSON file, a :class:`landscape.compare.Comparison`,
+            its ``to_dict()``, or a list of those (one line each).
+        metric: the metric to draw; default one panel per metric (shared epoch axis).
+        labels: one legend label per comparison; default the file stems, else
+            ``comparison i``.
+        log: logarithmic value axis.
+        ax: axes to draw on (one metric only); default a new figure.
+
+    Raises:
+        ValueError: a comparison without epochs, an unknown ``metric`` (the message lists
+            the available ones), nothing finite to plot, a label count that does not
+            match, or ``ax`` with several metrics.
+    """
+    sets = comparison_curves(comparisons, labels)
+    names = curve_metrics(sets, metric)
+    if ax is not None:
+        if len(names) != 1:
+            raise ValueError(
+                f"ax holds one panel; pass metric= (one of {', '.join(names)}) with it"
+            )
+        fig, axes = ax.figure, [ax]
+    else:
+        fig = Figure(figsize=(6.4, 1.0 + 2.4 * len(names)), layout="constrained")
+        axes = list(fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0])
+    for panel, name in zip(axes, names, strict=True):
+        for i, s in enumerate(sets):
+            curve = s.curves.get(name)
+            if curve is None or curve.epoch.size == 0:
+                continue
+            color = f"C{i % 10}"
+            panel.plot(curve.epoch, curve.value, "-o", ms=3, lw=1.4, color=color, label=s.label)
+            has = np.isfinite(curve.stderr)
+            if has.any():  # NaN stderr: a gap in the band
+                panel.fill_between(
+                    curve.epoch,
+                    curve.value - curve.stderr,
+                    curve.value + curve.stderr,
+                    color=color,
+                    alpha=0.25,
+                    lw=0,
+                )
+            # A band point between two gaps has no width: show it as an error bar.
+            alone = has & ~np.r_[False, has[:-1]] & ~np.r_[has[1:], False]
+            if alone.any():
+                panel.errorbar(
+                    curve.epoch[alone],
+                    curve.value[alone],
+                    yerr=curve.stderr[alone],
+                    fmt="none",
+                    ecolor=color,
+                    capsize=3,
+                    lw=1.0,
+                )
+            if log and (curve.value <= 0).any():
+                logger.warning(
+                    "log scale: %s of %s has %d non-positive values, not drawn",
+                    name,
+                    s.label,
+                    int((curve.value <= 0).sum()),
+                )
+        panel.set_ylabel(name)
+        if log:
+            panel.set_yscale("log")
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("epoch")
+    axes[0].legend(loc="best", fontsize="small")
+    return fig
 
 
 # --- dispatch and saving ---------------------------------------------------------------

@@ -100,6 +100,46 @@ def test_report_page_content(report_inputs, tmp_path):
     assert few.count('class="plotly-graph-div"') == 5  # contour maps replace the 3-D ones
 
 
+def _epoch_comparison(path, epochs, runs=("runs/sgd",)):
+    """A comparison JSON of checkpoints at ``epochs`` (run i for row i, cycling ``runs``)."""
+    rows = [
+        {
+            "checkpoint": f"{runs[i % len(runs)]}/checkpoints/epoch_{e:04d}.pt",
+            "label": EVIL if i == 0 else f"epoch {e}",
+            "epoch": e,
+            "trace": {"value": 10.0 + e, "stderr": 0.5},
+        }
+        for i, e in enumerate(epochs)
+    ]
+    path.write_text(json.dumps({"metrics": ["trace"], "rows": rows}))
+    return path
+
+
+def test_report_draws_metric_curves_under_their_table(tmp_path, comparison_json):
+    run = _epoch_comparison(tmp_path / "run.json", [2, 0, 1])
+    text = build_report([run, comparison_json], tmp_path / "r.html").read_text()
+    assert text.count('class="plotly-graph-div"') == 1
+    assert text.count("* plotly.js v") == 1 and EVIL not in text
+    assert "run: metrics against the epoch" in text
+    # under its own table, before the next comparison's table
+    own, figure = text.index(f"source: {run}"), text.index('class="plotly-graph-div"')
+    assert own < figure < text.index(f"source: {comparison_json}")
+
+
+@pytest.mark.parametrize(
+    ("epochs", "runs"),
+    [
+        ([5], ("runs/sgd",)),  # one checkpoint
+        ([5, 5], ("runs/sgd",)),  # one epoch twice
+        ([10, 20], ("runs/sgd", "runs/sam")),  # final checkpoints of two runs
+    ],
+)
+def test_report_draws_no_curve_without_a_run_through_epochs(tmp_path, epochs, runs):
+    path = _epoch_comparison(tmp_path / "cmp.json", epochs, runs)
+    text = build_report([path], tmp_path / "r.html").read_text()
+    assert "<table" in text and 'class="plotly-graph-div"' not in text
+
+
 def test_report_command(report_inputs, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", *map(str, report_inputs), "--out", str(out)]) == 0
@@ -186,3 +226,19 @@ def test_report_opens_in_headless_chromium(report_inputs, tmp_path):
     assert sum('class="contour"' in d for d in divs) == 1
     assert sum("scatterlayer" in d and "js-line" in d for d in divs) == 4
     assert "<script>alert" not in dom  # the hostile label stayed text
+
+
+@pytest.mark.browser
+def test_metric_curves_draw_in_headless_chromium(tmp_path, comparison_json):
+    chromium = _chromium_or_skip()
+    run = _epoch_comparison(tmp_path / "run.json", [0, 1, 2, 3])
+    out = build_report([run, comparison_json], tmp_path / "report.html")
+    page = tmp_path / "instrumented.html"
+    page.write_text(instrument(out.read_text()))
+    dom, log = run_chromium(chromium, page, tmp_path, budget_ms=8000)
+    assert page_errors(dom, log) == []
+    (div,) = graph_divs(dom)
+    assert "js-plotly-plot" in div[:200] and "js-line" in div
+    assert div.count('class="point plotly-customdata"') == 4  # one marker per epoch
+    assert div.count('class="errorbar"') == 4
+    assert "<script>alert" not in dom

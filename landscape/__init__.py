@@ -58,6 +58,7 @@ _LAZY: dict[str, str] = {
     "Comparison": "landscape.compare",
     "compare_checkpoints": "landscape.compare",
     "compare_models": "landscape.compare",
+    "CompareInterrupted": "landscape.compare",
     # --- plots, interactive figures, export, report (issue: seeing it) --------
     "plot_surface": "landscape.plotting.static",
     "plot_contour": "landscape.plotting.static",
@@ -65,8 +66,10 @@ _LAZY: dict[str, str] = {
     "plot_spectrum": "landscape.plotting.static",
     "plot_surface_grid": "landscape.plotting.static",
     "plot_training_curves": "landscape.plotting.static",
+    "plot_metric_curves": "landscape.plotting.static",
     "interactive_surface": "landscape.plotting.interactive",
     "interactive_surfaces": "landscape.plotting.interactive",
+    "interactive_metric_curves": "landscape.plotting.interactive",
     "write_html": "landscape.plotting.interactive",
     "export_surface": "landscape.plotting.export",
     "plot_file": "landscape.plotting.files",

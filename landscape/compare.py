@@ -318,10 +318,16 @@ class CompareInterrupted(KeyboardInterrupt):
     def __init__(self, saved: int, total: int, out: Path) -> None:
         """Record what is saved; the message is the one the CLI prints."""
         self.saved, self.total, self.out = saved, total, out
-        super().__init__(
-            f"interrupted: {saved} of {total} checkpoints saved in {out}; "
-            "run the same command again to resume"
-        )
+        if saved:
+            text = (
+                f"interrupted: {saved} of {total} checkpoints saved in {out}; "
+                "run the same command again to resume"
+            )
+        else:
+            text = (
+                f"interrupted before the first of {total} checkpoints was finished: nothing saved"
+            )
+        super().__init__(text)
 
 
 def _differences(old: Any, new: Any, name: str) -> list[str]:

@@ -192,6 +192,12 @@ def test_interrupt_says_what_is_saved(three, tmp_path, monkeypatch):
     assert isinstance(info.value, KeyboardInterrupt)
     assert len(json.loads(out.read_text())["rows"]) == 2
 
+    fresh = tmp_path / "fresh.json"
+    Calls(monkeypatch, _fail_on(1, KeyboardInterrupt))
+    with pytest.raises(CompareInterrupted, match=r"before the first of 3 .*nothing saved"):
+        _run(three, fresh)
+    assert not fresh.exists()
+
     Calls(monkeypatch, _fail_on(1, KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt) as info:
         compare_checkpoints(three, METRICS, progress=False, **OPTIONS)  # no out

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape._io import write_atomically
 from landscape._version import __version__
 
 __all__ = [
@@ -79,19 +80,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomically(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def save_checkpoint(

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from landscape._io import write_atomically
 from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
@@ -68,22 +69,6 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return _plain(obj.item())
     return str(obj)
-
-
-def _write_atomically(path: Path, write: Callable[[Any], None], **open_kwargs: Any) -> None:
-    """Call ``write(fh)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
-
-    A process killed at any moment leaves either the previous file or the new one.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", **open_kwargs) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fmt(value: float | None, stderr: float | None, digits: int) -> str:
@@ -129,7 +114,7 @@ class Comparison:
         """Write the comparison as JSON (NaN written as ``null``, atomically); returns the path."""
         p = Path(path)
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        _write_atomically(p, lambda fh: fh.write(text))
+        write_atomically(p, lambda fh: fh.write(text))
         return p
 
     @classmethod
@@ -162,7 +147,7 @@ class Comparison:
                         line.append("" if v is None else repr(float(v)))
                 writer.writerow(line)
 
-        _write_atomically(p, write, newline="")
+        write_atomically(p, write, newline="")
         return p
 
     def save(self, path: str | os.PathLike[str]) -> Path:

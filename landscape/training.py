@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from landscape._io import write_atomically
 from landscape._version import __version__
 from landscape.checkpoint import (
     load_state_dict_strict,
@@ -265,9 +266,7 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_atomically(path, lambda fh: fh.write("".join(json.dumps(r) + "\n" for r in rows)))
 
 
 def _json_ready(obj: Any) -> Any:

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from landscape._io import write_atomically
+from landscape._io import RESUME_ADVICE, differences, read_json_to_resume, write_atomically
 from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
@@ -315,41 +315,22 @@ class CompareInterrupted(KeyboardInterrupt):
         super().__init__(text)
 
 
-def _differences(old: Any, new: Any, name: str) -> list[str]:
-    """``"name: old there, new now"`` for each entry where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in [*new, *(k for k in old if k not in new)]:
-            sub = f"{name}.{key}" if name else str(key)
-            if key not in old:
-                found.append(f"{sub}: absent there, {new[key]!r} now")
-            elif key not in new:
-                found.append(f"{sub}: {old[key]!r} there, absent now")
-            else:
-                found += _differences(old[key], new[key], sub)
-        return found
-    return [] if old == new else [f"{name}: {old!r} there, {new!r} now"]
-
-
 def _previous_rows(out: Path, names: list[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of the comparison in ``out`` if it was made with ``names`` and ``settings``.
 
     Raises:
         ValueError: ``out`` is not a comparison, or one with other metrics or settings.
     """
-    advice = "choose another output file (--out) or start over with resume=False (--no-resume)"
-    try:
-        obj = json.loads(out.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{out}: cannot resume from it ({exc}); {advice}") from None
+    advice = RESUME_ADVICE
+    obj = read_json_to_resume(out)
     if (
         not isinstance(obj, dict)
         or not isinstance(obj.get("metrics"), list)
         or not isinstance(obj.get("rows"), list)
     ):
         raise ValueError(f"{out}: not a comparison file (needs 'metrics' and 'rows'); {advice}")
-    diffs = _differences(obj["metrics"], names, "metrics")
-    diffs += _differences(obj.get("settings") or {}, settings, "")
+    diffs = differences(obj["metrics"], names, "metrics")
+    diffs += differences(obj.get("settings") or {}, settings)
     if diffs:
         raise ValueError(
             f"{out}: holds a comparison with different settings ({'; '.join(diffs)}); {advice}"

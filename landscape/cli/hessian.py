@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the results as JSON")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.json",
+        help="write the results as JSON, after each finished part (eigenvalues, trace, "
+        "density); an existing FILE.json of the same checkpoint and settings is resumed",
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="do not reuse the finished parts of an existing --out FILE.json: overwrite it",
+    )
     p.add_argument(
         "--save-eigenvectors",
         default=None,
@@ -111,44 +123,55 @@ def run(args: argparse.Namespace) -> int:
     """Run ``landscape hessian``."""
     import torch
 
-    from landscape.hessian.summary import format_summary, hessian_summary_checkpoint
+    from landscape.checkpoint import atomic_save
+    from landscape.hessian.summary import (
+        SummaryInterrupted,
+        format_summary,
+        hessian_summary_checkpoint,
+    )
 
     for path in (args.out, args.save_eigenvectors):
         if path is not None and not Path(path).parent.exists():
             raise FileNotFoundError(f"no such directory: {os.fspath(Path(path).parent)}")
-    summary = hessian_summary_checkpoint(
-        args.checkpoint,
-        split=args.split,
-        device=args.device,
-        top_k=args.top_k,
-        which=args.which,
-        tol=args.tol,
-        criterion=args.criterion,
-        max_products=args.max_products,
-        trace=args.trace,
-        trace_method=args.trace_method,
-        trace_products=args.trace_products,
-        target_rel_stderr=args.target_rel_stderr,
-        per_layer=args.per_layer,
-        density=args.density,
-        density_runs=args.density_runs,
-        density_steps=args.density_steps,
-        method=args.method,
-        dtype=torch.float64 if args.float64 else None,
-        batch_size=args.batch_size,
-        max_samples=args.max_samples,
-        seed=args.seed,
-        return_eigenvectors=args.save_eigenvectors is not None,
-        progress=False if args.no_progress else None,
-    )
+    try:
+        summary = hessian_summary_checkpoint(
+            args.checkpoint,
+            split=args.split,
+            device=args.device,
+            out=args.out,
+            resume=args.resume,
+            top_k=args.top_k,
+            which=args.which,
+            tol=args.tol,
+            criterion=args.criterion,
+            max_products=args.max_products,
+            trace=args.trace,
+            trace_method=args.trace_method,
+            trace_products=args.trace_products,
+            target_rel_stderr=args.target_rel_stderr,
+            per_layer=args.per_layer,
+            density=args.density,
+            density_runs=args.density_runs,
+            density_steps=args.density_steps,
+            method=args.method,
+            dtype=torch.float64 if args.float64 else None,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            seed=args.seed,
+            return_eigenvectors=args.save_eigenvectors is not None,
+            progress=False if args.no_progress else None,
+        )
+    except SummaryInterrupted as exc:
+        # The file already holds the finished parts; say so (the dispatcher would only
+        # print "interrupted").
+        print(f"landscape hessian: {exc}", file=sys.stderr)
+        return 130
     vectors = summary.pop("eigenvectors", None)
     print(format_summary(summary))
     if args.out is not None:
-        with open(args.out, "w") as fh:
-            json.dump(summary, fh, indent=1)
         print(f"wrote {args.out}")
     if args.save_eigenvectors is not None and vectors is not None:
-        torch.save(
+        atomic_save(
             {
                 "eigenvalues": summary["eigen"]["eigenvalues"],
                 "eigenvectors": [[t.cpu() for t in v] for v in vectors],

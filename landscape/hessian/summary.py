@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from landscape._io import RESUME_ADVICE, differences, read_json_to_resume, write_atomically
 from landscape.hessian.density.slq import slq_density
 from landscape.hessian.eigen.blocks import layer_eigenvalues
 from landscape.hessian.eigen.lanczos import lanczos_eigen
@@ -19,11 +23,106 @@ from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
 from landscape.objective import Objective
 
-__all__ = ["TRACE_METHODS", "format_summary", "hessian_summary", "hessian_summary_checkpoint"]
+__all__ = [
+    "TRACE_METHODS",
+    "SummaryInterrupted",
+    "format_summary",
+    "hessian_summary",
+    "hessian_summary_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 _SPLITS = ("train", "val", "test")
+_PARTS = ("eigen", "trace", "density")
+
+
+class SummaryInterrupted(KeyboardInterrupt):
+    """A ``KeyboardInterrupt`` of :func:`hessian_summary` writing to ``out``.
+
+    It is a ``KeyboardInterrupt`` (code catching that still works) that says which parts
+    of the summary are on disk; running the same :func:`hessian_summary_checkpoint` call
+    again resumes from there.
+
+    Attributes:
+        saved: the finished parts ``out`` holds (``"eigen"``, ``"trace"``, ``"density"``).
+        out: the file holding them.
+    """
+
+    def __init__(self, saved: list[str], out: Path) -> None:
+        """Record what is saved; the message is the one the CLI prints."""
+        self.saved, self.out = list(saved), out
+        if saved:
+            text = (
+                f"interrupted: {', '.join(saved)} saved in {out}; "
+                "run the same command again to resume"
+            )
+        else:
+            text = "interrupted before the first part was finished: nothing saved"
+        super().__init__(text)
+
+
+def _check_options(trace_method: str, top_k: int) -> None:
+    if trace_method not in TRACE_METHODS:
+        raise ValueError(
+            f"Invalid trace_method: {trace_method!r} (expected one of {TRACE_METHODS})"
+        )
+    if top_k < 0:
+        raise ValueError(f"Invalid top_k: {top_k}")
+
+
+def _out_path(out: str | os.PathLike[str] | None) -> Path | None:
+    if out is None:
+        return None
+    if Path(out).suffix.lower() != ".json":
+        raise ValueError(f"Invalid out: {os.fspath(out)!r} (expected a .json file)")
+    return Path(out)
+
+
+def _settings(a: Mapping[str, Any], batch_size: int, **extra: Any) -> dict[str, Any]:
+    """The settings of a summary from :func:`hessian_summary`'s arguments ``a``.
+
+    Exactly what a file holds after a JSON round trip (so a resumed call compares equal).
+    """
+    settings = {
+        "top_k": a["top_k"],
+        "which": a["which"],
+        "tol": a["tol"],
+        "criterion": a["criterion"],
+        "max_products": a["max_products"],
+        "per_layer": a["per_layer"],
+        "trace_method": a["trace_method"] if a["trace"] else None,
+        "trace_products": a["trace_products"],
+        "target_rel_stderr": a["target_rel_stderr"],
+        "density": a["density"],
+        "density_runs": a["density_runs"],
+        "density_steps": a["density_steps"],
+        "method": a["method"],
+        "method_used": None,  # filled in by the run
+        "dtype": str(a["dtype"] or "native"),
+        "seed": a["seed"],
+        "batch_size": batch_size,
+        "max_samples": a["max_samples"],
+        **extra,
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _objective(
+    model: nn.Module,
+    data: Any,
+    loss_fn: Any,
+    batch_size: int,
+    max_samples: int | None,
+    device: str | torch.device | None,
+) -> Objective:
+    if data is None:
+        raise ValueError("Invalid data: None; pass the data to measure on")
+    if device is not None:
+        from landscape._device import resolve_device
+
+        model = model.to(resolve_device(device))
+    return Objective(model, data, loss_fn, batch_size=batch_size, max_samples=max_samples)
 
 
 def hessian_summary(
@@ -52,8 +151,15 @@ def hessian_summary(
     seed: int = 0,
     return_eigenvectors: bool = False,
     progress: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Top-k eigenvalues, optionally the trace and the spectral density, as plain data.
+
+    The summary has up to three parts, computed in this order: ``"eigen"`` (with its
+    per-layer entries when ``per_layer``), ``"trace"`` and ``"density"``. With ``out``
+    the summary so far is written to that JSON file (atomically) after each finished
+    part, with ``"complete": false`` until the last one (an existing file is
+    overwritten; :func:`hessian_summary_checkpoint` resumes from it instead).
 
     Args:
         model: the network (with ``data``), or a ready :class:`Objective`.
@@ -89,103 +195,237 @@ def hessian_summary(
         device: device for a model built here.
         seed: seed of every random vector.
         return_eigenvectors: include the eigenvectors (tensor lists, not JSON) under
-            ``"eigenvectors"``.
+            ``"eigenvectors"`` (never written to ``out``).
         progress: progress bars (``None``: only on a terminal).
+        out: a ``.json`` file written after each finished part (``None``: keep the
+            summary in memory only).
 
     Returns:
-        ``{"dim", "n_samples", "param_names", "eigen", "trace", "density", "products",
-        "seconds", "settings"}`` (absent parts are ``None``); JSON-serialisable unless
-        ``return_eigenvectors``.
+        ``{"eigen", "trace", "density", "dim", "n_samples", "param_names", "products",
+        "seconds", "settings", "parts", "complete"}`` (parts not asked for are ``None``);
+        JSON-serialisable unless ``return_eigenvectors``. ``parts`` holds, for each part
+        asked for, the Hessian-vector ``products`` and ``seconds`` it took, the
+        ``method_used`` and whether it was ``reused`` from an earlier run's file;
+        ``products`` and ``seconds`` are the totals: this call's products and wall time
+        plus the reused parts' own (so a resumed summary reports what all of it cost).
+        ``complete`` is ``True``.
+
+    Raises:
+        ValueError: a bad option or an ``out`` that is not a ``.json`` file (before any
+            work).
+        SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says
+            which parts the file holds.
     """
-    if trace_method not in TRACE_METHODS:
-        raise ValueError(
-            f"Invalid trace_method: {trace_method!r} (expected one of {TRACE_METHODS})"
-        )
-    if top_k < 0:
-        raise ValueError(f"Invalid top_k: {top_k}")
+    _check_options(trace_method, top_k)
+    out_path = _out_path(out)
     if isinstance(model, Objective):
         obj = model
     else:
-        if data is None:
-            raise ValueError("Invalid data: None; pass the data to measure on")
-        if device is not None:
-            from landscape._device import resolve_device
+        obj = _objective(model, data, loss_fn, batch_size, max_samples, device)
+    settings = _settings(locals(), obj.batch_size)  # this call's arguments by name
+    if out_path is not None and out_path.exists():
+        logger.info("%s exists: overwriting it", out_path)
+    return _run(
+        obj,
+        settings,
+        dtype=dtype,
+        out=out_path,
+        head={},
+        previous=None,
+        return_eigenvectors=return_eigenvectors,
+        progress=progress,
+    )
 
-            model = model.to(resolve_device(device))
-        obj = Objective(model, data, loss_fn, batch_size=batch_size, max_samples=max_samples)
-    start = time.perf_counter()
-    out: dict[str, Any] = {"eigen": None, "trace": None, "density": None}
-    with HessianOperator(obj, method=method, dtype=dtype) as op:
-        out.update({"dim": op.dim, "n_samples": obj.n_samples, "param_names": op.param_names})
-        if top_k:
-            res = lanczos_eigen(
-                op,
-                k=min(top_k, op.dim),
-                which=which,
-                tol=tol,
-                criterion=criterion,
-                max_products=max(max_products, top_k),
-                seed=seed,
-                progress=progress,
-            )
-            out["eigen"] = res.to_dict()
-            if return_eigenvectors:
-                out["eigenvectors"] = res.eigenvectors
-            if per_layer:
-                lay = layer_eigenvalues(
-                    op,
-                    k=1,
-                    which=which,
-                    tol=tol,
-                    max_products=max_products,
-                    seed=seed,
-                    criterion=criterion,
-                    progress=progress,
-                )
-                out["eigen"]["layers"] = lay.to_dict()["layers"]
-                out["eigen"]["layer_products"] = lay.products
-        if trace:
-            tr = estimate_trace(
-                op,
-                trace_method,
-                trace_products,
-                target_rel_stderr,
-                seed,
-                per_block=per_layer and trace_method == "hutchinson",
-                progress=progress,
-            )
-            out["trace"] = tr.to_dict()
-            if per_layer and trace_method != "hutchinson":
-                layers = hutchinson_trace(
-                    op, trace_products, None, seed + 1, per_block=True, progress=progress
-                )
-                out["trace"]["layers"] = layers.to_dict()["blocks"]
-            elif per_layer:
-                out["trace"]["layers"] = out["trace"].pop("blocks")
-        if density:
-            out["density"] = slq_density(
-                op, num_runs=density_runs, num_steps=density_steps, seed=seed, progress=progress
-            ).to_dict()
-        out["products"] = op.products
-        method_used = op.method
-    out["seconds"] = time.perf_counter() - start
-    out["settings"] = {
-        "top_k": top_k,
-        "which": which,
-        "tol": tol,
-        "criterion": criterion,
-        "max_products": max_products,
-        "per_layer": per_layer,
-        "trace_method": trace_method if trace else None,
-        "trace_products": trace_products,
-        "method": method,
-        "method_used": method_used,
-        "dtype": str(dtype or "native"),
-        "seed": seed,
-        "batch_size": obj.batch_size,
-        "max_samples": max_samples,
+
+def _eigen_part(
+    op: HessianOperator, s: dict[str, Any], progress: bool | None
+) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
+    res = lanczos_eigen(
+        op,
+        k=min(s["top_k"], op.dim),
+        which=s["which"],
+        tol=s["tol"],
+        criterion=s["criterion"],
+        max_products=max(s["max_products"], s["top_k"]),
+        seed=s["seed"],
+        progress=progress,
+    )
+    part = res.to_dict()
+    if s["per_layer"]:
+        lay = layer_eigenvalues(
+            op,
+            k=1,
+            which=s["which"],
+            tol=s["tol"],
+            max_products=s["max_products"],
+            seed=s["seed"],
+            criterion=s["criterion"],
+            progress=progress,
+        )
+        part["layers"] = lay.to_dict()["layers"]
+        part["layer_products"] = lay.products
+    return part, res.eigenvectors
+
+
+def _trace_part(op: HessianOperator, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
+    method, per_layer, seed = s["trace_method"], s["per_layer"], s["seed"]
+    tr = estimate_trace(
+        op,
+        method,
+        s["trace_products"],
+        s["target_rel_stderr"],
+        seed,
+        per_block=per_layer and method == "hutchinson",
+        progress=progress,
+    )
+    part = tr.to_dict()
+    if per_layer and method != "hutchinson":
+        layers = hutchinson_trace(
+            op, s["trace_products"], None, seed + 1, per_block=True, progress=progress
+        )
+        part["layers"] = layers.to_dict()["blocks"]
+    elif per_layer:
+        part["layers"] = part.pop("blocks")
+    return part
+
+
+def _density_part(op: HessianOperator, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
+    return slq_density(
+        op,
+        num_runs=s["density_runs"],
+        num_steps=s["density_steps"],
+        seed=s["seed"],
+        progress=progress,
+    ).to_dict()
+
+
+def _run(
+    obj: Objective,
+    settings: dict[str, Any],
+    *,
+    dtype: torch.dtype | None,
+    out: Path | None,
+    head: dict[str, Any],
+    previous: dict[str, Any] | None,
+    return_eigenvectors: bool,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """Compute the parts ``settings`` asks for that ``previous`` (a file's summary) lacks."""
+    s = settings
+    wanted = [
+        part
+        for part, on in zip(_PARTS, (s["top_k"] > 0, s["trace_method"] is not None, s["density"]))
+        if on
+    ]
+    reused: dict[str, dict[str, Any]] = {}
+    on_disk: list[str] = []  # parts of this call that ``out`` holds
+    if previous is not None:
+        done = [
+            p
+            for p in wanted
+            if isinstance(previous["parts"].get(p), dict) and isinstance(previous.get(p), dict)
+        ]
+        on_disk = list(done)
+        for part in done:
+            if part == "eigen" and return_eigenvectors:
+                logger.info("%s: recomputing eigen (its eigenvectors are not in the file)", out)
+            else:
+                reused[part] = previous[part]
+        logger.info(
+            "resuming %s: %s reused",
+            out,
+            ", ".join(reused) if reused else "no part",
+        )
+    todo = [p for p in wanted if p not in reused]
+    summary: dict[str, Any] = {p: reused.get(p) for p in _PARTS}
+    parts: dict[str, dict[str, Any]] = {
+        p: {**previous["parts"][p], "reused": True} for p in reused if previous is not None
     }
-    return out
+    reused_products = sum(int(parts[p].get("products") or 0) for p in reused)
+    reused_seconds = sum(float(parts[p].get("seconds") or 0.0) for p in reused)
+    start = time.perf_counter()
+    op: HessianOperator | None = None
+
+    def save(complete: bool) -> None:
+        nonlocal on_disk
+        summary["products"] = (op.products if op is not None else 0) + reused_products
+        summary["seconds"] = time.perf_counter() - start + reused_seconds
+        summary["settings"] = s
+        summary["parts"] = {p: parts[p] for p in wanted if p in parts}
+        summary["complete"] = complete
+        summary.update(head)
+        if out is None:
+            return
+        text = json.dumps({k: v for k, v in summary.items() if k != "eigenvectors"}, indent=1)
+        write_atomically(out, lambda fh: fh.write(text + "\n"))
+        on_disk = [p for p in wanted if p in parts]
+
+    try:
+        if todo or previous is None:
+            with HessianOperator(obj, method=s["method"], dtype=dtype) as op:
+                summary.update(
+                    {"dim": op.dim, "n_samples": obj.n_samples, "param_names": op.param_names}
+                )
+                for part in todo:
+                    t0, p0 = time.perf_counter(), op.products
+                    if part == "eigen":
+                        summary["eigen"], vectors = _eigen_part(op, s, progress)
+                        if return_eigenvectors:
+                            summary["eigenvectors"] = vectors
+                    elif part == "trace":
+                        summary["trace"] = _trace_part(op, s, progress)
+                    else:
+                        summary["density"] = _density_part(op, s, progress)
+                    parts[part] = {
+                        "products": op.products - p0,
+                        "seconds": time.perf_counter() - t0,
+                        "method_used": op.method,
+                        "reused": False,
+                    }
+                    s["method_used"] = op.method
+                    if part != todo[-1]:
+                        save(complete=False)
+                s["method_used"] = op.method
+        else:  # every part reused: no operator needed
+            summary.update({k: previous[k] for k in ("dim", "n_samples", "param_names")})
+            s["method_used"] = previous["settings"].get("method_used")
+        save(complete=True)
+    except KeyboardInterrupt as exc:
+        if out is None:
+            raise
+        raise SummaryInterrupted(on_disk, out) from exc
+    return summary
+
+
+def _previous_summary(out: Path, sha256: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The summary in ``out`` if it is one of the checkpoint ``sha256`` with ``settings``.
+
+    Raises:
+        ValueError: ``out`` is not a Hessian summary, or one of another checkpoint content
+            or with other settings.
+    """
+    obj = read_json_to_resume(out)
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("settings"), dict)
+        or not isinstance(obj.get("parts"), dict)
+        or not all(k in obj for k in ("dim", "n_samples", "param_names"))
+    ):
+        raise ValueError(
+            f"{out}: not a Hessian summary file (needs 'settings' and 'parts'); {RESUME_ADVICE}"
+        )
+    same = {k: v for k, v in settings.items() if k != "method_used"}
+    there = {k: v for k, v in obj["settings"].items() if k != "method_used"}
+    diffs = differences(obj.get("sha256"), sha256, "sha256") + differences(there, same)
+    if diffs:
+        what = "of another checkpoint content" if obj.get("sha256") != sha256 else ""
+        if len(diffs) > (1 if what else 0):
+            what = f"{what} and " if what else "with "
+            what += "different settings"
+        raise ValueError(
+            f"{out}: holds a Hessian summary {what} ({'; '.join(diffs)}); {RESUME_ADVICE}"
+        )
+    return obj
 
 
 def hessian_summary_checkpoint(
@@ -193,35 +433,79 @@ def hessian_summary_checkpoint(
     *,
     split: str = "train",
     device: str | torch.device | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`hessian_summary` of a checkpoint on a split of its own data.
+
+    With ``out`` the summary so far is written after each finished part (see
+    :func:`hessian_summary`), and calling again with the same arguments on an existing
+    file resumes it: when the file's ``sha256`` equals the checkpoint file's and its
+    settings (split included) equal this call's, its finished parts are reused and only
+    the missing ones are computed (``"eigen"`` is recomputed when
+    ``return_eigenvectors``: the file has no eigenvectors). What the file does not record
+    (``device``, ``loss_fn``, ``progress``) is assumed unchanged. ``products`` and
+    ``seconds`` then count the reused parts' own products and seconds too (each part
+    keeps its own under ``"parts"``, marked ``"reused"``).
 
     Args:
         path: a checkpoint written by ``landscape train`` (see
             :func:`landscape.load_checkpoint`).
         split: ``"train"``, ``"val"`` or ``"test"``.
         device: device (default CUDA when available).
+        out: a ``.json`` file written after each finished part.
+        resume: reuse the finished parts of an existing ``out``; ``False`` starts over
+            and overwrites it.
         **kwargs: passed to :func:`hessian_summary`.
+
+    Returns:
+        :func:`hessian_summary`'s result plus ``"checkpoint"`` (the path) and ``"sha256"``
+        (of its content); ``settings["split"]``.
+
+    Raises:
+        ValueError: a bad option or split, or an existing ``out`` to resume that is not a
+            Hessian summary, or one of another checkpoint content or with other settings
+            (all before any work).
+        FileNotFoundError: no such checkpoint.
+        SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out``.
     """
     from landscape._device import resolve_device
-    from landscape.checkpoint import load_checkpoint
+    from landscape.checkpoint import file_sha256, load_checkpoint
 
     if split not in _SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {_SPLITS})")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such checkpoint: {os.fspath(path)}")
+    bound = inspect.signature(hessian_summary).bind(None, None, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    _check_options(a["trace_method"], a["top_k"])
+    out_path = _out_path(out)
+    settings = _settings(a, a["batch_size"], split=split)
+    previous = None
+    if out_path is not None:
+        if resume and out_path.is_file():
+            previous = _previous_summary(out_path, file_sha256(path), settings)
+        elif out_path.exists():
+            logger.info("%s exists: overwriting it", out_path)
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
     bundle = ckpt.load_data()
     data = getattr(bundle, split)
     if data is None:
         raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
-    out = hessian_summary(ckpt.model.to(dev), data, device=dev, **kwargs)
-    out["checkpoint"] = os.fspath(path)
-    out["sha256"] = ckpt.sha256
-    out["settings"]["split"] = split
-    return out
+    obj = _objective(ckpt.model.to(dev), data, a["loss_fn"], a["batch_size"], a["max_samples"], dev)
+    return _run(
+        obj,
+        settings,
+        dtype=a["dtype"],
+        out=out_path,
+        head={"checkpoint": os.fspath(path), "sha256": ckpt.sha256},
+        previous=previous,
+        return_eigenvectors=a["return_eigenvectors"],
+        progress=a["progress"],
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -271,7 +555,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"mode at {grid[int(np.argmax(rho))]:.3g}, {100 * neg:.1f}% of the mass below 0 "
             f"({dens['num_runs']} runs × {dens['num_steps']} steps)"
         )
+    reused = [p for p, d in (summary.get("parts") or {}).items() if d.get("reused")]
     lines.append(
         f"{summary.get('products', 0)} Hessian-vector products in {summary['seconds']:.1f} s"
+        + (f" ({', '.join(reused)} from an earlier run)" if reused else "")
     )
     return "\n".join(lines)

@@ -23,7 +23,8 @@ target is a product budget: with PyHessian taking ``n`` products, ours must take
    the features);
 4. on the first checkpoint, whether a product could be cheaper: the relative error of
    finite-difference products against exact ones, ``torch.func.linearize``'s trace
-   time and seconds per product against the double backward, and where the double
+   time and seconds per product and reverse-over-forward's (``torch.func`` ``grad`` of
+   ``jvp``) against the double backward, and where the double
    backward's time goes (torch profiler, self CPU time per autograd node), including
    the work PyTorch does that no caller can switch off: the transposed convolution
    ``_convolution_double_backward`` computes for the first convolution's input (the
@@ -113,7 +114,7 @@ def start_rows(model, x, y, obj, lam, x1, p):
 def other_products(model, x, y, obj, repeats):
     """Cheaper products? Finite differences' error, ``torch.func.linearize``'s cost."""
     import torch.nn.functional as F
-    from torch.func import functional_call, grad, linearize
+    from torch.func import functional_call, grad, jvp, linearize
 
     exact = HessianOperator(obj)
     fd = HessianOperator(obj, method="fd", fd_check="never")
@@ -130,19 +131,30 @@ def other_products(model, x, y, obj, repeats):
         return F.cross_entropy(functional_call(model, dict(zip(names, ps, strict=True)), (x,)), y)
 
     t0 = time.perf_counter()
-    _, jvp_fn = linearize(grad(loss, argnums=tuple(range(len(primals)))), *primals)
+    argnums = tuple(range(len(primals)))
+    _, jvp_fn = linearize(grad(loss, argnums=argnums), *primals)
     trace = time.perf_counter() - t0
     vs = tuple(t.view_as(p) for t, p in zip(exact.to_list(v), primals, strict=True))
+
+    def directional(*ps):  # d/dε L(θ + εv): reverse over forward takes its gradient
+        return jvp(loss, ps, vs)[1]
+
+    reverse_over_forward = grad(directional, argnums=argnums)
     times = interleaved(
-        {"double backward": lambda: exact.matvec(v), "linearize": lambda: jvp_fn(*vs)},
+        {
+            "double backward": lambda: exact.matvec(v),
+            "linearize": lambda: jvp_fn(*vs),
+            "reverse over forward": lambda: reverse_over_forward(*primals),
+        },
         repeats=repeats,
     )
     print(
         "finite-difference products (default h) vs exact: relative error "
         + ", ".join(f"{e:.1e}" for e in errs)
         + f"; torch.func.linearize: {trace:.2f} s to trace, "
-        f"{1e3 * median(times['linearize']):.1f} ms per product against "
-        f"{1e3 * median(times['double backward']):.1f} ms (double backward, kept graph)"
+        f"{1e3 * median(times['linearize']):.1f} ms per product; reverse over forward "
+        f"(torch.func grad of jvp) {1e3 * median(times['reverse over forward']):.1f} ms; "
+        f"against {1e3 * median(times['double backward']):.1f} ms (double backward, kept graph)"
     )
 
 

@@ -174,22 +174,20 @@ def comparison_table_html(comparison: Mapping[str, Any]) -> str:
     )
 
 
-def _run_folder(checkpoint: Any) -> str:
-    """The run a checkpoint path belongs to (``RUN`` of ``RUN/checkpoints/x.pt``)."""
-    parent = Path(str(checkpoint)).parent
-    return str(parent.parent if parent.name == "checkpoints" else parent)
-
-
 def _curves_worth_drawing(comparison: Mapping[str, Any]) -> bool:
-    """True when a comparison traces one run through training.
+    """True when a comparison follows a run through training.
 
-    Its rows with an epoch span two or more distinct epochs and all come from one run
-    folder (a table of several runs' final checkpoints is not a curve).
+    Some run folder's rows span two or more distinct epochs (a table of several runs'
+    final checkpoints, one epoch per run, is not a curve).
     """
-    rows = [r for r in comparison.get("rows") or [] if isinstance(r, Mapping)]
-    timed = [r for r in rows if r.get("epoch") is not None]
-    runs = {_run_folder(r["checkpoint"]) for r in timed if r.get("checkpoint")}
-    return len({r["epoch"] for r in timed}) >= 2 and len(runs) <= 1
+    from landscape.plotting._common import run_of
+
+    epochs: dict[str, set] = {}
+    for row in comparison.get("rows") or []:
+        if isinstance(row, Mapping) and row.get("epoch") is not None:
+            run = run_of(row["checkpoint"]) if row.get("checkpoint") else ""
+            epochs.setdefault(run, set()).add(row["epoch"])
+    return any(len(e) >= 2 for e in epochs.values())
 
 
 def _metric_curves_figure(comparison: Mapping[str, Any]) -> Any:
@@ -201,9 +199,7 @@ def _metric_curves_figure(comparison: Mapping[str, Any]) -> Any:
     src = str(comparison.get("_source") or "")
     label = Path(src).stem if src and src != "computed" else "comparison"
     try:
-        return interactive_metric_curves(
-            comparison, labels=[label], title=f"{label}: metrics against the epoch"
-        )
+        return interactive_metric_curves(comparison, title=f"{label}: metrics against the epoch")
     except ValueError as exc:  # e.g. no finite value at any epoch
         logger.warning("report: no metric curves for %s: %s", src or label, exc)
         return None

@@ -471,10 +471,43 @@ def metric_curve(rows: Sequence[Mapping], metric: str) -> MetricCurve:
     )
 
 
+def run_of(checkpoint: Any) -> str:
+    """The run of a checkpoint path: ``RUN`` of ``RUN/checkpoints/x.pt``, else its folder."""
+    parent = Path(str(checkpoint)).parent
+    return str(parent.parent if parent.name == "checkpoints" else parent)
+
+
+def _by_run(rows: Sequence[Mapping]) -> list[tuple[str, list[Mapping]]]:
+    """Rows grouped by the run folder of their checkpoint, in order of first appearance.
+
+    Rows without a checkpoint path (in-memory models) form one group with the rest of
+    the unnamed ones.
+    """
+    groups: dict[str, list[Mapping]] = {}
+    for row in rows:
+        checkpoint = row.get("checkpoint")
+        groups.setdefault(run_of(checkpoint) if checkpoint else "", []).append(row)
+    return list(groups.items())
+
+
+def _run_names(runs: Sequence[str]) -> list[str]:
+    """Short names of run folders: the last path component, more when they collide."""
+    parts = [Path(r).parts or ("",) for r in runs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return list(runs)
+
+
 def comparison_curves(
     comparisons: Any, labels: Sequence[str] | None = None
 ) -> list[ComparisonCurves]:
     """Per-metric curves against the epoch of one or several comparisons.
+
+    A comparison whose rows come from several run folders (``RUN/checkpoints/*.pt`` of
+    more than one ``RUN``) gives one line per run, labelled ``label: run`` (just the run's
+    name when there is one comparison).
 
     Args:
         comparisons: a comparison JSON file (``landscape compare --out``), a
@@ -503,15 +536,20 @@ def comparison_curves(
     for (metrics, rows, _), name in zip(loaded, names, strict=True):
         if not any(r.get("epoch") is not None for r in rows):
             raise ValueError(f"{name}: {_NO_EPOCH}")
-        epochs = [r["epoch"] for r in rows if r.get("epoch") is not None]
-        if len(set(epochs)) < len(epochs):
-            logger.warning(
-                "%s: several rows share an epoch; its line joins them in file order "
-                "(compare one run per file for a clean curve)",
-                name,
-            )
-        curves = {m: metric_curve(rows, m) for m in metrics}
-        out.append(ComparisonCurves(name, list(metrics), curves))
+        groups = _by_run(rows)
+        run_names = _run_names([run for run, _ in groups])
+        for (_, group), run_name in zip(groups, run_names, strict=True):
+            label = name
+            if len(groups) > 1:
+                label = run_name if len(items) == 1 and labels is None else f"{name}: {run_name}"
+            epochs = [r["epoch"] for r in group if r.get("epoch") is not None]
+            if len(set(epochs)) < len(epochs):
+                logger.warning(
+                    "%s: several rows share an epoch; its line joins them in file order",
+                    label,
+                )
+            curves = {m: metric_curve(group, m) for m in metrics}
+            out.append(ComparisonCurves(label, list(metrics), curves))
     return out
 
 

@@ -253,3 +253,23 @@ def test_training_run_to_curves(tmp_path):
     (line,) = plot_metric_curves(path).axes[0].lines
     np.testing.assert_array_equal(line.get_xdata(), [0.0, 1.0, 2.0])
     np.testing.assert_allclose(line.get_ydata(), [r["grad_norm"]["value"] for r in cmp.rows])
+
+
+def test_a_comparison_of_several_runs_gives_one_line_per_run(tmp_path):
+    both = _comparison(SAM_ROWS, run="runs/sam")
+    both.rows = _comparison(SGD_ROWS[:2]).rows + both.rows  # sgd at epochs 2, 0; sam 0, 1, 2
+    ax = plot_metric_curves(both, "trace").axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert set(lines) == {"sgd", "sam"}
+    np.testing.assert_array_equal(lines["sgd"].get_xdata(), [0.0, 2.0])
+    np.testing.assert_array_equal(lines["sgd"].get_ydata(), [10.0, 30.0])
+    np.testing.assert_array_equal(lines["sam"].get_ydata(), [10.0, 12.0, 13.0])
+    # several comparisons, or given labels: "label: run"
+    path = both.to_json(tmp_path / "both.json")
+    ax = plot_metric_curves([path, path], "trace", labels=["a", "b"]).axes[0]
+    assert [line.get_label() for line in ax.lines] == ["a: sgd", "a: sam", "b: sgd", "b: sam"]
+    # run folders with the same name are told apart by their parents
+    twins = _comparison(SAM_ROWS, run="x/run")
+    twins.rows += _comparison(SAM_ROWS, run="y/run").rows
+    fig = interactive_metric_curves(twins, "trace")
+    assert sorted({t.name for t in fig.data if t.name}) == ["x/run", "y/run"]

@@ -140,6 +140,14 @@ def test_report_draws_no_curve_without_a_run_through_epochs(tmp_path, epochs, ru
     assert "<table" in text and 'class="plotly-graph-div"' not in text
 
 
+def test_report_draws_one_line_per_run_of_a_comparison(tmp_path):
+    # rows alternate between two runs, each at epochs 0, 1, 2
+    path = _epoch_comparison(tmp_path / "both.json", [0, 0, 1, 1, 2, 2], ("runs/sgd", "runs/sam"))
+    text = build_report([path], tmp_path / "r.html").read_text()
+    assert text.count('class="plotly-graph-div"') == 1
+    assert '"name":"sgd"' in text.replace(" ", "") and '"name":"sam"' in text.replace(" ", "")
+
+
 def test_report_command(report_inputs, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", *map(str, report_inputs), "--out", str(out)]) == 0

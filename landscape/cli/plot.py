@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="draw a surface file or comparison files as a picture, a page or a mesh",
         description=(
             "Draw a surface .h5 file, or the metrics of one or more comparison .json files "
-            "(landscape compare --out) against the epoch, one line per file. The output's "
+            "(landscape compare --out) against the epoch, one line per run. The output's "
             "extension picks the format: .png/.pdf/.svg (matplotlib), .html (interactive "
             "plotly, offline), .vtp/.vtu/.vtk/.obj/.stl/.ply (mesh of a surface)."
         ),

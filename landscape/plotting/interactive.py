@@ -513,13 +513,13 @@ def interactive_metric_curves(
     log: bool = False,
     title: str | None = "Metrics along training",
 ) -> Any:
-    """Metrics of checkpoints against their epoch, one line per comparison.
+    """Metrics of checkpoints against their epoch, one line per run of each comparison.
 
     The plotly twin of :func:`landscape.plotting.static.plot_metric_curves`: rows sorted
     by epoch, error bars of ±1 standard error where the stderr is finite and positive,
     rows without an epoch or a finite value left out.  One panel per metric (shared
-    epoch axis) unless ``metric`` is given; a comparison keeps its colour in every panel
-    and its legend entry toggles all of them.  Hover shows the checkpoint's label.
+    epoch axis) unless ``metric`` is given; a line keeps its colour in every panel and its
+    legend entry toggles all of them.  Hover shows the checkpoint's label.
 
     Args:
         comparisons: a comparison JSON file, a :class:`landscape.compare.Comparison`,

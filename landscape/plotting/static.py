@@ -581,17 +581,18 @@ def plot_metric_curves(
 ) -> Figure:
     """Metrics of checkpoints against their epoch: curvature along training runs.
 
-    Each comparison (``landscape compare RUN/checkpoints/*.pt --out run.json``) becomes
-    one line through its rows sorted by epoch, with a band of ±1 standard error where
-    the stderr is finite and positive.  Rows without an epoch or without a finite value
-    are left out of the line, never filled in.
+    Each run of each comparison (``landscape compare RUN/checkpoints/*.pt --out
+    run.json``; the run of a row is the ``RUN`` of its checkpoint path) becomes one line
+    through its rows sorted by epoch, with a band of ±1 standard error where the stderr
+    is finite and positive.  Rows without an epoch or without a finite value are left out
+    of the line, never filled in.
 
     Args:
         comparisons: a comparison JSON file, a :class:`landscape.compare.Comparison`,
-            its ``to_dict()``, or a list of those (one line each).
+            its ``to_dict()``, or a list of those.
         metric: the metric to draw; default one panel per metric (shared epoch axis).
         labels: one legend label per comparison; default the file stems, else
-            ``comparison i``.
+            ``comparison i`` (``label: run`` when a comparison holds several runs).
         log: logarithmic value axis.
         ax: axes to draw on (one metric only); default a new figure.
 

@@ -117,7 +117,7 @@ def plot_curves_file(
 
     Args:
         comparisons: comparison JSON files (``landscape compare --out``), ``Comparison``
-            objects or their ``to_dict()``; one line each.
+            objects or their ``to_dict()``; one line per run of each.
         out: output path.
         metric: draw only this metric (default one panel per metric).
         labels: one legend label per comparison (default the file stems).
@@ -154,7 +154,7 @@ def plot_inputs(
     """Draw one surface file or one or more comparison files (what ``landscape plot`` calls).
 
     ``.json`` inputs are comparisons (metric curves against the epoch, one line per
-    file, see :func:`plot_curves_file`); any other input is a surface file, drawn alone
+    run, see :func:`plot_curves_file`); any other input is a surface file, drawn alone
     by :func:`plot_file`.  The surface options (``kind``, ``levels``, ``vmin``,
     ``vmax``, ``scale``) apply to surfaces only and ``labels`` to comparisons only;
     ``None`` means not given.

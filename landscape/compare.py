@@ -394,7 +394,9 @@ def compare_checkpoints(
 
     Args:
         paths: checkpoint files (sharpscape checkpoints, or plain state_dicts with
-            ``model``).
+            ``model``) or ``landscape train`` run folders, each standing for its
+            checkpoints in epoch order (:func:`landscape.checkpoint.run_checkpoints`);
+            labels count the checkpoints.
         metrics: metric names (list or ``"lambda_max,trace"``); see
             :data:`landscape.metrics.METRICS`.
         split: the split of each checkpoint's data to measure on: ``"train"``, ``"val"``
@@ -421,14 +423,17 @@ def compare_checkpoints(
         ValueError: unknown metric/option/split, bad labels, an ``out`` that is neither
             ``.json`` nor ``.csv``, or an existing ``.json`` ``out`` to resume that is not
             a comparison or holds other metrics or settings (all before any work).
-        FileNotFoundError: a checkpoint is missing (before any work).
+        FileNotFoundError: a checkpoint is missing, or a run folder holds none (before
+            any work).
         CompareInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says how
             many rows the file holds.
     """
     from landscape._device import resolve_device
-    from landscape.checkpoint import load_checkpoint
+    from landscape.checkpoint import load_checkpoint, run_checkpoints
 
-    files = [Path(p) for p in paths]
+    files: list[Path] = []
+    for p in map(Path, paths):  # a run folder stands for its checkpoints, by epoch
+        files += run_checkpoints(p) if p.is_dir() else [p]
     names = _check_common(metrics, options, per_metric, labels, len(files))
     if split not in SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")

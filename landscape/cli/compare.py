@@ -36,7 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "are computed)."
         ),
     )
-    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint files")
+    p.add_argument(
+        "checkpoints",
+        nargs="*",
+        metavar="CKPT",
+        help="checkpoint files, or run folders (each: its checkpoints in epoch order)",
+    )
     p.add_argument(
         "--metrics",
         default="lambda_max,trace,sam_sharpness",

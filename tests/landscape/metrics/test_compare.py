@@ -173,3 +173,26 @@ def test_cli_compare_errors_are_one_line(checkpoints, capsys):
     assert main(["compare", str(checkpoints[0]), "--out", "x.txt"]) == 2
     assert main(["compare", "--list-metrics"]) == 0
     assert "eps_sharpness" in capsys.readouterr().out
+
+
+def test_a_run_folder_stands_for_its_checkpoints_in_epoch_order(tmp_path):
+    run = tmp_path / "runs" / "sgd"
+    # written out of order; final.pt repeats the last epoch, so it is not listed twice
+    for epoch in (2, 0, 1):
+        write_checkpoint(run / "checkpoints" / f"epoch_{epoch:04d}.pt", epoch, epoch)
+    write_checkpoint(run / "final.pt", 2, 2)
+    other = write_checkpoint(tmp_path / "other.pt", 7, 9)
+    cmp = compare_checkpoints([run, other], "grad_norm", device="cpu", progress=False)
+    assert [r["epoch"] for r in cmp.rows] == [0, 1, 2, 9]
+    assert [r["checkpoint"] for r in cmp.rows[:3]] == [
+        str(run / "checkpoints" / f"epoch_{e:04d}.pt") for e in range(3)
+    ]
+    assert cmp.rows[3]["label"] == "other"
+    direct = compare_checkpoints(
+        [run / "checkpoints" / "epoch_0001.pt"], "grad_norm", device="cpu", progress=False
+    )
+    assert cmp.rows[1]["grad_norm"]["value"] == direct.rows[0]["grad_norm"]["value"]
+    with pytest.raises(ValueError, match="4 checkpoints"):
+        compare_checkpoints([run, other], "grad_norm", labels=["a", "b"], progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        compare_checkpoints([tmp_path / "runs"], "grad_norm", progress=False)

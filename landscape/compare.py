@@ -201,10 +201,16 @@ def _row(label: str, checkpoint: str, results: Mapping[str, MetricResult]) -> di
 
 
 def _default_labels(paths: Sequence[Path]) -> list[str]:
+    """File stems, with as many parent folders as it takes to tell them apart.
+
+    A run's ``checkpoints`` folder is skipped: ``runs/sgd/checkpoints/epoch_0003.pt`` is
+    ``sgd/epoch_0003`` when the stem alone is ambiguous.
+    """
+    folders = [[part for part in p.parent.parts if part != "checkpoints"] or [""] for p in paths]
     for depth in (1, 2, 3):
         labels = [
-            "/".join([*p.parent.parts[-(depth - 1) :], p.stem] if depth > 1 else [p.stem])
-            for p in paths
+            "/".join([*f[-(depth - 1) :], p.stem] if depth > 1 else [p.stem])
+            for p, f in zip(paths, folders, strict=True)
         ]
         if len(set(labels)) == len(labels):
             return labels

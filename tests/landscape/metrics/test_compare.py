@@ -187,7 +187,16 @@ def test_a_run_folder_stands_for_its_checkpoints_in_epoch_order(tmp_path):
     assert [r["checkpoint"] for r in cmp.rows[:3]] == [
         str(run / "checkpoints" / f"epoch_{e:04d}.pt") for e in range(3)
     ]
-    assert cmp.rows[3]["label"] == "other"
+    assert [r["label"] for r in cmp.rows] == ["epoch_0000", "epoch_0001", "epoch_0002", "other"]
+    twin = tmp_path / "runs" / "sam" / "checkpoints" / "epoch_0000.pt"
+    write_checkpoint(twin, 0, 0)
+    both = compare_checkpoints([run, twin], "grad_norm", device="cpu", progress=False)
+    assert [r["label"] for r in both.rows] == [
+        "sgd/epoch_0000",
+        "sgd/epoch_0001",
+        "sgd/epoch_0002",
+        "sam/epoch_0000",
+    ]
     direct = compare_checkpoints(
         [run / "checkpoints" / "epoch_0001.pt"], "grad_norm", device="cpu", progress=False
     )

@@ -8,7 +8,8 @@ target is a product budget: with PyHessian taking ``n`` products, ours must take
 ``k ≤ (0.5 (b + n p) − b) / p``.  Per checkpoint of ``benchmarks/hessian.py`` (small CNN,
 105,226 parameters, batch 256, one thread) this prints:
 
-1. ``b`` and ``p`` (medians of ``--repeats`` interleaved timings), PyHessian's products by
+1. ``b`` and ``p`` (medians of ``--repeats`` interleaved timings, with PyHessian's own
+   product on its own graph beside them), PyHessian's products by
    its own rule (median of ``--repeats`` runs) and the resulting budget ``k``;
 2. Lanczos from the default (random) start: the true relative error of λ1 after 2…6
    products and the a-posteriori estimate ``min(r, r²/gap)`` that
@@ -58,19 +59,39 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b).abs() / (a.norm() * b.norm()))
 
 
-def graph_and_product_seconds(obj: Objective, repeats: int) -> tuple[float, float]:
-    """Median seconds of building the first-order graph and of one product on it."""
+def graph_and_product_seconds(
+    model, x, y, obj: Objective, repeats: int
+) -> tuple[float, float, float]:
+    """Median seconds of building the first-order graph, of one product on it, and of
+    one PyHessian product (its ``hessian_vector_product`` on its own graph), interleaved."""
+    import copy
+
+    import pyhessian  # the package shadows its module by the class: read it from sys.modules
+
+    ph = sys.modules["pyhessian.hessian"]
     op = HessianOperator(obj)
     v = op.random_vector(torch.Generator().manual_seed(0))
     op.matvec(v)
+    peer = pyhessian.hessian(
+        copy.deepcopy(model), torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False
+    )
+    params, grads = ph.get_params_grad(peer.model)
+    vs = [t.clone() for t in op.to_list(v)]
 
     def build():
         op._graph = None  # force a rebuild (the benchmark's own operator)
         op._first_order()
 
-    times = interleaved({"build": build, "product": lambda: op.matvec(v)}, repeats=repeats)
+    times = interleaved(
+        {
+            "build": build,
+            "product": lambda: op.matvec(v),
+            "pyhessian": lambda: ph.hessian_vector_product(grads, params, vs),
+        },
+        repeats=repeats,
+    )
     op.close()
-    return median(times["build"]), median(times["product"])
+    return median(times["build"]), median(times["product"]), median(times["pyhessian"])
 
 
 def start_rows(model, x, y, obj, lam, x1, p):
@@ -235,7 +256,7 @@ def main() -> None:
         if spec == args.checkpoints.split(",")[0]:
             other_products(model, x, y, obj, args.repeats)
             product_breakdown(model, obj, args.repeats)
-        b, p = graph_and_product_seconds(obj, args.repeats)
+        b, p, p_peer = graph_and_product_seconds(model, x, y, obj, args.repeats)
         n = median([pyhessian_top(model, x, y, 1, [lam])["products"] for _ in range(args.repeats)])
         budget = (0.5 * (b + n * p) - b) / p
         print(
@@ -243,7 +264,8 @@ def main() -> None:
             f"{float(ref.eigenvalues[1]) / lam:.3f} =="
         )
         print(
-            f"graph b = {1e3 * b:.1f} ms, product p = {1e3 * p:.1f} ms (b = {b / p:.2f} p); "
+            f"graph b = {1e3 * b:.1f} ms, product p = {1e3 * p:.1f} ms (b = {b / p:.2f} p; "
+            f"PyHessian's product on its graph {1e3 * p_peer:.1f} ms); "
             f"PyHessian {n:.0f} products -> budget for 0.5x its time: k <= {budget:.2f} products"
         )
         errs = []

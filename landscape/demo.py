@@ -8,13 +8,15 @@ digits by default), each step a public function of another part of sharpscape:
    around each final model (same seed for all), and the PCA plane of its trajectory
    with the training path;
 3. :func:`landscape.compare.compare_checkpoints`: curvature and sharpness metrics of the
-   final models, one row per optimizer;
+   final models, one row per optimizer, and the top Hessian eigenvalue at every epoch of
+   every run (curvature through training, drawn as one line per optimizer);
 4. :func:`landscape.hessian.slq_density`: each final model's Hessian spectral density;
 5. :func:`landscape.report.build_report`: one offline HTML page of it all.
 
-Every step writes its files under ``out`` and is resumable: a rerun reuses finished runs
-and surface files.  The defaults finish in a few minutes on two CPU cores; larger
-settings (more epochs, finer grids, more samples) are keyword arguments (CLI flags).
+Every step writes its files under ``out`` and is resumable: a rerun reuses finished runs,
+surface files, comparison rows and spectra.  The defaults finish in a few minutes on two
+CPU cores; larger settings (more epochs, finer grids, more samples) are keyword arguments
+(CLI flags).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_METRICS", "DEMO_OPTIMIZERS", "DemoResult", "run_demo"]
+from landscape._io import write_atomically
+
+__all__ = ["DEMO_METRICS", "DEMO_OPTIMIZERS", "DEMO_TRAJECTORY_METRICS", "DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ DEMO_OPTIMIZERS = (
 )
 #: Metrics of the demo's comparison table.
 DEMO_METRICS = ("lambda_max", "trace", "sam_sharpness", "average_sharpness", "grad_norm")
+#: Metrics measured at every epoch of every run (curvature through training).
+DEMO_TRAJECTORY_METRICS = ("lambda_max",)
 
 
 @dataclass
@@ -61,6 +67,9 @@ class DemoResult:
         spectra: optimizer name to spectral density JSON file.
         comparison: the :class:`landscape.compare.Comparison` of the final models.
         comparison_path: its JSON file.
+        trajectory: the comparison of every run's epoch checkpoints (None when no
+            trajectory metrics were asked for).
+        trajectory_path: its JSON file.
         report: the HTML report.
         seconds: wall time of each stage.
     """
@@ -72,6 +81,8 @@ class DemoResult:
     spectra: dict[str, Path] = field(default_factory=dict)
     comparison: Any = None
     comparison_path: Path | None = None
+    trajectory: Any = None
+    trajectory_path: Path | None = None
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -120,6 +131,7 @@ def run_demo(
     span: float = 1.0,
     pca_grid: int = 15,
     metrics: Sequence[str] = DEMO_METRICS,
+    trajectory_metrics: Sequence[str] = DEMO_TRAJECTORY_METRICS,
     max_samples: int | None = 1024,
     spectrum_runs: int = 2,
     spectrum_steps: int = 30,
@@ -132,7 +144,7 @@ def run_demo(
 
     Args:
         out: output folder (``runs/``, ``surfaces/``, ``spectra/``, ``compare.json``,
-            ``report.html``); reruns resume from what is there.
+            ``trajectory.json``, ``report.html``); reruns resume from what is there.
         optimizers: names of ``optimizers.OPTIMIZER_NAMES`` to train (each with its
             default hyper-parameters on an SGD base).
         data: built-in data set (``digits``, ``mnist1d``, ``synthetic``, ...).
@@ -146,6 +158,8 @@ def run_demo(
         span: the random plane covers ``[-span, span]²``.
         pca_grid: points per side of the PCA-plane surfaces (0: none).
         metrics: sharpness metrics of the comparison (``landscape.metrics.METRICS``).
+        trajectory_metrics: metrics measured at every epoch checkpoint of every run
+            (empty: none).
         max_samples: samples used by surfaces, metrics and spectra (None: all).
         spectrum_runs: stochastic Lanczos quadrature runs per spectrum (0: none).
         spectrum_steps: Lanczos steps per run.
@@ -179,11 +193,20 @@ def run_demo(
         )
     if model == "mlp" and model_kwargs is None:
         model_kwargs = {"hidden": [64]}
+    from landscape.metrics import validate_metric_names
+
+    validate_metric_names(list(metrics))  # before any training
+    if trajectory_metrics:
+        validate_metric_names(list(trajectory_metrics))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out=out)
-    stages = ["train", "surfaces", "metrics"] + (["spectra"] if spectrum_runs else []) + ["report"]
+    stages = ["train", "surfaces", "metrics"]
+    stages += (["trajectory"] if trajectory_metrics else []) + (
+        ["spectra"] if spectrum_runs else []
+    )
+    stages += ["report"]
     with _torch_threads(threads):
         bar = tqdm(total=len(stages), desc="demo", unit="stage", disable=progress is False)
         try:
@@ -200,6 +223,11 @@ def run_demo(
                 result, metrics, max_samples=max_samples, seed=seed, device=device,
                 progress=progress,
             ))  # fmt: skip
+            if trajectory_metrics:
+                _stage(result, "trajectory", bar, lambda: _trajectory_all(
+                    result, trajectory_metrics, max_samples=max_samples, seed=seed,
+                    device=device, progress=progress,
+                ))  # fmt: skip
             if spectrum_runs:
                 _stage(result, "spectra", bar, lambda: _spectra_all(
                     result, runs=spectrum_runs, steps=spectrum_steps, max_samples=max_samples,
@@ -314,10 +342,8 @@ def _compare_all(
     device: str | None,
     progress: bool | None,
 ) -> None:
-    from landscape.compare import compare_checkpoints
-
     names = list(result.runs)
-    comp = compare_checkpoints(
+    comp = _compare_resuming(
         [result.runs[n] / "final.pt" for n in names],
         list(metrics),
         labels=names,
@@ -327,9 +353,49 @@ def _compare_all(
         seed=seed,
         # the Gauss-Newton split: exact on the demo's ReLU networks, unbiased on any
         per_metric={"trace": {"trace_method": "ggn"}} if "trace" in metrics else None,
+        out=result.out / "compare.json",
     )
     result.comparison = comp
-    result.comparison_path = comp.to_json(result.out / "compare.json")
+    result.comparison_path = result.out / "compare.json"
+
+
+def _compare_resuming(paths: list[Path], metrics: list[str], **kwargs: Any) -> Any:
+    """``compare_checkpoints`` resuming its ``out`` file; one made otherwise is redone.
+
+    The demo has no ``--no-resume``: a rerun with other metrics or settings starts its
+    comparison over instead of refusing (any other ``ValueError`` is raised again by the
+    second call, which validates the same arguments first).
+    """
+    from landscape.compare import compare_checkpoints
+
+    try:
+        return compare_checkpoints(paths, metrics, resume=True, **kwargs)
+    except ValueError as exc:
+        logger.info("demo: %s; computing the comparison anew", exc)
+        return compare_checkpoints(paths, metrics, resume=False, **kwargs)
+
+
+def _trajectory_all(
+    result: DemoResult,
+    metrics: Sequence[str],
+    *,
+    max_samples: int | None,
+    seed: int,
+    device: str | None,
+    progress: bool | None,
+) -> None:
+    """``metrics`` at every epoch checkpoint of every run: one comparison, a line per run."""
+    path = result.out / "trajectory.json"
+    result.trajectory = _compare_resuming(
+        list(result.runs.values()),
+        list(metrics),
+        max_samples=max_samples,
+        device=device,
+        progress=progress,
+        seed=seed,
+        out=path,
+    )
+    result.trajectory_path = path
 
 
 def _spectra_all(
@@ -362,9 +428,8 @@ def _spectra_all(
                 train_set = Subset(train_set, range(max_samples))
             op = HessianOperator(Objective(ckpt.model, train_set, device=device))
             dens = slq_density(op, num_runs=runs, num_steps=steps, seed=seed, progress=False)
-            tmp = path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps({"label": name, "density": dens.to_dict()}))
-            tmp.replace(path)
+            text = json.dumps({"label": name, "density": dens.to_dict()})
+            write_atomically(path, lambda fh, text=text: fh.write(text))
         result.spectra[name] = path
 
 
@@ -379,6 +444,8 @@ def _report(result: DemoResult) -> None:
     ]
     if result.comparison_path is not None:
         inputs.append(result.comparison_path)
+    if result.trajectory_path is not None:
+        inputs.append(result.trajectory_path)
     report = build_report(
         inputs,
         result.out / "report.html",

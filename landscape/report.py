@@ -141,6 +141,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: Comparison tables with more rows than this start folded (``<details>``).
+_OPEN_TABLE_ROWS = 12
+
+
 def comparison_table_html(comparison: Mapping[str, Any]) -> str:
     """An escaped HTML table of a comparison (the JSON layout of ``landscape compare``)."""
     rows = list(comparison.get("rows") or [])
@@ -280,9 +284,11 @@ def build_report(
         blocks: list[Any] = []
         for comp in collected.comparisons:
             src = comp.get("_source", "")
-            blocks.append(
-                f'<p class="meta">source: {html.escape(str(src))}</p>' + comparison_table_html(comp)
-            )
+            table = comparison_table_html(comp)
+            n_rows = len(comp.get("rows") or [])
+            if n_rows > _OPEN_TABLE_ROWS:  # a long table (a run's every epoch) starts folded
+                table = f"<details><summary>table: {n_rows} rows</summary>{table}</details>"
+            blocks.append(f'<p class="meta">source: {html.escape(str(src))}</p>' + table)
             curves = _metric_curves_figure(comp)
             if curves is not None:
                 blocks.append(curves)

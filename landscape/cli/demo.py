@@ -11,7 +11,7 @@ def _csv(text: str) -> list[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
-    from landscape.demo import DEMO_METRICS, DEMO_OPTIMIZERS
+    from landscape.demo import DEMO_METRICS, DEMO_OPTIMIZERS, DEMO_TRAJECTORY_METRICS
 
     p = subparsers.add_parser(
         "demo",
@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pca-grid", type=int, default=15, help="PCA-plane grid side (0: none)")
     p.add_argument("--metrics", type=_csv, default=list(DEMO_METRICS),
                    help=f"comma-separated (default {','.join(DEMO_METRICS)})")  # fmt: skip
+    p.add_argument("--trajectory-metrics", type=_csv, default=list(DEMO_TRAJECTORY_METRICS),
+                   help="metrics at every epoch of every run (default "
+                        f"{','.join(DEMO_TRAJECTORY_METRICS)}; '' for none)")  # fmt: skip
     p.add_argument("--max-samples", type=int, default=1024,
                    help="samples for surfaces, metrics, spectra (0: all)")  # fmt: skip
     p.add_argument("--spectrum-runs", type=int, default=2, help="SLQ runs per spectrum (0: none)")
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         span=args.span,
         pca_grid=args.pca_grid,
         metrics=args.metrics,
+        trajectory_metrics=args.trajectory_metrics,
         max_samples=args.max_samples or None,
         spectrum_runs=args.spectrum_runs,
         spectrum_steps=args.spectrum_steps,

@@ -50,8 +50,16 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     for r in comp["rows"]:
         assert r["trace"]["info"]["method"] == "ggn"
         assert r["trace"]["stderr"] == 0 and r["trace"]["value"] > 0
+    # λmax at every epoch of every run: one comparison, drawn as one line per run.
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert traj["metrics"] == ["lambda_max"]
+    assert [(r["label"], r["epoch"]) for r in traj["rows"]] == [
+        (f"{name}/epoch_{e:04d}", e) for name in ("sgd", "sam") for e in range(4)
+    ]
+    assert all(r["lambda_max"]["value"] > 0 for r in traj["rows"])
     page = (out / "report.html").read_text()
     assert page.count("* plotly.js v") == 1 and "Sharpness comparison" in page
+    assert "trajectory: metrics against the epoch" in page
     # A rerun resumes: same files, same numbers.
     again = run_demo(
         out, optimizers=["sgd", "sam"], epochs=3, grid=3, pca_grid=3,
@@ -61,6 +69,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     assert again.comparison.rows[0]["grad_norm"]["value"] == pytest.approx(
         comp["rows"][0]["grad_norm"]["value"]
     )
+    assert again.trajectory.rows == traj["rows"]
     # The report computes a table itself from run folders' final checkpoints.
     page = build_report(
         [out / "runs" / "sgd", out / "runs" / "sam"],
@@ -79,3 +88,6 @@ def test_demo_rejects_bad_settings(tmp_path):
         run_demo(tmp_path, grid=1)
     with pytest.raises(ValueError, match="Invalid epochs"):
         run_demo(tmp_path, epochs=2)
+    with pytest.raises(ValueError, match="nope"):  # before any training
+        run_demo(tmp_path, trajectory_metrics=["lambda_max", "nope"])
+    assert not (tmp_path / "runs").exists()

@@ -148,6 +148,16 @@ def test_report_draws_one_line_per_run_of_a_comparison(tmp_path):
     assert '"name":"sgd"' in text.replace(" ", "") and '"name":"sam"' in text.replace(" ", "")
 
 
+@pytest.mark.parametrize(("n_rows", "folded"), [(12, False), (13, True)])
+def test_report_folds_long_comparison_tables(tmp_path, n_rows, folded):
+    path = _epoch_comparison(
+        tmp_path / "long.json", [5] * n_rows, tuple(f"r{i}" for i in range(n_rows))
+    )
+    text = build_report([path], tmp_path / "r.html").read_text()
+    assert ("<details><summary>table: 13 rows</summary><table" in text) is folded
+    assert text.count('<th scope="row"') == n_rows
+
+
 def test_report_command(report_inputs, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", *map(str, report_inputs), "--out", str(out)]) == 0

@@ -224,9 +224,9 @@ def run_demo(
                 progress=progress,
             ))  # fmt: skip
             if trajectory_metrics:
-                _stage(result, "trajectory", bar, lambda: _trajectory_all(
-                    result, trajectory_metrics, max_samples=max_samples, seed=seed,
-                    device=device, progress=progress,
+                _stage(result, "trajectory", bar, lambda: _compare_all(
+                    result, trajectory_metrics, trajectory=True, max_samples=max_samples,
+                    seed=seed, device=device, progress=progress,
                 ))  # fmt: skip
             if spectrum_runs:
                 _stage(result, "spectra", bar, lambda: _spectra_all(
@@ -337,65 +337,46 @@ def _compare_all(
     result: DemoResult,
     metrics: Sequence[str],
     *,
+    trajectory: bool = False,
     max_samples: int | None,
     seed: int,
     device: str | None,
     progress: bool | None,
 ) -> None:
-    names = list(result.runs)
-    comp = _compare_resuming(
-        [result.runs[n] / "final.pt" for n in names],
-        list(metrics),
-        labels=names,
-        max_samples=max_samples,
-        device=device,
-        progress=progress,
-        seed=seed,
-        # the Gauss-Newton split: exact on the demo's ReLU networks, unbiased on any
-        per_metric={"trace": {"trace_method": "ggn"}} if "trace" in metrics else None,
-        out=result.out / "compare.json",
-    )
-    result.comparison = comp
-    result.comparison_path = result.out / "compare.json"
+    """The final models' comparison, or (``trajectory``) every run's epoch checkpoints.
 
-
-def _compare_resuming(paths: list[Path], metrics: list[str], **kwargs: Any) -> Any:
-    """``compare_checkpoints`` resuming its ``out`` file; one made otherwise is redone.
-
-    The demo has no ``--no-resume``: a rerun with other metrics or settings starts its
-    comparison over instead of refusing (any other ``ValueError`` is raised again by the
-    second call, which validates the same arguments first).
+    Each resumes its file on a rerun.  The demo has no ``--no-resume``: a file made with
+    other metrics or settings is computed anew instead of refused (any other
+    ``ValueError`` is raised again by the second call, which checks the same arguments
+    first).
     """
     from landscape.compare import compare_checkpoints
 
+    names = list(result.runs)
+    path = result.out / ("trajectory.json" if trajectory else "compare.json")
+    kwargs: dict[str, Any] = {
+        "labels": None if trajectory else names,  # trajectory: sgd/epoch_0003, ...
+        "max_samples": max_samples,
+        "device": device,
+        "progress": progress,
+        "seed": seed,
+        # the Gauss-Newton split: exact on the demo's ReLU networks, unbiased on any
+        "per_metric": {"trace": {"trace_method": "ggn"}} if "trace" in metrics else None,
+        "out": path,
+    }
+    if trajectory:  # a run folder stands for its checkpoints in epoch order
+        paths = [result.runs[n] for n in names]
+    else:
+        paths = [result.runs[n] / "final.pt" for n in names]
     try:
-        return compare_checkpoints(paths, metrics, resume=True, **kwargs)
+        comp = compare_checkpoints(paths, list(metrics), resume=True, **kwargs)
     except ValueError as exc:
         logger.info("demo: %s; computing the comparison anew", exc)
-        return compare_checkpoints(paths, metrics, resume=False, **kwargs)
-
-
-def _trajectory_all(
-    result: DemoResult,
-    metrics: Sequence[str],
-    *,
-    max_samples: int | None,
-    seed: int,
-    device: str | None,
-    progress: bool | None,
-) -> None:
-    """``metrics`` at every epoch checkpoint of every run: one comparison, a line per run."""
-    path = result.out / "trajectory.json"
-    result.trajectory = _compare_resuming(
-        list(result.runs.values()),
-        list(metrics),
-        max_samples=max_samples,
-        device=device,
-        progress=progress,
-        seed=seed,
-        out=path,
-    )
-    result.trajectory_path = path
+        comp = compare_checkpoints(paths, list(metrics), resume=False, **kwargs)
+    if trajectory:
+        result.trajectory, result.trajectory_path = comp, path
+    else:
+        result.comparison, result.comparison_path = comp, path
 
 
 def _spectra_all(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from landscape.cli._args import positive_int
@@ -130,9 +128,6 @@ def run(args: argparse.Namespace) -> int:
         hessian_summary_checkpoint,
     )
 
-    for path in (args.out, args.save_eigenvectors):
-        if path is not None and not Path(path).parent.exists():
-            raise FileNotFoundError(f"no such directory: {os.fspath(Path(path).parent)}")
     try:
         summary = hessian_summary_checkpoint(
             args.checkpoint,

@@ -80,7 +80,14 @@ def test_cli_eigenvalues_trace_density_json(checkpoint, tmp_path, capsys):
 def test_cli_errors(checkpoint, tmp_path, capsys):
     assert main(["hessian", str(tmp_path / "missing.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
-    assert main(["hessian", str(checkpoint), "--out", str(tmp_path / "no" / "h.json")]) == 2
+    assert main(["hessian", str(checkpoint), "--out", str(tmp_path / "h.txt")]) == 2
+    assert "expected a .json file" in capsys.readouterr().err
+    # a missing folder is created, as every other command does
+    out = tmp_path / "new" / "h.json"
+    assert (
+        main(["hessian", str(checkpoint), "--top-k", "1", "--no-progress", "--out", str(out)]) == 0
+    )
+    assert json.loads(out.read_text())["complete"] is True
 
 
 def _small_tanh_problem():

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 
 
+def comma_list(text: str) -> list[str]:
+    """An ``argparse`` type: ``"a, b,"`` -> ``["a", "b"]`` (blanks dropped; ``""`` -> ``[]``)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def positive_int(text: str) -> int:
     """An ``argparse`` type: an integer of at least 1."""
     try:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from landscape.cli._args import comma_list
+
 logger = logging.getLogger(__name__)
 
 # Shorthand flags for common metric options: (flag, option, type, help).
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--labels", default=None, help="comma-separated row labels")
+    p.add_argument("--labels", type=comma_list, default=None, help="comma-separated row labels")
     p.add_argument(
         "--out",
         default=None,
@@ -109,14 +111,13 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, f"opt_{dest}")
         if value is not None:
             options[dest] = value
-    labels = None if args.labels is None else [s.strip() for s in args.labels.split(",")]
     try:
         comparison = compare_checkpoints(
             args.checkpoints,
             args.metrics,
             split=args.split,
             max_samples=args.max_samples,
-            labels=labels,
+            labels=args.labels,
             device=args.device,
             batch_size=args.batch_size,
             per_metric=per_metric,

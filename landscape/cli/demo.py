@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from landscape.cli._args import comma_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--optimizers", type=_csv, default=list(DEMO_OPTIMIZERS),
+    p.add_argument("--optimizers", type=comma_list, default=list(DEMO_OPTIMIZERS),
                    help=f"comma-separated (default {','.join(DEMO_OPTIMIZERS)})")  # fmt: skip
     p.add_argument("--data", default="digits", help="built-in data set (default digits)")
     p.add_argument("--model", default="mlp", help="model name (default mlp, 64 hidden units)")
@@ -35,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=int, default=21, help="random-plane grid side (default 21)")
     p.add_argument("--span", type=float, default=1.0, help="random plane covers [-span, span]²")
     p.add_argument("--pca-grid", type=int, default=15, help="PCA-plane grid side (0: none)")
-    p.add_argument("--metrics", type=_csv, default=list(DEMO_METRICS),
+    p.add_argument("--metrics", type=comma_list, default=list(DEMO_METRICS),
                    help=f"comma-separated (default {','.join(DEMO_METRICS)})")  # fmt: skip
-    p.add_argument("--trajectory-metrics", type=_csv, default=list(DEMO_TRAJECTORY_METRICS),
+    p.add_argument("--trajectory-metrics", type=comma_list, default=list(DEMO_TRAJECTORY_METRICS),
                    help="metrics at every epoch of every run (default "
                         f"{','.join(DEMO_TRAJECTORY_METRICS)}; '' for none)")  # fmt: skip
     p.add_argument("--max-samples", type=int, default=1024,

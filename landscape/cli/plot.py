@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _comma_list(text: str) -> list[str]:
-    """``"a,b"`` -> ``["a", "b"]`` (an argparse type)."""
-    return [part.strip() for part in text.split(",")]
+from landscape.cli._args import comma_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--labels",
-        type=_comma_list,
+        type=comma_list,
         default=None,
         help="comma-separated legend labels, one per comparison file (default: file names)",
     )

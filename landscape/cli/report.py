@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from landscape.cli._args import comma_list
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand."""
@@ -23,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log", action="store_true", help="draw surfaces as log10 of the metric")
     p.add_argument(
         "--compute",
+        type=comma_list,
         default=None,
         metavar="METRICS",
         help="comma-separated sharpness metrics to compute on the inputs' checkpoints "
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the report page."""
     from landscape.report import build_report
 
-    compute = [m.strip() for m in args.compute.split(",") if m.strip()] if args.compute else None
+    compute = args.compute or None
     out = build_report(
         args.inputs,
         args.out,

@@ -327,19 +327,21 @@ def _previous_rows(out: Path, names: list[str], settings: dict[str, Any]) -> lis
     Raises:
         ValueError: ``out`` is not a comparison, or one with other metrics or settings.
     """
-    advice = RESUME_ADVICE
     obj = read_json_to_resume(out)
     if (
         not isinstance(obj, dict)
         or not isinstance(obj.get("metrics"), list)
         or not isinstance(obj.get("rows"), list)
     ):
-        raise ValueError(f"{out}: not a comparison file (needs 'metrics' and 'rows'); {advice}")
+        raise ValueError(
+            f"{out}: not a comparison file (needs 'metrics' and 'rows'); {RESUME_ADVICE}"
+        )
     diffs = differences(obj["metrics"], names, "metrics")
     diffs += differences(obj.get("settings") or {}, settings)
     if diffs:
         raise ValueError(
-            f"{out}: holds a comparison with different settings ({'; '.join(diffs)}); {advice}"
+            f"{out}: holds a comparison with different settings ({'; '.join(diffs)}); "
+            f"{RESUME_ADVICE}"
         )
     return [row for row in obj["rows"] if isinstance(row, dict)]
 
@@ -467,7 +469,6 @@ def compare_checkpoints(
         elif out_path.exists():
             why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
             logger.info("%s exists: overwriting it%s", out_path, why)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any] | None] = [None] * len(files)
     for i, row in reused.items():
         rows[i] = {**row, "checkpoint": os.fspath(files[i]), "label": row_labels[i]}

@@ -4,7 +4,10 @@
 
 Setup: ``landscape.models`` "cnn" (width 16, hidden 192: 105,226 parameters, ReLU and
 max-pool) trained for a few hundred SGD steps on the digits data upsampled to 16×16, then
-the Hessian of the cross-entropy on one batch of 256 samples.
+the Hessian of the cross-entropy on one batch of 256 samples.  The checkpoints are read
+from ``benchmarks/checkpoints`` (``--store-checkpoints`` trains and writes them): the
+weights training ends at differ between machines and thread counts, and with them the
+spectrum and every product count.
 
 References: the top-5 eigenvalues by float64 Lanczos run to a 1e-10 residual; the exact
 trace from per-sample Jacobians (for a network made of ReLU, max-pool, conv and linear
@@ -14,9 +17,10 @@ layers the second-order term of the Hessian has a zero diagonal, so ``Tr H = Tr 
 Figures (medians over ``--repeats``; each repeat times the candidates interleaved):
 1. products and seconds to reach 1e-3 relative error on the top eigenvalue, and what each
    tool's own stopping rule returns (ours: residual ≤ 1e-3·|λ|); then the same on
-   several checkpoints (``--checkpoints steps:seed,...``, trained anew), since the
-   eigenvalue gap that decides power iteration's speed differs between them;
-2. products for the top 5 (ours to 1e-3 relative error on all five);
+   several checkpoints (``--checkpoints steps:seed,...``), since the eigenvalue gap
+   that decides power iteration's speed differs between them;
+2. products for the top 5 (ours to 1e-3 relative error on all five), then on the same
+   checkpoints, where the gaps between λ5 and the eigenvalues below it differ too;
 3. relative RMSE of the trace at 60 products over ``--seeds`` seeds; ``ggn_trace``'s
    per-sample Gauss–Newton part is not made of products, so its cost is given in seconds
    and in products' worth of time;
@@ -70,19 +74,40 @@ def quiet(threads: int) -> None:
     warnings.filterwarnings("ignore")
 
 
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def stored_checkpoint(steps: int, seed: int) -> Path:
+    """Where the benchmark CNN after ``steps`` steps of seed ``seed`` is stored."""
+    return CHECKPOINTS / f"cnn-{steps}-{seed}.pt"
+
+
+def benchmark_model() -> nn.Module:
+    """The small CNN (width 16, hidden 192: 105,226 parameters), freshly initialised."""
+    return build_model(
+        "cnn", in_channels=1, num_classes=10, input_size=(16, 16), width=16, hidden=192
+    )
+
+
+def benchmark_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits training split of ``seed``, upsampled to 16×16."""
+    x, y = load_data("digits", seed=seed).train.tensors
+    return F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False), y
+
+
 def train_snapshots(steps: list[int], seed: int = 0):
     """Train the benchmark CNN once; a copy in eval mode after each of ``steps``, and the batch.
 
     The small CNN (width 16, hidden 192) on digits upsampled to 16×16, SGD with momentum
     0.9, lr 0.05, batches of 64; the Hessian batch is the first 256 training samples.
+    The weights it ends at depend on the machine: training is chaotic, so the CPU's
+    instruction set and the thread count (the order of float32 reductions) change them
+    after a few hundred steps (λ1 at 300 steps of seed 0: 3.265 on the machine of
+    sessions 1–4, 6.812 on session 5's with one thread, 2.922 with two).
     """
     torch.manual_seed(seed)
-    bundle = load_data("digits", seed=seed)
-    x, y = bundle.train.tensors
-    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
-    model = build_model(
-        "cnn", in_channels=1, num_classes=10, input_size=(16, 16), width=16, hidden=192
-    )
+    x, y = benchmark_data(seed)
+    model = benchmark_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
     keep, snaps = set(steps), []
@@ -98,10 +123,36 @@ def train_snapshots(steps: list[int], seed: int = 0):
     return snaps, x[:256].contiguous(), y[:256].contiguous()
 
 
-def make_problem(steps: int = 300, seed: int = 0):
-    """The benchmark CNN after ``steps`` SGD steps, and its Hessian batch ``(x, y)``."""
-    [(_, model)], x, y = train_snapshots([steps], seed)
-    return model, x, y
+def make_problem(steps: int = 300, seed: int = 0, *, retrain: bool = False):
+    """The benchmark CNN after ``steps`` SGD steps, and its Hessian batch ``(x, y)``.
+
+    Read from ``benchmarks/checkpoints`` when stored there (loaded with
+    ``weights_only=True``), so that product counts compare across machines and
+    sessions; trained (:func:`train_snapshots`) otherwise or with ``retrain``.
+    """
+    path = stored_checkpoint(steps, seed)
+    if retrain or not path.exists():
+        [(_, model)], x, y = train_snapshots([steps], seed)
+        return model, x, y
+    x, y = benchmark_data(seed)
+    model = benchmark_model()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval(), x[:256].contiguous(), y[:256].contiguous()
+
+
+def store_checkpoints(specs: list[tuple[int, int]]) -> None:
+    """Train and store the checkpoints ``(steps, seed)`` (one run per seed), with sha256."""
+    import hashlib
+
+    CHECKPOINTS.mkdir(exist_ok=True)
+    for seed in sorted({seed for _, seed in specs}):
+        steps = sorted({st for st, sd in specs if sd == seed})
+        snaps, _, _ = train_snapshots(steps, seed)
+        for step, model in snaps:
+            path = stored_checkpoint(step, seed)
+            torch.save(model.state_dict(), path)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            print(f"{path.name}  sha256 {digest}")
 
 
 def exact_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -248,11 +299,53 @@ def ours_default(obj, lam_ref, k, **kwargs):
     return {"products": res.products, "seconds": sec, "rel_err": err, "converged": res.converged}
 
 
+def top5_checkpoints(specs) -> None:
+    """Figure 2 on several checkpoints: products for the top 5, ours and PyHessian's.
+
+    Products only (no timings): the smallest Lanczos run with all five within 1e-3
+    ("reach", an oracle stop), ``lanczos_eigen(k=5, tol=1e-3)`` with each stopping rule
+    and PyHessian's ``eigenvalues(top_n=5, tol=1e-3)``, each with its largest relative
+    error over the five.
+    """
+    print("\n== top-5 eigenvalues on several checkpoints (products; largest error of the five) ==")
+    print(
+        f"{'steps':>5} {'seed':>4} {'top-6 eigenvalues':<44} | {'reach':>5} | "
+        f"{'residual':>14} | {'eigval':>14} | {'pyhessian':>14}"
+    )
+    reach, residual, eigval = [], [], []
+    for steps, seed in specs:
+        model, x, y = make_problem(steps=steps, seed=seed)
+        obj = Objective(model, (x, y), batch_size=256)
+        ref = lanczos_eigen(
+            HessianOperator(obj, dtype=torch.float64), k=6, tol=1e-10, max_products=300
+        )
+        lam = [float(v) for v in ref.eigenvalues]
+        reach.append(ours_reach(obj, lam[:5], 5)[0])
+        rows = [
+            ours_default(obj, lam[:5], 5),
+            ours_default(obj, lam[:5], 5, criterion="eigenvalue"),
+        ]
+        residual.append(rows[0]["products"])
+        eigval.append(rows[1]["products"])
+        rows.append(pyhessian_top(model, x, y, 5, lam[:5]))
+        cells = " | ".join(f"{r['products']:>4d} p {r['rel_err']:>7.1e}" for r in rows)
+        print(
+            f"{steps:>5} {seed:>4} {' '.join(f'{v:.4g}' for v in lam):<44} | "
+            f"{reach[-1]:>5} | {cells}"
+        )
+    for name, counts in (("reach", reach), ("residual", residual), ("eigval", eigval)):
+        print(
+            f"top-5 products, {name}: median {median(counts):.0f}, range "
+            f"{min(counts)}-{max(counts)}, at most 15 on {sum(c <= 15 for c in counts)} of "
+            f"{len(counts)}"
+        )
+
+
 def top_eigenvalue_checkpoints(specs, repeats):
     """Figure 1 on several checkpoints: ours and PyHessian, each by its own stopping rule.
 
     The gap λ2/λ1 decides how fast power iteration converges, so one checkpoint says
-    little: each ``(steps, seed)`` in ``specs`` trains the small CNN anew.  Per checkpoint
+    little: each ``(steps, seed)`` in ``specs`` is one (:func:`make_problem`).  Per checkpoint
     and repeat, interleaved: our ``lanczos_eigen(tol=1e-3)`` with the residual rule
     (``‖Hv − λv‖ ≤ 1e-3·λ``, the default) and with ``criterion="eigenvalue"``,
     PyHessian's ``eigenvalues(tol=1e-3)``, and our smallest run that is within 1e-3.
@@ -348,8 +441,17 @@ def main() -> None:
         default="300:0,300:1,1000:0,1000:1,3000:0,3000:1",
         help="training steps:seed of the checkpoints for the top-eigenvalue table",
     )
+    parser.add_argument(
+        "--store-checkpoints",
+        action="store_true",
+        help="train the --checkpoints, store them in benchmarks/checkpoints and stop",
+    )
     args = parser.parse_args()
     quiet(args.threads)
+    specs = [tuple(int(t) for t in spec.split(":")) for spec in args.checkpoints.split(",")]
+    if args.store_checkpoints:
+        store_checkpoints(specs)
+        return
 
     model, x, y = make_problem()
     obj = Objective(model, (x, y), batch_size=256)
@@ -428,8 +530,8 @@ def main() -> None:
         f"{med('cl5', 'seconds'):.3f} s, max rel. error {med('cl5', 'rel_err'):.1e}"
     )
 
-    specs = [tuple(int(t) for t in c.split(":")) for c in args.checkpoints.split(",") if c]
     top_eigenvalue_checkpoints(specs, args.repeats)
+    top5_checkpoints(specs)
 
     # 3. traces ---------------------------------------------------------------------
     op = HessianOperator(obj)

@@ -85,10 +85,11 @@ class Comparison:
     """Metrics of several checkpoints, one row each.
 
     Attributes:
-        metrics: the metric names (the table's columns).
+        metrics: the table's columns: metric names, then any training-record values
+            (``settings["recorded"]``).
         rows: one dict per checkpoint: ``"checkpoint"`` (path or ``""`` for an in-memory
             model), ``"label"``, optional details (``"sha256"``, ``"epoch"``) and, per
-            metric, ``{"value": v, "stderr": s, "info": {...}}``.
+            column, ``{"value": v, "stderr": s, "info": {...}}``.
         settings: how the numbers were obtained (split, max_samples, options).
     """
 
@@ -231,6 +232,36 @@ def _check_common(
     if count == 0:
         raise ValueError("Invalid input: nothing to compare")
     return names
+
+
+def _recorded_names(recorded: str | Iterable[str], metrics: Sequence[str]) -> list[str]:
+    """The training-record columns, checked: plain names, no duplicates, no metric's name."""
+    items = recorded.split(",") if isinstance(recorded, str) else list(recorded)
+    names: list[str] = []
+    for item in items:
+        name = item.strip() if isinstance(item, str) else item
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Invalid recorded: {item!r} (expected names such as test_acc)")
+        if name in metrics:
+            raise ValueError(
+                f"Invalid recorded: {name!r} is also a metric (a column cannot be both)"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _recorded_cell(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One training-record value as a table cell (``None`` when the record lacks it)."""
+    record = meta.get("metrics")
+    value = record.get(name) if isinstance(record, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return {"value": None, "stderr": None, "info": {"source": "not recorded"}}
+    return {
+        "value": _plain(float(value)),
+        "stderr": None,
+        "info": {"source": "training record", "epoch": meta.get("epoch")},
+    }
 
 
 def compare_models(
@@ -385,6 +416,7 @@ def compare_checkpoints(
     progress: bool | None = None,
     out: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    recorded: str | Iterable[str] = (),
     **options: Any,
 ) -> Comparison:
     """Compute metrics for each checkpoint, one row each.
@@ -424,13 +456,21 @@ def compare_checkpoints(
             the comparison in memory only).
         resume: reuse the rows of an existing ``.json`` ``out``; ``False`` starts over
             and overwrites it.
+        recorded: values of each checkpoint's training record to show as extra columns
+            after the metrics (list or ``"train_loss,test_acc"``): what ``landscape
+            train`` measured at that checkpoint's epoch (``train_loss``, ``train_acc``,
+            ``val_*``, ``test_loss``, ``test_acc``, ...), read from the file, not
+            recomputed, e.g. test accuracy beside flatness measured on the training
+            split. A checkpoint whose record lacks a value (or a plain state_dict) gets
+            ``None``.
         **options: metric options shared by the metrics that take them (``rho``,
             ``steps``, ``num_products``, ``sigma``, ``num_samples``, ``seed``, ...).
 
     Raises:
-        ValueError: unknown metric/option/split, bad labels, an ``out`` that is neither
-            ``.json`` nor ``.csv``, or an existing ``.json`` ``out`` to resume that is not
-            a comparison or holds other metrics or settings (all before any work).
+        ValueError: unknown metric/option/split, bad labels or recorded names, an ``out``
+            that is neither ``.json`` nor ``.csv``, or an existing ``.json`` ``out`` to
+            resume that is not a comparison or holds other metrics or settings (all
+            before any work).
         FileNotFoundError: a checkpoint is missing, or a run folder holds none (before
             any work).
         CompareInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says how
@@ -443,6 +483,8 @@ def compare_checkpoints(
     for p in map(Path, paths):  # a run folder stands for its checkpoints, by epoch
         files += run_checkpoints(p) if p.is_dir() else [p]
     names = _check_common(metrics, options, per_metric, labels, len(files))
+    record_names = _recorded_names(recorded, names)
+    columns = [*names, *record_names]
     if split not in SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")
     out_path = None if out is None else Path(out)
@@ -456,6 +498,8 @@ def compare_checkpoints(
         "options": options,
         "per_metric": per_metric or {},
     }
+    if record_names:  # (only then: files written before this option resume as they were)
+        settings["recorded"] = record_names
     # Exactly what the file holds after a JSON round trip (tuples become lists, ...).
     settings = json.loads(json.dumps(_plain(settings), allow_nan=False))
     row_labels = list(labels) if labels is not None else _default_labels(files)
@@ -463,8 +507,8 @@ def compare_checkpoints(
     reused: dict[int, dict[str, Any]] = {}
     if out_path is not None:
         if kind == "json" and resume and out_path.is_file():
-            previous = _previous_rows(out_path, names, settings)
-            reused = _reusable_rows(previous, files, names)
+            previous = _previous_rows(out_path, columns, settings)
+            reused = _reusable_rows(previous, files, columns)
             logger.info("resuming %s: %d of %d rows reused", out_path, len(reused), len(files))
         elif out_path.exists():
             why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
@@ -478,7 +522,7 @@ def compare_checkpoints(
     def save() -> None:
         nonlocal saved
         assert out_path is not None
-        done = Comparison(names, [r for r in rows if r is not None], settings)
+        done = Comparison(columns, [r for r in rows if r is not None], settings)
         done.save(out_path)
         saved = len(done.rows)
 
@@ -511,6 +555,8 @@ def compare_checkpoints(
                 **options,
             )
             row = _row(label, os.fspath(path), results)
+            for name in record_names:
+                row[name] = _recorded_cell(ckpt.meta, name)
             row["sha256"] = ckpt.sha256
             row["epoch"] = ckpt.epoch
             rows[i] = row
@@ -522,4 +568,4 @@ def compare_checkpoints(
         if out_path is None:
             raise
         raise CompareInterrupted(saved, len(files), out_path) from exc
-    return Comparison(names, [r for r in rows if r is not None], settings)
+    return Comparison(columns, [r for r in rows if r is not None], settings)

@@ -53,6 +53,9 @@ DEMO_OPTIMIZERS = (
 DEMO_METRICS = ("lambda_max", "trace", "sam_sharpness", "average_sharpness", "grad_norm")
 #: Metrics measured at every epoch of every run (curvature through training).
 DEMO_TRAJECTORY_METRICS = ("lambda_max",)
+#: Training-record columns of the final comparison: how well each model fits and
+#: generalises, beside how flat it is (read from the checkpoints, not recomputed).
+DEMO_RECORDED = ("train_loss", "test_acc")
 
 
 @dataclass
@@ -363,6 +366,7 @@ def _compare_all(
         # the Gauss-Newton split: exact on the demo's ReLU networks, unbiased on any
         "per_metric": {"trace": {"trace_method": "ggn"}} if "trace" in metrics else None,
         "out": path,
+        "recorded": () if trajectory else DEMO_RECORDED,
     }
     if trajectory:  # a run folder stands for its checkpoints in epoch order
         paths = [result.runs[n] for n in names]

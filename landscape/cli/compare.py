@@ -31,8 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Compute metrics for each checkpoint and print a table (one row per checkpoint, "
             "mean ± standard error). Metrics: lambda_max, trace, normalized_trace, "
             "grad_norm, grad_curvature, sam_sharpness, adaptive_sharpness, "
-            "first_order_flatness, average_sharpness, eps_sharpness, grad_cosine "
-            "(--list-metrics shows their options). With --out the comparison so far is "
+            "first_order_flatness, average_sharpness, eps_sharpness, grad_cosine, loss, "
+            "accuracy (--list-metrics shows their options); --recorded adds values of each "
+            "checkpoint's training record (e.g. test_acc). With --out the comparison so far is "
             "written after every checkpoint; rerunning the same command on an existing "
             ".json file resumes it (only checkpoints not measured yet, or changed since, "
             "are computed)."
@@ -56,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, metavar="N")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--labels", type=comma_list, default=None, help="comma-separated row labels")
+    p.add_argument(
+        "--recorded",
+        type=comma_list,
+        default=[],
+        metavar="NAMES",
+        help="columns read from each checkpoint's training record, not recomputed "
+        "(e.g. train_loss,test_acc: what landscape train measured at that epoch)",
+    )
     p.add_argument(
         "--out",
         default=None,
@@ -124,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
             out=args.out,
             resume=args.resume,
+            recorded=args.recorded,
             **options,
         )
     except CompareInterrupted as exc:

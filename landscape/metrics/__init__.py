@@ -19,6 +19,7 @@ from landscape.metrics.curvature import (
     normalized_trace,
     trace,
 )
+from landscape.metrics.evaluation import accuracy, loss
 from landscape.metrics.gradients import grad_cosine, grad_norm, split_objective
 from landscape.metrics.registry import (
     METRICS,
@@ -39,7 +40,7 @@ from landscape.metrics.sharpness import (
     sam_sharpness,
 )
 
-# The order of the spec's table (listings, default table columns).
+# The order of the spec's table (listings, default table columns), then loss and accuracy.
 for _name in (
     "lambda_max",
     "trace",
@@ -52,6 +53,8 @@ for _name in (
     "average_sharpness",
     "eps_sharpness",
     "grad_cosine",
+    "loss",
+    "accuracy",
 ):
     METRICS[_name] = METRICS.pop(_name)
 
@@ -59,6 +62,7 @@ __all__ = [
     "METRICS",
     "MetricCache",
     "MetricResult",
+    "accuracy",
     "adaptive_scale",
     "adaptive_sharpness",
     "average_sharpness",
@@ -70,6 +74,7 @@ __all__ = [
     "grad_curvature",
     "grad_norm",
     "lambda_max",
+    "loss",
     "metric_description",
     "metric_options",
     "normalized_trace",

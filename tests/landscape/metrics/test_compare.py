@@ -17,14 +17,13 @@ DATA_SPEC = {"name": "synthetic", "seed": 0, "n_train": 40, "n_test": 30, "dim":
 MODEL_SPEC = {"name": "mlp", "in_channels": 1, "num_classes": 3, "input_size": [5], "hidden": [6]}
 
 
-def write_checkpoint(path, seed, epoch):
+def write_checkpoint(path, seed, epoch, record=None):
     """A small MLP checkpoint with its data spec; weights drawn from ``seed``."""
     torch.manual_seed(seed)
     spec = dict(MODEL_SPEC)
     model = build_model(spec.pop("name"), **spec)
-    return save_checkpoint(
-        path, model, model_spec=MODEL_SPEC, data_spec=DATA_SPEC, meta={"epoch": epoch}
-    )
+    meta = {"epoch": epoch} if record is None else {"epoch": epoch, "metrics": record}
+    return save_checkpoint(path, model, model_spec=MODEL_SPEC, data_spec=DATA_SPEC, meta=meta)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +204,49 @@ def test_a_run_folder_stands_for_its_checkpoints_in_epoch_order(tmp_path):
         compare_checkpoints([run, other], "grad_norm", labels=["a", "b"], progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         compare_checkpoints([tmp_path / "runs"], "grad_norm", progress=False)
+
+
+def test_recorded_columns_come_from_each_checkpoint_training_record(tmp_path, capsys):
+    a = write_checkpoint(tmp_path / "a.pt", 1, 2, {"train_loss": 0.5, "test_acc": 81.25})
+    b = write_checkpoint(tmp_path / "b.pt", 2, 3, {"train_loss": 0.25, "lr": None})
+    out = tmp_path / "cmp.json"
+    cmp = compare_checkpoints(
+        [a, b],
+        "loss,accuracy",
+        recorded="train_loss, test_acc",
+        split="test",
+        device="cpu",
+        progress=False,
+        out=out,
+    )
+    assert cmp.metrics == ["loss", "accuracy", "train_loss", "test_acc"]
+    for row, path in zip(cmp.rows, (a, b)):  # the metrics are measured, on the test split
+        ref = _reference(path, ["loss", "accuracy"], split="test")
+        assert row["loss"]["value"] == pytest.approx(ref["loss"].value, rel=1e-6)
+        assert row["accuracy"]["value"] == pytest.approx(ref["accuracy"].value, rel=1e-6)
+    assert cmp.value("a", "test_acc") == 81.25 and cmp.value("b", "train_loss") == 0.25
+    assert math.isnan(cmp.value("b", "test_acc"))  # b's record lacks it
+    assert cmp.rows[0]["test_acc"]["info"] == {"source": "training record", "epoch": 2}
+    assert cmp.rows[1]["test_acc"]["info"] == {"source": "not recorded"}
+    table = cmp.format_table()
+    assert table.splitlines()[0].split() == ["checkpoint", *cmp.metrics]
+    assert "81.25" in table
+    assert Comparison.read_json(out).settings["recorded"] == ["train_loss", "test_acc"]
+    cmp.to_csv(tmp_path / "cmp.csv")
+    with open(tmp_path / "cmp.csv") as fh:
+        lines = list(csv.DictReader(fh))
+    assert lines[0]["test_acc"] == "81.25" and lines[1]["test_acc"] == ""
+
+    # another column list is another comparison: refused, not mixed into the file
+    with pytest.raises(ValueError, match="different settings"):
+        compare_checkpoints([a, b], "loss,accuracy", split="test", progress=False, out=out)
+    with pytest.raises(ValueError, match="'loss' is also a metric"):
+        compare_checkpoints([a], "loss", recorded=["loss"], progress=False)
+    with pytest.raises(ValueError, match="Invalid recorded"):
+        compare_checkpoints([a], "loss", recorded=[""], progress=False)
+
+    argv = ["compare", str(a), str(b), "--metrics", "loss", "--recorded", "test_acc"]
+    assert main([*argv, "--split", "test", "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["checkpoint", "loss", "test_acc"]
+    assert "81.25" in printed

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from landscape.checkpoint import load_checkpoint
 from landscape.cli import main
 from landscape.demo import run_demo
 from landscape.report import build_report
@@ -45,6 +46,12 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         assert len(dens["grid"]) == len(dens["density"])
     comp = json.loads((out / "compare.json").read_text())
     assert [r["label"] for r in comp["rows"]] == ["sgd", "sam"]
+    # beside the flatness: the training record of each final model, read from its file
+    assert comp["metrics"] == ["grad_norm", "trace", "train_loss", "test_acc"]
+    for r, name in zip(comp["rows"], ("sgd", "sam")):
+        record = load_checkpoint(out / "runs" / name / "final.pt").meta["metrics"]
+        assert r["test_acc"]["value"] == record["test_acc"] > 0
+        assert r["train_loss"]["value"] == record["train_loss"]
     assert all(np.isfinite(r["grad_norm"]["value"]) for r in comp["rows"])
     # The trace by the Gauss-Newton split: exact on the demo's ReLU MLP.
     for r in comp["rows"]:

@@ -140,6 +140,15 @@ def make_problem(steps: int = 300, seed: int = 0, *, retrain: bool = False):
     return model.eval(), x[:256].contiguous(), y[:256].contiguous()
 
 
+def reference_problem(steps: int, seed: int, k: int):
+    """:func:`make_problem`, its ``Objective`` and the top-``k`` eigenpairs (float64 Lanczos
+    to a 1e-10 residual): ``(model, x, y, objective, reference)``."""
+    model, x, y = make_problem(steps=steps, seed=seed)
+    obj = Objective(model, (x, y), batch_size=256)
+    ref = lanczos_eigen(HessianOperator(obj, dtype=torch.float64), k=k, tol=1e-10, max_products=300)
+    return model, x, y, obj, ref
+
+
 def store_checkpoints(specs: list[tuple[int, int]]) -> None:
     """Train and store the checkpoints ``(steps, seed)`` (one run per seed), with sha256."""
     import hashlib
@@ -314,11 +323,7 @@ def top5_checkpoints(specs) -> None:
     )
     reach, residual, eigval = [], [], []
     for steps, seed in specs:
-        model, x, y = make_problem(steps=steps, seed=seed)
-        obj = Objective(model, (x, y), batch_size=256)
-        ref = lanczos_eigen(
-            HessianOperator(obj, dtype=torch.float64), k=6, tol=1e-10, max_products=300
-        )
+        model, x, y, obj, ref = reference_problem(steps, seed, k=6)
         lam = [float(v) for v in ref.eigenvalues]
         reach.append(ours_reach(obj, lam[:5], 5)[0])
         rows = [
@@ -362,11 +367,7 @@ def top_eigenvalue_checkpoints(specs, repeats):
     )
     ratios, ev_ratios, reach_ratios, ph_reach_ratios = [], [], [], []
     for steps, seed in specs:
-        model, x, y = make_problem(steps=steps, seed=seed)
-        obj = Objective(model, (x, y), batch_size=256)
-        ref = lanczos_eigen(
-            HessianOperator(obj, dtype=torch.float64), k=2, tol=1e-10, max_products=300
-        )
+        model, x, y, obj, ref = reference_problem(steps, seed, k=2)
         lam = [float(v) for v in ref.eigenvalues]
         ours, ev, ph, reach, ph_reach = [], [], [], [], []
         for _ in range(repeats):

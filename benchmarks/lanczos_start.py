@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, median, ratio_to
-from hessian import TARGET, make_problem, pyhessian_top, quiet
+from hessian import TARGET, pyhessian_top, quiet, reference_problem
 
 from landscape.hessian import HessianOperator, lanczos_eigen
 from landscape.objective import Objective
@@ -333,11 +333,7 @@ def main() -> None:
     print(f"threads {args.threads}, repeats {args.repeats}")
     for spec in args.checkpoints.split(","):
         steps, seed = (int(t) for t in spec.split(":"))
-        model, x, y = make_problem(steps=steps, seed=seed)
-        obj = Objective(model, (x, y), batch_size=256)
-        ref = lanczos_eigen(
-            HessianOperator(obj, dtype=torch.float64), k=2, tol=1e-10, max_products=300
-        )
+        model, x, y, obj, ref = reference_problem(steps, seed, k=2)
         lam = float(ref.eigenvalues[0])
         x1 = _flat(ref.eigenvectors[0]).float()
         if spec == args.checkpoints.split(",")[0]:

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hessian import TARGET, make_problem, quiet
+from hessian import TARGET, quiet, reference_problem
 
-from landscape.hessian import HessianOperator, lanczos_eigen
+from landscape.hessian import HessianOperator
 from landscape.hessian._krylov import lanczos_run, ritz
 from landscape.hessian.eigen.lanczos import error_estimates
 from landscape.objective import Objective
@@ -102,11 +102,7 @@ def main() -> None:
     results = {(k, name): [] for k in (1, 5) for name in RULES}
     for spec in args.checkpoints.split(","):
         steps_, ckpt_seed = (int(t) for t in spec.split(":"))
-        model, x, y = make_problem(steps=steps_, seed=ckpt_seed)
-        obj = Objective(model, (x, y), batch_size=256)
-        ref = lanczos_eigen(
-            HessianOperator(obj, dtype=torch.float64), k=5, tol=1e-10, max_products=300
-        )
+        _, _, _, obj, ref = reference_problem(steps_, ckpt_seed, k=5)
         lam = ref.eigenvalues.numpy()
         for seed in range(args.seeds):
             runs = history(obj, seed, args.max_products)

@@ -64,7 +64,10 @@ def default_fd_step(dtype: torch.dtype) -> float:
 
     Small enough not to straddle many ReLU kinks, large enough that rounding stays below
     the signal: ``1e-4`` in float32 (measured: 1 % error on a ReLU CNN where ``1e-2`` gave
-    160 %), ``1e-6`` in float64, ``1e-2`` in half precision.
+    160 %), ``1e-6`` in float64, ``1e-2`` in half precision. On ReLU networks no step is
+    safe: on another checkpoint of the same CNN (``benchmarks/checkpoints/cnn-300-0.pt``)
+    the default step gave 97–170 % (``benchmarks/lanczos_start.py``), which the kink
+    check reported.
     """
     if dtype == torch.float64:
         return 1e-6

@@ -528,6 +528,7 @@ def compare_checkpoints(
 
     dev = resolve_device(device)
     bundles: dict[str, Any] = {}
+    record_keys: set[str] = set()  # what the measured checkpoints' records hold
     try:
         for i in progress_bar(todo, desc="checkpoints", progress=progress):
             path, label = files[i], row_labels[i]
@@ -557,6 +558,8 @@ def compare_checkpoints(
             row = _row(label, os.fspath(path), results)
             for name in record_names:
                 row[name] = _recorded_cell(ckpt.meta, name)
+            if isinstance(ckpt.meta.get("metrics"), Mapping):
+                record_keys.update(ckpt.meta["metrics"])
             row["sha256"] = ckpt.sha256
             row["epoch"] = ckpt.epoch
             rows[i] = row
@@ -568,4 +571,11 @@ def compare_checkpoints(
         if out_path is None:
             raise
         raise CompareInterrupted(saved, len(files), out_path) from exc
+    missing = [n for n in record_names if all(r[n]["value"] is None for r in rows if r)]
+    if missing:
+        logger.warning(
+            "recorded %s: in no checkpoint's training record (they hold: %s)",
+            ", ".join(missing),
+            ", ".join(sorted(record_keys)) or "no record",
+        )
     return Comparison(columns, [r for r in rows if r is not None], settings)

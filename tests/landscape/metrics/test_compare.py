@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 import math
 
 import pytest
@@ -206,7 +207,7 @@ def test_a_run_folder_stands_for_its_checkpoints_in_epoch_order(tmp_path):
         compare_checkpoints([tmp_path / "runs"], "grad_norm", progress=False)
 
 
-def test_recorded_columns_come_from_each_checkpoint_training_record(tmp_path, capsys):
+def test_recorded_columns_come_from_each_checkpoint_training_record(tmp_path, capsys, caplog):
     a = write_checkpoint(tmp_path / "a.pt", 1, 2, {"train_loss": 0.5, "test_acc": 81.25})
     b = write_checkpoint(tmp_path / "b.pt", 2, 3, {"train_loss": 0.25, "lr": None})
     out = tmp_path / "cmp.json"
@@ -244,6 +245,13 @@ def test_recorded_columns_come_from_each_checkpoint_training_record(tmp_path, ca
         compare_checkpoints([a], "loss", recorded=["loss"], progress=False)
     with pytest.raises(ValueError, match="Invalid recorded"):
         compare_checkpoints([a], "loss", recorded=[""], progress=False)
+
+    # a name no record holds is most likely a typo: said, with what the records hold
+    with caplog.at_level(logging.WARNING, logger="landscape.compare"):
+        typo = compare_checkpoints([a, b], "loss", recorded="test_accuracy", progress=False)
+    assert math.isnan(typo.value("a", "test_accuracy"))
+    assert "test_accuracy: in no checkpoint's training record" in caplog.text
+    assert "(they hold: lr, test_acc, train_loss)" in caplog.text
 
     argv = ["compare", str(a), str(b), "--metrics", "loss", "--recorded", "test_acc"]
     assert main([*argv, "--split", "test", "--no-progress", "--device", "cpu"]) == 0

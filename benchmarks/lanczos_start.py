@@ -206,18 +206,18 @@ def r_op_product(model, x, y):
 
     conv1, conv2 = model.features[0], model.features[3]
     lin1, lin2 = model.head[1], model.head[3]
-    assert isinstance(conv1, torch.nn.Conv2d) and isinstance(lin2, torch.nn.Linear)
+    assert all(isinstance(m, torch.nn.Conv2d) for m in (conv1, conv2))
+    assert all(isinstance(m, torch.nn.Linear) for m in (lin1, lin2))
     cb = torch.ops.aten.convolution_backward
-    conv = dict(stride=[1, 1], padding=[1, 1], dilation=[1, 1])
+    # the 3×3 convolutions': stride, padding, dilation, transposed, output padding, groups
+    conv = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)
     pool = dict(kernel_size=2, stride=2, ceil_mode=True)
 
     def weight_grad(inp, grad_out, w):
-        args = (conv["stride"], conv["padding"], conv["dilation"], False, [0, 0], 1)
-        return cb(grad_out, inp, w, [w.shape[0]], *args, [False, True, False])[1]
+        return cb(grad_out, inp, w, [w.shape[0]], *conv, [False, True, False])[1]
 
     def input_grad(grad_out, inp, w):
-        args = (conv["stride"], conv["padding"], conv["dilation"], False, [0, 0], 1)
-        return cb(grad_out, inp, w, None, *args, [True, False, False])[0]
+        return cb(grad_out, inp, w, None, *conv, [True, False, False])[0]
 
     def gather(t, idx, like):
         return t.flatten(2).gather(2, idx.flatten(2)).view_as(like)

@@ -15,6 +15,9 @@ from landscape._version import __version__
 _LAZY: dict[str, str] = {
     # --- evaluation core -------------------------------------------------------
     "Objective": "landscape.objective",
+    "BatchAdapter": "landscape.batches",
+    "math_attention": "landscape.batches",
+    "select_parameters": "landscape.params",
     # --- data, models, training, checkpoints (issue: training) ----------------
     "DATA_NAMES": "landscape.data",
     "DataBundle": "landscape.data",

@@ -274,6 +274,12 @@ def compare_models(
     batch_size: int = 256,
     max_samples: int | None = None,
     per_metric: Mapping[str, Mapping[str, Any]] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    compute_loss: Callable[[nn.Module, Any], Any] | None = None,
+    count_items: Callable[[Any], Any] | None = None,
+    input_key: str | None = None,
+    target_key: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
     **options: Any,
 ) -> Comparison:
@@ -290,9 +296,27 @@ def compare_models(
         batch_size: evaluation batch size.
         max_samples: use only the first ``max_samples`` samples.
         per_metric: options for one metric only.
+        forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``, or
+            ``model(**inputs)`` for a dict).
+        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
+            ``(mean_loss, n_items)``, for batches no other rule reads.
+        count_items: ``count_items(batch)``: the number of items a batch's loss averages
+            (default: tokens not ignored, or samples).
+        input_key: key of the inputs in dict batches.
+        target_key: key of the targets (labels) in dict batches.
+        params: the parameters measured (default: those with ``requires_grad=True``);
+            a selection by name, prefix or glob, the same for every model.
         progress: progress bars (``None``: only on a terminal).
         **options: metric options shared by the metrics that take them.
     """
+    reading = {
+        "forward": forward,
+        "compute_loss": compute_loss,
+        "count_items": count_items,
+        "input_key": input_key,
+        "target_key": target_key,
+        "params": params,
+    }
     if isinstance(models, Mapping):
         if labels is not None:
             raise ValueError("Invalid labels: the models mapping already labels them")
@@ -318,6 +342,7 @@ def compare_models(
             max_samples=max_samples,
             per_metric=per_metric,
             progress=progress,
+            **reading,
             **options,
         )
         rows.append(_row(label, "", results))

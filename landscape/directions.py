@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape.params import ParamSelection, select_parameters
 from landscape.store import directions_sha256
 
 __all__ = [
@@ -191,6 +192,21 @@ def normalize_direction(
             direction[i].mul_(scale)
 
 
+def selected_targets(model: nn.Module, states: bool, params: ParamSelection) -> list[bool]:
+    """For each tensor of :func:`direction_targets`: whether a direction may move it.
+
+    Parameters follow :func:`~landscape.params.select_parameters` (default: those with
+    ``requires_grad=True``, so frozen weights stay put); buffers move in ``states`` mode.
+    """
+    names, _ = direction_targets(model, states)
+    if params is None and not any(p.requires_grad for p in model.parameters()):
+        chosen = set(names)  # a model frozen whole (inference only): every weight moves
+    else:
+        chosen = {n for n, _ in select_parameters(model, params, require_grad=False)}
+    n_params = sum(1 for _ in model.parameters())
+    return [i >= n_params or n in chosen for i, n in enumerate(names)]
+
+
 def random_direction(
     model: nn.Module,
     *,
@@ -199,6 +215,7 @@ def random_direction(
     states: bool = False,
     generator: torch.Generator | None = None,
     seed: int = 0,
+    params: ParamSelection = None,
 ) -> list[Tensor]:
     """One normalised random Gaussian direction for ``model`` (see the module docstring).
 
@@ -209,17 +226,30 @@ def random_direction(
         states: also move floating-point buffers (BatchNorm running statistics).
         generator: a CPU ``torch.Generator`` to draw from (continues its stream).
         seed: seeds a fresh generator when ``generator`` is None.
+        params: the parameters that move: those with ``requires_grad=True`` (default) or
+            a selection (:func:`~landscape.params.select_parameters`); the others get a
+            zero direction (the draws are the same, so a fully trainable model gets the
+            same directions whatever the selection syntax).
     """
     _check_norm(norm, ignore)
     if generator is None:
         generator = torch.Generator(device="cpu").manual_seed(seed)
     _, weights = direction_targets(model, states)
+    keep = selected_targets(model, states, params)
     direction = []
     for w in weights:
         dtype = w.dtype if w.is_floating_point() else torch.float32
         d = torch.randn(w.shape, generator=generator, dtype=dtype, device="cpu")
         direction.append(d.to(w.device))
-    normalize_direction(direction, [w.detach() for w in weights], norm, ignore)
+    normalize_direction(
+        [d for d, k in zip(direction, keep, strict=True) if k],
+        [w.detach() for w, k in zip(weights, keep, strict=True) if k],
+        norm,
+        ignore,
+    )
+    for d, k in zip(direction, keep, strict=True):
+        if not k:
+            d.zero_()
     return direction
 
 
@@ -249,6 +279,7 @@ def random_directions(
     states: bool = False,
     orthogonalize: bool = False,
     seed: int = 0,
+    params: ParamSelection = None,
 ) -> Directions:
     """Random Gaussian directions for a 1-D or 2-D surface around the model's weights.
 
@@ -263,12 +294,14 @@ def random_directions(
         orthogonalize: make η exactly orthogonal to δ (after normalisation; η keeps its
             overall norm, so its per-filter norms then hold only approximately).
         seed: the random seed (stored in the surface file).
+        params: the parameters that move (default: those with ``requires_grad=True``);
+            see :func:`random_direction`.
     """
     if ndim not in (1, 2):
         raise ValueError(f"Invalid ndim: {ndim} (expected 1 or 2)")
     names, _ = direction_targets(model, states)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    kw = {"norm": norm, "ignore": ignore, "states": states, "generator": gen}
+    kw = {"norm": norm, "ignore": ignore, "states": states, "generator": gen, "params": params}
     x = random_direction(model, **kw)
     y = random_direction(model, **kw) if ndim == 2 else None
     if y is not None and orthogonalize:
@@ -281,7 +314,21 @@ def random_directions(
         "states": states,
         "orthogonalize": orthogonalize,
     }
+    if params is not None:
+        attrs["params"] = _selection_attr(params)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        attrs["frozen_params"] = len(frozen)
     return Directions(x=x, y=y, names=names, states=states, attrs=attrs)
+
+
+def _selection_attr(params: ParamSelection) -> str:
+    """A selection as text for a file's attributes (tensors by position)."""
+    if isinstance(params, str):
+        return params
+    if isinstance(params, Tensor):
+        return "<tensor>"
+    return ",".join(p if isinstance(p, str) else "<tensor>" for p in params or [])
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -455,27 +502,36 @@ def custom_directions(
     *,
     normalize: str | None = None,
     ignore: str | None = None,
+    params: ParamSelection = None,
 ) -> Directions:
     """Directions supplied by the caller (e.g. Hessian eigenvectors), checked against the model.
 
     Args:
         model: the network.
-        x: δ, aligned with ``list(model.parameters())``.
+        x: δ, aligned with ``list(model.parameters())``, or with the selected parameters
+            ``params`` (e.g. eigenvectors of a :class:`~landscape.hessian.HessianOperator`,
+            which spans the parameters requiring grad): the others then get zeros.
         y: η, or None for a line.
         normalize: optionally rescale with one of :data:`NORMS` (default: as given).
         ignore: with ``normalize``, ``"biasbn"`` zeroes ``dim ≤ 1`` tensors.
+        params: the selection ``x`` and ``y`` may be aligned with (default: the
+            parameters with ``requires_grad=True``).
     """
     names, tensors = direction_targets(model, states=False)
+    keep = selected_targets(model, False, params)
     out = []
     for label, d in (("x", x), ("y", y)):
         if d is None:
             out.append(None)
             continue
         d = list(d)
+        if len(d) == sum(keep) and len(d) != len(tensors):
+            it = iter(d)
+            d = [next(it) if k else torch.zeros_like(p) for k, p in zip(keep, tensors, strict=True)]
         if len(d) != len(tensors):
             raise ValueError(
-                f"Invalid direction {label}: {len(d)} tensors, "
-                f"the model has {len(tensors)} parameters"
+                f"Invalid direction {label}: {len(d)} tensors, the model has "
+                f"{len(tensors)} parameters ({sum(keep)} selected)"
             )
         moved = []
         for i, (t, p) in enumerate(zip(d, tensors, strict=True)):

@@ -6,10 +6,17 @@ weights: what is the loss (and accuracy) over the data, what is its gradient, an
 I loop over the batches with the right weights. :class:`Objective` answers them once:
 
 - data of any common form (a tensor pair, a ``Dataset``, a ``DataLoader``, an iterable of
-  tuple or dict batches) is cached on the device once, under a memory cap, and streamed
-  when it does not fit;
-- batch results are combined with exact sample weights ``n_b / N`` (never an average of
-  batch averages when the last batch is smaller);
+  tuple or dict batches, Hugging Face batches) is cached on the device once, under a
+  memory cap, and streamed when it does not fit;
+- every batch goes through one :class:`~landscape.batches.BatchAdapter` (``(inputs,
+  targets)``, dicts, models that compute their own loss, a user ``compute_loss``);
+- the loss of the data is the mean over its counted items (samples, or tokens not
+  ignored), exact over batches of any size: batch ``b`` weighs ``n_b / Σ n``;
+- batches are read in a fixed order: a ``DataLoader`` that shuffles is read in dataset
+  order (same batch size, collate function and workers), so a fixed seed gives the same
+  numbers on every call;
+- the parameters analysed are those with ``requires_grad=True``, or a selection by name
+  (:func:`landscape.params.select_parameters`);
 - the model runs in ``eval()`` mode (BatchNorm uses its running statistics, dropout is
   off) and every module's mode is restored afterwards; ``.grad`` fields are never
   touched.
@@ -26,26 +33,72 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-__all__ = ["Objective", "WeightedBatch", "eval_mode", "move_to_device"]
+from landscape.batches import (
+    BatchAdapter,
+    BatchParts,
+    ComputeLossFn,
+    CountFn,
+    ForwardFn,
+    LossFn,
+    batch_size_of,
+    logits_of,
+)
+from landscape.params import ParamSelection, select_parameters
 
-LossFn = Callable[[Any, Any], Tensor]
+__all__ = [
+    "OBJECTIVE_OPTIONS",
+    "Objective",
+    "WeightedBatch",
+    "eval_mode",
+    "make_objective",
+    "move_to_device",
+]
+
 MetricFn = Callable[[Any, Any], Tensor | float]
-ForwardFn = Callable[[nn.Module, Any], Any]
 
-# Keys tried, in order, to find inputs and targets in dict batches.
-_DICT_KEYS = (("inputs", "targets"), ("x", "y"), ("input", "target"), ("image", "label"))
+# The keyword arguments that describe how a batch becomes a loss, shared by every entry
+# point that builds an Objective (compute_surface, compute_metrics, HessianOperator, ...).
+OBJECTIVE_OPTIONS = (
+    "forward",
+    "compute_loss",
+    "count_items",
+    "input_key",
+    "target_key",
+    "params",
+)
 
 
 @dataclass
 class WeightedBatch:
-    """One batch on the device, with its share ``weight = n_b / N`` of the whole data."""
+    """One batch on the device with its share of the whole data.
 
-    inputs: Any
-    targets: Any
+    Attributes:
+        data: the batch as given (moved to the device).
+        parts: the adapter's reading of it (style, inputs, targets).
+        weight: ``n_items / N_items``: its share of the loss of the data.
+        size: the number of samples.
+        count: the number of items its mean loss is over.
+        sample_weight: ``size / N_samples``: its share of per-sample means (accuracy).
+    """
+
+    data: Any
+    parts: BatchParts
     weight: float
     size: int
+    count: int
+    sample_weight: float
+
+    @property
+    def inputs(self) -> Any:
+        """What the model is called with."""
+        return self.parts.inputs
+
+    @property
+    def targets(self) -> Any:
+        """The targets (labels), or None."""
+        return self.parts.targets
 
 
 def move_to_device(obj: Any, device: torch.device) -> Any:
@@ -70,13 +123,7 @@ def _nbytes(obj: Any) -> int:
 
 
 def _batch_size_of(obj: Any) -> int:
-    if isinstance(obj, Tensor):
-        return int(obj.shape[0]) if obj.dim() > 0 else 1
-    if isinstance(obj, Mapping):
-        return _batch_size_of(next(iter(obj.values())))
-    if isinstance(obj, tuple | list) and obj:
-        return _batch_size_of(obj[0])
-    raise ValueError(f"cannot tell the batch size of a {type(obj).__name__}")
+    return batch_size_of(obj)
 
 
 @contextlib.contextmanager
@@ -91,30 +138,74 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+def ordered_loader(loader: DataLoader) -> DataLoader:
+    """``loader`` read in dataset order when its sampler shuffles, else ``loader`` itself.
+
+    The new loader keeps the batch size, collate function, workers, pinning and
+    ``drop_last``; only the order changes, so every pass sees the same batches.
+    """
+    sampler = loader.sampler
+    batch_sampler = loader.batch_sampler
+    common = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "timeout": loader.timeout,
+    }
+    if loader.batch_size is not None and isinstance(sampler, RandomSampler):
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            shuffle=False,
+            drop_last=loader.drop_last,
+            **common,
+        )
+    if (
+        loader.batch_size is None
+        and type(batch_sampler) is BatchSampler
+        and isinstance(batch_sampler.sampler, RandomSampler)
+    ):
+        ordered = BatchSampler(
+            SequentialSampler(loader.dataset),
+            batch_size=batch_sampler.batch_size,
+            drop_last=batch_sampler.drop_last,
+        )
+        return DataLoader(loader.dataset, batch_sampler=ordered, **common)
+    return loader
+
+
 class Objective:
-    """A model, a loss function and data: loss, accuracy and gradients at the current weights.
+    """A model, a loss and data: loss, accuracy and gradients at the current weights.
 
     Args:
         model: the network. It is not moved: data goes to the device of its parameters
             (or to ``device``, which must then match the model's).
         data: a ``(inputs, targets)`` tensor pair, a ``Dataset``, a ``DataLoader`` or any
-            re-iterable collection of batches. A batch is a tuple/list ``(inputs,
-            targets)`` or a dict (see ``input_key``/``target_key``).
+            re-iterable collection of batches: tuples ``(inputs, targets)``, dicts
+            (Hugging Face batches included) or anything ``compute_loss`` reads.
         loss_fn: ``loss_fn(outputs, targets)`` returning the batch *mean*; default
-            cross-entropy.
+            cross-entropy, or the model's own loss for dict batches it computes a loss
+            for (see :class:`~landscape.batches.BatchAdapter`).
         device: where the data lives; default the model's device.
         batch_size: batch size used to split tensor pairs and ``Dataset``s.
         max_cache_bytes: data up to this size is cached on the device once; larger data is
             streamed from its source at every pass.
         max_samples: use only the first ``max_samples`` samples.
-        accuracy: ``"auto"`` reports top-1 accuracy (percent) when outputs are ``(N, C)``
-            logits and targets integer class labels; ``True`` requires it, ``False`` skips.
-        metrics: extra ``name -> fn(outputs, targets)`` batch-mean metrics to evaluate.
+        accuracy: ``"auto"`` reports top-1 accuracy (percent) when outputs (or their
+            ``logits``) are ``(N, C)`` and targets ``(N,)`` integer class labels; ``True``
+            requires it, ``False`` skips.
+        metrics: extra ``name -> fn(outputs, targets)`` per-sample-mean metrics.
         forward: ``forward(model, inputs) -> outputs``; default ``model(inputs)`` (or
             ``model(**inputs)`` when inputs are a dict).
+        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
+            ``(mean_loss, n_items)``, for batches no other rule reads.
+        count_items: ``count_items(batch)``: the number of items a batch's loss averages.
         input_key: key of the inputs in dict batches (default: first of inputs/x/input/image
             present).
         target_key: key of the targets in dict batches.
+        params: the parameters analysed: None (those with ``requires_grad=True``) or a
+            selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
     """
 
     def __init__(
@@ -130,9 +221,14 @@ class Objective:
         accuracy: bool | str = "auto",
         metrics: Mapping[str, MetricFn] | None = None,
         forward: ForwardFn | None = None,
+        compute_loss: ComputeLossFn | None = None,
+        count_items: CountFn | None = None,
         input_key: str | None = None,
         target_key: str | None = None,
+        params: ParamSelection = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"Invalid model: a {type(model).__name__}, expected a nn.Module")
         if batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size}")
         if max_samples is not None and max_samples < 1:
@@ -140,18 +236,23 @@ class Objective:
         if accuracy not in (True, False, "auto"):
             raise ValueError(f"Invalid accuracy: {accuracy!r} (expected True, False or 'auto')")
         self.model = model
-        self.loss_fn: LossFn = loss_fn if loss_fn is not None else F.cross_entropy
+        self.adapter = BatchAdapter(
+            loss_fn,
+            forward=forward,
+            compute_loss=compute_loss,
+            count_items=count_items,
+            input_key=input_key,
+            target_key=target_key,
+        )
         self.metrics = dict(metrics or {})
         for name in self.metrics:
             if name in ("loss", "acc"):
                 raise ValueError(f"Invalid metrics: the name {name!r} is reserved")
-        self.forward_fn = forward
         self.batch_size = batch_size
         self.max_cache_bytes = max_cache_bytes
         self.max_samples = max_samples
         self.accuracy = accuracy
-        self.input_key = input_key
-        self.target_key = target_key
+        self.param_selection = params
 
         model_device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device) if device is not None else model_device
@@ -164,14 +265,102 @@ class Objective:
                 f"Invalid device: {self.device} but the model is on {model_device}; "
                 "move the model first (model.to(device))"
             )
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if params is None:  # no error here for a frozen model: only gradients need some
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        else:
+            named = select_parameters(model, params)
         self.param_names: list[str] = [n for n, _ in named]
         self.params: list[Tensor] = [p for _, p in named]
 
+        self._data = data
         self._source = self._make_source(data)
-        self._cache: list[tuple[Any, Any, int]] | None = None
+        self._cache: list[WeightedBatch] | None = None
+        self._counts: list[int] = []
+        self._custom_counts: bool | None = None  # does compute_loss return (loss, n)?
         self.n_samples = 0
+        self.n_items = 0
         self._prepare()
+
+    # The adapter's settings, readable as before.
+    @property
+    def loss_fn(self) -> LossFn | None:
+        """The ``loss_fn`` given (None: the default rule of the adapter)."""
+        return self.adapter.loss_fn
+
+    @property
+    def forward_fn(self) -> ForwardFn | None:
+        """The ``forward`` given, or None."""
+        return self.adapter.forward
+
+    @property
+    def input_key(self) -> str | None:
+        """The ``input_key`` given, or None."""
+        return self.adapter.input_key
+
+    @property
+    def target_key(self) -> str | None:
+        """The ``target_key`` given, or None."""
+        return self.adapter.target_key
+
+    @property
+    def output_loss_fn(self) -> LossFn:
+        """``loss(outputs, targets)``: the batch-mean loss as a function of the outputs.
+
+        Estimators that differentiate the loss in the model's outputs (Gauss-Newton) need
+        it; a model that computes its own loss, or ``compute_loss``, does not expose one.
+        """
+        a = self.adapter
+        if a.compute_loss is not None:
+            raise ValueError("Invalid objective: compute_loss hides the loss of the outputs")
+        if a.loss_fn is not None:
+            fn = a.loss_fn
+            return lambda outputs, targets: fn(logits_of(outputs), targets)
+        if self._styles != {"pair"}:
+            raise ValueError(
+                "Invalid objective: the model computes its own loss; pass loss_fn= "
+                "(e.g. torch.nn.functional.cross_entropy) to use the loss of the outputs"
+            )
+        return lambda outputs, targets: F.cross_entropy(logits_of(outputs), targets)
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this objective's reading of batches."""
+        a = self.adapter
+        return {
+            "loss_fn": a.loss_fn,
+            "forward": a.forward,
+            "compute_loss": a.compute_loss,
+            "count_items": a.count_items,
+            "input_key": a.input_key,
+            "target_key": a.target_key,
+            "params": self.param_names,
+        }
+
+    def derive(
+        self, data: Any = None, *, model: nn.Module | None = None, **overrides: Any
+    ) -> Objective:
+        """An objective reading batches the same way, on other data and/or another model.
+
+        Args:
+            data: the new data (default: this objective's batches, as cached or streamed).
+            model: the new model (default this one); parameters are selected by the same
+                names.
+            **overrides: other :class:`Objective` arguments (``accuracy``, ``batch_size``...).
+        """
+        kw: dict[str, Any] = {
+            **self.options(),
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "max_cache_bytes": self.max_cache_bytes,
+            "accuracy": self.accuracy,
+            "metrics": self.metrics,
+        }
+        if data is None and self.cached:
+            data = [b.data for b in self.batches()]
+            kw["max_cache_bytes"] = 2**62
+        elif data is None:
+            data, kw["max_samples"] = self._data, self.max_samples
+        kw.update(overrides)
+        return Objective(self.model if model is None else model, data, **kw)
 
     # ------------------------------------------------------------------ data handling
     def _make_source(self, data: Any) -> Callable[[], Iterable[Any]]:
@@ -192,6 +381,9 @@ class Objective:
                     yield inputs[i : i + bs], targets[i : i + bs]
 
             return tensor_batches
+        if isinstance(data, DataLoader):
+            loader = ordered_loader(data)
+            return lambda: loader
         if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
             loader = DataLoader(data, batch_size=self.batch_size, shuffle=False)
             return lambda: loader
@@ -206,62 +398,75 @@ class Objective:
             "a Dataset, a DataLoader or an iterable of batches"
         )
 
-    def _split(self, batch: Any) -> tuple[Any, Any]:
-        if isinstance(batch, Mapping):
-            if self.input_key is not None or self.target_key is not None:
-                if self.input_key not in batch or self.target_key not in batch:
-                    raise ValueError(
-                        f"Invalid batch: keys {sorted(batch)} lack input_key={self.input_key!r}"
-                        f" or target_key={self.target_key!r}"
-                    )
-                return batch[self.input_key], batch[self.target_key]
-            for ik, tk in _DICT_KEYS:
-                if ik in batch and tk in batch:
-                    return batch[ik], batch[tk]
-            raise ValueError(
-                f"Invalid batch: dict with keys {sorted(batch)}; pass input_key= and target_key="
-            )
-        if isinstance(batch, tuple | list) and len(batch) >= 2:
-            return batch[0], batch[1]
-        raise ValueError(
-            f"Invalid batch: a {type(batch).__name__}; expected (inputs, targets) or a dict"
-        )
-
-    def _raw_batches(self) -> Iterator[tuple[Any, Any, int]]:
-        """Yield ``(inputs, targets, n)`` on the device, honouring ``max_samples``."""
+    def _raw_batches(self) -> Iterator[tuple[Any, BatchParts, int]]:
+        """Yield ``(batch, parts, n_samples)`` on the device, honouring ``max_samples``."""
         seen = 0
+        adapter = self.adapter
         for batch in self._source():
-            inputs, targets = self._split(batch)
-            n = _batch_size_of(targets)
+            n = adapter.size(batch)
             if self.max_samples is not None and seen + n > self.max_samples:
-                keep = self.max_samples - seen
-                inputs = _take(inputs, keep)
-                targets = _take(targets, keep)
-                n = keep
+                n = self.max_samples - seen
+                batch = _take(batch, n)
             if n > 0:
-                yield move_to_device(inputs, self.device), move_to_device(targets, self.device), n
+                batch = move_to_device(batch, self.device)
+                yield batch, adapter.parts(batch), n
             seen += n
             if self.max_samples is not None and seen >= self.max_samples:
                 break
 
+    def _count(self, batch: Any, parts: BatchParts, size: int) -> int:
+        count = self.adapter.count(self.model, batch, parts)
+        if count is None:  # compute_loss: ask it once per batch, or the samples
+            if self._custom_counts is None:
+                with self.eval_mode():
+                    found = self.adapter.custom_count(self.model, parts)
+                self._custom_counts = found is not None
+                count = found if found is not None else size
+            elif self._custom_counts:
+                with self.eval_mode():
+                    count = self.adapter.custom_count(self.model, parts)
+            else:
+                count = size
+        if count is None or count < 0:
+            raise ValueError(f"Invalid count_items: {count!r} for a batch of {size} samples")
+        return int(count)
+
     def _prepare(self) -> None:
-        cache: list[tuple[Any, Any, int]] = []
+        cache: list[tuple[Any, BatchParts, int, int]] = []
+        counts: list[int] = []
         total_bytes = 0
         n = 0
         streaming = False
-        for inputs, targets, size in self._raw_batches():
+        styles = set()
+        for batch, parts, size in self._raw_batches():
+            if not counts:
+                self.adapter.check(self.model, parts)
+            styles.add(parts.style)
+            count = self._count(batch, parts, size)
+            counts.append(count)
             n += size
             if not streaming:
-                total_bytes += _nbytes(inputs) + _nbytes(targets)
+                total_bytes += _nbytes(batch)
                 if total_bytes > self.max_cache_bytes:
                     streaming = True
                     cache.clear()
                 else:
-                    cache.append((inputs, targets, size))
+                    cache.append((batch, parts, size, count))
         if n == 0:
             raise ValueError("Invalid data: it holds no samples")
+        n_items = sum(counts)
+        if n_items == 0:
+            raise ValueError(
+                "Invalid data: no counted item (every target is the ignore index -100?)"
+            )
         self.n_samples = n
-        self._cache = None if streaming else cache
+        self.n_items = n_items
+        self._styles = styles
+        self._counts = counts
+        self._cache = None if streaming else [self._weighted(*c) for c in cache if c[3] > 0]
+
+    def _weighted(self, batch: Any, parts: BatchParts, size: int, count: int) -> WeightedBatch:
+        return WeightedBatch(batch, parts, count / self.n_items, size, count, size / self.n_samples)
 
     @property
     def cached(self) -> bool:
@@ -269,10 +474,17 @@ class Objective:
         return self._cache is not None
 
     def batches(self) -> Iterator[WeightedBatch]:
-        """Yield the batches on the device with their exact weights ``n_b / N``."""
-        source = self._cache if self._cache is not None else self._raw_batches()
-        for inputs, targets, size in source:
-            yield WeightedBatch(inputs, targets, size / self.n_samples, size)
+        """Yield the batches on the device with their exact weights (see the module doc).
+
+        Batches without counted items are left out.
+        """
+        if self._cache is not None:
+            yield from self._cache
+            return
+        for i, (batch, parts, size) in enumerate(self._raw_batches()):
+            count = self._counts[i] if i < len(self._counts) else self._count(batch, parts, size)
+            if count > 0:
+                yield self._weighted(batch, parts, size, count)
 
     # ------------------------------------------------------------------ computation
     def eval_mode(self) -> contextlib.AbstractContextManager[nn.Module]:
@@ -280,16 +492,19 @@ class Objective:
         return eval_mode(self.model)
 
     def outputs(self, inputs: Any) -> Any:
-        """Run the model on a batch of inputs."""
-        if self.forward_fn is not None:
-            return self.forward_fn(self.model, inputs)
-        if isinstance(inputs, Mapping):
-            return self.model(**inputs)
-        return self.model(inputs)
+        """Run the model on a batch's inputs (``batch.inputs``)."""
+        if self.adapter.compute_loss is not None:
+            raise ValueError("Invalid call: with compute_loss the model's outputs are not used")
+        style = "model" if isinstance(inputs, Mapping) else "pair"
+        return self.adapter.outputs(self.model, BatchParts(style, inputs, None))
 
-    def batch_loss(self, batch: WeightedBatch) -> Tensor:
+    def batch_outputs(self, batch: WeightedBatch, model: nn.Module | None = None) -> Any:
+        """Run the model (or ``model``, e.g. a functional wrapper) on one batch."""
+        return self.adapter.outputs(self.model if model is None else model, batch.parts)
+
+    def batch_loss(self, batch: WeightedBatch, model: nn.Module | None = None) -> Tensor:
         """The (differentiable) mean loss of one batch; call inside :meth:`eval_mode`."""
-        return self.loss_fn(self.outputs(batch.inputs), batch.targets)
+        return self.adapter.loss(self.model if model is None else model, batch.parts)
 
     def loss(self, create_graph: bool = False) -> Tensor:
         """The exactly weighted mean loss over all the data, differentiable.
@@ -350,25 +565,39 @@ class Objective:
         sums: dict[str, Tensor] = {}
         with self.eval_mode(), torch.inference_mode():
             for batch in self.batches():
-                self.accumulate(sums, self.outputs(batch.inputs), batch)
+                if self.adapter.compute_loss is not None:
+                    self.accumulate(sums, None, batch, loss=self.batch_loss(batch))
+                else:
+                    self.accumulate(sums, self.batch_outputs(batch), batch)
         return self.finalize(sums)
 
-    def accumulate(self, sums: dict[str, Tensor], outputs: Any, batch: WeightedBatch) -> None:
+    def accumulate(
+        self,
+        sums: dict[str, Tensor],
+        outputs: Any,
+        batch: WeightedBatch,
+        *,
+        loss: Tensor | None = None,
+    ) -> None:
         """Add one batch's weighted loss, accuracy and metrics (from its outputs) to ``sums``.
 
         The running sums stay device tensors (no synchronisation per batch); turn them
         into numbers with :meth:`finalize`. Shared by every evaluation loop (one model,
-        or several grid points batched with ``vmap``).
+        or several grid points batched with ``vmap``). ``loss`` replaces the loss of the
+        outputs when given (``compute_loss`` objectives have no outputs).
         """
-        values = {"loss": self.loss_fn(outputs, batch.targets)}
-        if self._wants_accuracy(outputs, batch.targets):
-            correct = (outputs.argmax(dim=-1) == batch.targets).sum()
-            values["acc"] = correct.double() * (100.0 / batch.size)
+        if loss is None:
+            loss = self.adapter.loss_of(outputs, batch.parts)
+        sums_add(sums, "loss", loss.detach().double() * batch.weight)
+        if outputs is None:
+            return
+        logits, targets = logits_of(outputs), batch.targets
+        if self._wants_accuracy(logits, targets):
+            correct = (logits.argmax(dim=-1) == targets).sum()
+            sums_add(sums, "acc", correct.double() * (100.0 / self.n_samples))
         for name, fn in self.metrics.items():
-            values[name] = torch.as_tensor(fn(outputs, batch.targets), device=self.device)
-        for name, v in values.items():
-            term = v.detach().double() * batch.weight
-            sums[name] = sums[name] + term if name in sums else term
+            v = torch.as_tensor(fn(outputs, targets), device=self.device)
+            sums_add(sums, name, v.detach().double() * batch.sample_weight)
 
     @staticmethod
     def finalize(sums: dict[str, Tensor]) -> dict[str, float]:
@@ -392,6 +621,41 @@ class Objective:
                 "Invalid accuracy=True: outputs must be (N, C) logits and targets (N,) labels"
             )
         return ok
+
+
+def sums_add(sums: dict[str, Tensor], name: str, term: Tensor) -> None:
+    """``sums[name] += term`` (a new entry when absent)."""
+    sums[name] = sums[name] + term if name in sums else term
+
+
+def make_objective(
+    model: nn.Module | Objective,
+    data: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    what: str = "data",
+    **kwargs: Any,
+) -> Objective:
+    """An :class:`Objective` from a model and data, or the objective given, checked.
+
+    Every entry point that takes ``model, data`` (or a ready objective) calls this, so the
+    same keyword arguments (:data:`OBJECTIVE_OPTIONS`, ``batch_size``, ``max_samples``,
+    ``device``) mean the same everywhere. With an objective, ``data``, ``loss_fn`` and the
+    batch options must be left unset (they belong to the objective).
+    """
+    given = {k: v for k, v in kwargs.items() if v is not None and k != "batch_size"}
+    if isinstance(model, Objective):
+        if data is not None or loss_fn is not None or given.keys() - {"device"}:
+            names = sorted({*given.keys() - {"device"}, *(["data"] if data is not None else [])})
+            names += ["loss_fn"] if loss_fn is not None else []
+            raise ValueError(
+                f"Invalid arguments: {', '.join(names)} belong to the Objective; do not pass "
+                "them beside an Objective"
+            )
+        return model
+    if data is None:
+        raise ValueError(f"Invalid {what}: None (a model needs data to be measured)")
+    return Objective(model, data, loss_fn, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def _take(obj: Any, n: int) -> Any:

@@ -32,7 +32,8 @@ from landscape.distributed import (
     init_distributed,
     shard,
 )
-from landscape.objective import Objective
+from landscape.objective import Objective, make_objective
+from landscape.params import ParamSelection
 from landscape.store import (
     Surface,
     SurfaceWriter,
@@ -154,6 +155,7 @@ class _Evaluator:
     def vmap(self, points: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
         """Evaluate several points in one batched forward (``torch.func`` + ``vmap``)."""
         from torch.func import functional_call, vmap
+        from torch.utils._pytree import tree_map
 
         stacked = {}
         for i, name in enumerate(self.names):
@@ -165,24 +167,55 @@ class _Evaluator:
                 if b != 0.0 and self.dy is not None:
                     t = torch.add(t, self.dy[i], alpha=b)
                 rows.append(t)
-            stacked[name] = torch.stack(rows)
+            stacked[f"inner.{name}"] = torch.stack(rows)
         k = len(points)
         out: list[dict[str, float]] = [{} for _ in range(k)]
         for split, obj in self.objectives.items():
             sums: list[dict[str, Tensor]] = [{} for _ in range(k)]
+            custom = obj.adapter.compute_loss is not None
+            call = _BatchCall(self.model, obj)
             with obj.eval_mode(), torch.inference_mode():
                 for batch in obj.batches():
 
-                    def fwd(params: dict[str, Tensor], inputs: Any = batch.inputs) -> Any:
-                        return functional_call(self.model, params, (inputs,))
+                    def fwd(
+                        params: dict[str, Tensor], batch: Any = batch, call: nn.Module = call
+                    ) -> Any:
+                        return functional_call(call, params, (batch,), strict=False)
 
                     outs = vmap(fwd)(stacked)
                     for j in range(k):
-                        obj.accumulate(sums[j], outs[j], batch)
+                        one = tree_map(lambda t, j=j: t[j] if isinstance(t, Tensor) else t, outs)
+                        if custom:
+                            obj.accumulate(sums[j], None, batch, loss=one)
+                        else:
+                            obj.accumulate(sums[j], one, batch)
             for j in range(k):
                 for mname, f in obj.finalize(sums[j]).items():
                     out[j][f"{split}_{mname}"] = f
         return out
+
+
+class _BatchCall(nn.Module):
+    """``forward(batch)``: the model's outputs on a batch (the loss with ``compute_loss``).
+
+    The model is its ``inner`` submodule, so ``functional_call`` can swap its weights for
+    a stack of grid points under ``vmap``; the batch is read by the objective's adapter
+    (dict inputs, Hugging Face batches, a user ``compute_loss``).
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.inner = model
+        self._objective = objective
+
+    def forward(self, batch: Any) -> Any:
+        from torch.utils._pytree import tree_map
+
+        if self._objective.adapter.compute_loss is not None:
+            return self._objective.batch_loss(batch, self.inner)
+        outputs = self._objective.batch_outputs(batch, self.inner)
+        # vmap returns tensors only: other leaves (a key-value cache...) become None
+        return tree_map(lambda t: t if isinstance(t, Tensor) else None, outputs)
 
 
 def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
@@ -191,7 +224,7 @@ def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
 
 # --------------------------------------------------------------------------- main loop
 def compute_surface(
-    model: nn.Module,
+    model: nn.Module | Objective,
     data: Any,
     *,
     x: str | GridSpec | Sequence[float] | np.ndarray,
@@ -203,6 +236,12 @@ def compute_surface(
     test_data: Any = None,
     loss_fn: Callable[[Any, Any], Tensor] | None = None,
     metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    compute_loss: Callable[[nn.Module, Any], Any] | None = None,
+    count_items: Callable[[Any], Any] | None = None,
+    input_key: str | None = None,
+    target_key: str | None = None,
+    params: ParamSelection = None,
     norm: str = "filter",
     ignore: str | None = "biasbn",
     states: bool = False,
@@ -230,10 +269,12 @@ def compute_surface(
 
     Args:
         model: any ``nn.Module``; it is moved nowhere (data goes to its device) and is
-            left exactly as given.
+            left exactly as given. Or a ready :class:`~landscape.objective.Objective`
+            (its model, data and reading of batches; ``data`` and the batch options are
+            then left unset, and ``test_data`` is read the same way).
         data: evaluation data for the ``train_*`` fields (any form :class:`Objective`
-            takes: tensor pair, Dataset, DataLoader, iterable of tuple/dict batches);
-            None to evaluate ``test_data`` only.
+            takes: tensor pair, Dataset, DataLoader, iterable of tuple/dict batches,
+            Hugging Face batches); None to evaluate ``test_data`` only.
         x: grid along δ: ``"start:stop:num"``, a :class:`GridSpec` or coordinates.
         y: grid along η for a 2-D surface (None: 1-D).
         directions: a :class:`Directions`, a tensor list (δ), or a pair (δ, η) aligned with
@@ -241,8 +282,19 @@ def compute_surface(
             ``states``, ``orthogonalize``, ``seed``).
         test_data: optional data for the ``test_*`` fields.
         loss_fn: ``loss_fn(outputs, targets)`` returning the batch mean (default
-            cross-entropy).
+            cross-entropy, or the model's own loss for Hugging Face-style dict batches).
         metrics: extra ``name -> fn(outputs, targets)`` batch-mean metrics.
+        forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``, or
+            ``model(**inputs)`` for a dict).
+        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
+            ``(mean_loss, n_items)``, for batches no other rule reads.
+        count_items: ``count_items(batch)``: the number of items a batch's loss averages
+            (default: tokens not ignored, or samples).
+        input_key: key of the inputs in dict batches.
+        target_key: key of the targets (labels) in dict batches.
+        params: the parameters that move (random and custom directions): those with
+            ``requires_grad=True`` (default; a frozen backbone stays put) or a selection
+            by name, prefix or glob (:func:`~landscape.params.select_parameters`).
         norm: normalisation of random directions (``filter``, ``layer``, ``model``, ``none``).
         ignore: ``"biasbn"`` zeroes random directions of tensors with ``dim ≤ 1``.
         states: random directions also move BatchNorm running statistics.
@@ -271,7 +323,21 @@ def compute_surface(
         raise ValueError(f"Invalid evaluation: {evaluation!r}; expected one of {EVALUATION_MODES}")
     if points_per_batch < 1:
         raise ValueError(f"Invalid points_per_batch: {points_per_batch}")
-    if data is None and test_data is None:
+    base: Objective | None = None
+    if isinstance(model, Objective):
+        base = make_objective(
+            model,
+            data,
+            loss_fn,
+            forward=forward,
+            compute_loss=compute_loss,
+            count_items=count_items,
+            input_key=input_key,
+            target_key=target_key,
+            params=params,
+        )
+        model, params = base.model, base.param_selection
+    elif data is None and test_data is None:
         raise ValueError("Invalid data: give data, test_data or both")
     xs, xspec = _coords(x, "x")
     ys, yspec = (None, None) if y is None else _coords(y, "y")
@@ -286,13 +352,14 @@ def compute_surface(
             states=states,
             orthogonalize=orthogonalize,
             seed=seed,
+            params=params,
         )
     elif not isinstance(directions, Directions):
         seq = list(directions)
         if len(seq) == 2 and all(isinstance(d, list | tuple) for d in seq):
-            directions = custom_directions(model, seq[0], seq[1])
+            directions = custom_directions(model, seq[0], seq[1], params=params)
         else:
-            directions = custom_directions(model, seq)
+            directions = custom_directions(model, seq, params=params)
     if ys is not None and directions.y is None:
         raise ValueError("Invalid directions: a 2-D grid (y given) needs two directions")
     if ys is None and directions.y is not None:
@@ -317,18 +384,30 @@ def compute_surface(
     try:
         # Evaluation data -------------------------------------------------------
         okw = {
-            "loss_fn": loss_fn,
             "device": device,
             "batch_size": batch_size,
             "max_samples": max_samples,
             "max_cache_bytes": max_cache_bytes,
             "metrics": metrics,
         }
-        objectives = {}
-        if data is not None:
-            objectives["train"] = Objective(model, data, **okw)
-        if test_data is not None:
-            objectives["test"] = Objective(model, test_data, **okw)
+        objectives: dict[str, Objective] = {}
+        if base is not None:
+            objectives["train"] = base
+            if test_data is not None:
+                objectives["test"] = base.derive(test_data, **okw)
+        else:
+            bkw = {
+                "loss_fn": loss_fn,
+                "forward": forward,
+                "compute_loss": compute_loss,
+                "count_items": count_items,
+                "input_key": input_key,
+                "target_key": target_key,
+            }
+            if data is not None:
+                objectives["train"] = Objective(model, data, **okw, **bkw)
+            if test_data is not None:
+                objectives["test"] = Objective(model, test_data, **okw, **bkw)
         shape = (len(xs),) if ys is None else (len(ys), len(xs))
 
         identity = {

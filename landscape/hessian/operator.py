@@ -43,7 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.objective import Objective, move_to_device
+from landscape.batches import math_attention
+from landscape.objective import Objective, make_objective, move_to_device
+from landscape.params import ParamSelection, select_parameters
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_, tl_norm
 
 __all__ = ["FiniteDifferenceWarning", "HessianOperator", "default_fd_step"]
@@ -108,7 +110,7 @@ class _BatchLoss(nn.Module):
         self._objective = objective
 
     def forward(self, batch: Any) -> Tensor:
-        return self._objective.batch_loss(batch) * batch.weight
+        return self._objective.batch_loss(batch, self.inner) * batch.weight
 
 
 class HessianOperator:
@@ -119,12 +121,23 @@ class HessianOperator:
             ``data`` is required and an ``Objective`` is built from ``data``, ``loss_fn``,
             ``batch_size`` and ``device``).
         params: the parameters spanning the operator (a block of the Hessian): tensors of
-            the model, parameter names, or module prefixes (``"layer1"`` selects every
-            parameter named ``layer1.*``). Default: every parameter requiring grad.
+            the model, parameter names, module prefixes (``"layer1"`` selects every
+            parameter named ``layer1.*``) or glob patterns (``"*lora_*"``), see
+            :func:`~landscape.params.select_parameters`. Default: the objective's
+            parameters (every parameter requiring grad unless it selected fewer).
         data: the data when ``objective`` is a module.
-        loss_fn: the loss when ``objective`` is a module (default cross-entropy).
+        loss_fn: the loss when ``objective`` is a module (default cross-entropy, or the
+            model's own loss for Hugging Face-style dict batches).
         batch_size: batch size when ``objective`` is a module.
         device: device when ``objective`` is a module.
+        forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``, or
+            ``model(**inputs)`` for a dict).
+        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
+            ``(mean_loss, n_items)``, for batches no other rule reads.
+        count_items: ``count_items(batch)``: the number of items a batch's loss averages
+            (default: tokens not ignored, or samples).
+        input_key: key of the inputs in dict batches.
+        target_key: key of the targets (labels) in dict batches.
         method: ``"exact"`` (double backward), ``"forward"`` (forward-over-reverse),
             ``"auto"`` (the kept graph with one batch; otherwise whichever of the two is
             faster on the first product, see the module docstring) or ``"fd"`` (finite
@@ -146,12 +159,17 @@ class HessianOperator:
     def __init__(
         self,
         objective: Objective | nn.Module,
-        params: Sequence[Tensor | str] | None = None,
+        params: ParamSelection = None,
         *,
         data: Any = None,
         loss_fn: Any = None,
         batch_size: int = 256,
         device: str | torch.device | None = None,
+        forward: Any = None,
+        compute_loss: Any = None,
+        count_items: Any = None,
+        input_key: str | None = None,
+        target_key: str | None = None,
         method: str = "exact",
         dtype: torch.dtype | None = None,
         h: float | None = None,
@@ -162,7 +180,19 @@ class HessianOperator:
         if isinstance(objective, nn.Module):
             if data is None:
                 raise ValueError("Invalid data: None; a model needs data= (or pass an Objective)")
-            objective = Objective(objective, data, loss_fn, batch_size=batch_size, device=device)
+            objective = make_objective(
+                objective,
+                data,
+                loss_fn,
+                batch_size=batch_size,
+                device=device,
+                forward=forward,
+                compute_loss=compute_loss,
+                count_items=count_items,
+                input_key=input_key,
+                target_key=target_key,
+                params=params,
+            )
         elif not isinstance(objective, Objective):
             raise ValueError(
                 f"Invalid objective: a {type(objective).__name__}; expected an Objective or a "
@@ -219,33 +249,14 @@ class HessianOperator:
         self._graph: list[list[Tensor | None]] | None = None
         self._graph_versions: list[int] | None = None
         self._fd_checked = False
+        self._forward_ok = False  # method="forward" worked on a first product
 
     # ------------------------------------------------------------------ construction
     @staticmethod
-    def _select(objective: Objective, params: Sequence[Tensor | str] | None) -> list[Tensor]:
+    def _select(objective: Objective, params: ParamSelection) -> list[Tensor]:
         if params is None:
             return list(objective.params)
-        if isinstance(params, Tensor | str):
-            params = [params]
-        named = list(objective.model.named_parameters())
-        chosen: list[Tensor] = []
-        for item in params:
-            if isinstance(item, str):
-                hits = [p for n, p in named if n == item or n.startswith(item + ".")]
-                if not hits:
-                    raise ValueError(f"Invalid params: no parameter named {item!r} or {item}.*")
-            elif isinstance(item, Tensor):
-                if not any(item is p for _, p in named):
-                    raise ValueError("Invalid params: a tensor that is not a model parameter")
-                hits = [item]
-            else:
-                raise ValueError(f"Invalid params: an item of type {type(item).__name__}")
-            for p in hits:
-                if not p.requires_grad:
-                    raise ValueError("Invalid params: a parameter that does not require grad")
-                if not any(p is q for q in chosen):
-                    chosen.append(p)
-        return chosen
+        return [p for _, p in select_parameters(objective.model, params)]
 
     @staticmethod
     def _twin(
@@ -253,19 +264,8 @@ class HessianOperator:
     ) -> tuple[Objective, list[Tensor]]:
         """A copy of the objective's model and (cached) data in ``dtype``."""
         model = copy.deepcopy(objective.model).to(dtype)
-        batches = [
-            (_cast_floating(b.inputs, dtype), _cast_floating(b.targets, dtype))
-            for b in objective.batches()
-        ]
-        twin = Objective(
-            model,
-            batches,
-            objective.loss_fn,
-            device=objective.device,
-            max_cache_bytes=2**62,
-            accuracy=objective.accuracy,
-            forward=objective.forward_fn,
-        )
+        batches = [_cast_floating(b.data, dtype) for b in objective.batches()]
+        twin = objective.derive(batches, model=model, max_cache_bytes=2**62, params=names)
         lookup = dict(model.named_parameters())
         return twin, [lookup[n] for n in names]
 
@@ -346,6 +346,8 @@ class HessianOperator:
             out = self._hvp_reused(vs)
         elif self.method == "auto":
             out = self._hvp_auto(vs)
+        elif self.method == "forward" and not self._forward_ok:
+            out = self._hvp_forward_first(vs)
         else:
             each = self._per_batch()
             out = self._accumulate(vs, lambda batch, _i: each(batch, vs))
@@ -376,7 +378,7 @@ class HessianOperator:
         if self._graph is None or versions != self._graph_versions:
             self._graph = None
             graphs = []
-            with self._obj.eval_mode(), torch.enable_grad():
+            with self._obj.eval_mode(), torch.enable_grad(), math_attention():
                 for batch in self._obj.batches():
                     loss = self._obj.batch_loss(batch) * batch.weight
                     graphs.append(
@@ -411,7 +413,7 @@ class HessianOperator:
 
     def _batch_exact(self, batch: Any, vs: list[Tensor]) -> list[Tensor]:
         """One batch's weighted ``H_b v`` by double backward on a fresh graph."""
-        with torch.enable_grad():
+        with torch.enable_grad(), math_attention():
             loss = self._obj.batch_loss(batch) * batch.weight
             grads = torch.autograd.grad(loss, self._work, create_graph=True, allow_unused=True)
             return self._double_backward(grads, self._work, vs, retain=False)
@@ -429,7 +431,7 @@ class HessianOperator:
 
         # torch.func differentiates under no_grad; no_grad keeps autograd from recording a
         # graph through the parameters outside a subset (which still require grad)
-        with torch.no_grad():
+        with torch.no_grad(), math_attention():
             _, hv = jvp(grad(loss_of, argnums=tuple(range(len(primals)))), primals, tuple(vs))
         return list(hv)
 
@@ -453,7 +455,11 @@ class HessianOperator:
         def product(batch: Any, i: int) -> list[Tensor]:
             if self.method != "auto":
                 return self._per_batch()(batch, vs)
-            _, t_fwd = self._timed(self._batch_forward, batch, vs)
+            try:
+                _, t_fwd = self._timed(self._batch_forward, batch, vs)
+            except RuntimeError as exc:  # no forward-mode rule for some operation
+                self._forward_failed(exc, warn=False)
+                return self._batch_exact(batch, vs)
             out, t_exact = self._timed(self._batch_exact, batch, vs)
             trials.append({"exact": t_exact, "forward": t_fwd})
             if i + 1 == _AUTO_TRIAL_BATCHES:
@@ -464,6 +470,29 @@ class HessianOperator:
         if self.method == "auto":  # a single batch
             self._choose(trials[-1])
         return out
+
+    def _hvp_forward_first(self, vs: list[Tensor]) -> list[Tensor]:
+        """The first product of ``method="forward"``: exact instead where torch.func fails."""
+        try:
+            out = self._accumulate(vs, lambda batch, _i: self._batch_forward(batch, vs))
+        except RuntimeError as exc:
+            self._forward_failed(exc, warn=True)
+            return self._accumulate(vs, lambda batch, _i: self._batch_exact(batch, vs))
+        self._forward_ok = True
+        return out
+
+    def _forward_failed(self, exc: RuntimeError, *, warn: bool) -> None:
+        """Forward-over-reverse failed on this model/loss: every product is exact from now on."""
+        message = (
+            "forward-over-reverse Hessian products fail on this model or loss "
+            f"({str(exc).splitlines()[0][:160]}); using method='exact'"
+        )
+        if warn:
+            warnings.warn(message, UserWarning, stacklevel=4)
+        else:
+            logger.info(message)
+        self.method = "exact"
+        self.method_seconds = {}
 
     def _choose(self, seconds: dict[str, float]) -> None:
         self.method = "forward" if seconds["forward"] < seconds["exact"] else "exact"

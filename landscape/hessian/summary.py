@@ -21,7 +21,8 @@ from landscape.hessian.eigen.lanczos import lanczos_eigen
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
-from landscape.objective import Objective
+from landscape.objective import Objective, make_objective
+from landscape.params import ParamSelection
 
 __all__ = [
     "TRACE_METHODS",
@@ -105,6 +106,15 @@ def _settings(a: Mapping[str, Any], batch_size: int, **extra: Any) -> dict[str, 
         "max_samples": a["max_samples"],
         **extra,
     }
+    selection = a.get("params")
+    if isinstance(selection, torch.Tensor):
+        selection = [selection]
+    if selection is not None:  # recorded only when given, so older files still resume
+        settings["params"] = (
+            selection
+            if isinstance(selection, str)
+            else [p if isinstance(p, str) else "<tensor>" for p in selection]
+        )
     return json.loads(json.dumps(settings))
 
 
@@ -115,6 +125,7 @@ def _objective(
     batch_size: int,
     max_samples: int | None,
     device: str | torch.device | None,
+    **options: Any,
 ) -> Objective:
     if data is None:
         raise ValueError("Invalid data: None; pass the data to measure on")
@@ -122,7 +133,9 @@ def _objective(
         from landscape._device import resolve_device
 
         model = model.to(resolve_device(device))
-    return Objective(model, data, loss_fn, batch_size=batch_size, max_samples=max_samples)
+    return make_objective(
+        model, data, loss_fn, batch_size=batch_size, max_samples=max_samples, **options
+    )
 
 
 def hessian_summary(
@@ -152,6 +165,12 @@ def hessian_summary(
     return_eigenvectors: bool = False,
     progress: bool | None = None,
     out: str | os.PathLike[str] | None = None,
+    forward: Any = None,
+    compute_loss: Any = None,
+    count_items: Any = None,
+    input_key: str | None = None,
+    target_key: str | None = None,
+    params: ParamSelection = None,
 ) -> dict[str, Any]:
     """Top-k eigenvalues, optionally the trace and the spectral density, as plain data.
 
@@ -199,6 +218,16 @@ def hessian_summary(
         progress: progress bars (``None``: only on a terminal).
         out: a ``.json`` file written after each finished part (``None``: keep the
             summary in memory only).
+        forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``, or
+            ``model(**inputs)`` for a dict).
+        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
+            ``(mean_loss, n_items)``, for batches no other rule reads.
+        count_items: ``count_items(batch)``: the number of items a batch's loss averages
+            (default: tokens not ignored, or samples).
+        input_key: key of the inputs in dict batches.
+        target_key: key of the targets (labels) in dict batches.
+        params: the parameters spanned: those with ``requires_grad=True`` (default) or a
+            selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
 
     Returns:
         ``{"eigen", "trace", "density", "dim", "n_samples", "param_names", "products",
@@ -218,10 +247,18 @@ def hessian_summary(
     """
     _check_options(trace_method, top_k)
     out_path = _out_path(out)
+    options = {
+        "forward": forward,
+        "compute_loss": compute_loss,
+        "count_items": count_items,
+        "input_key": input_key,
+        "target_key": target_key,
+        "params": params,
+    }
     if isinstance(model, Objective):
-        obj = model
+        obj = make_objective(model, data, loss_fn, max_samples=max_samples, **options)
     else:
-        obj = _objective(model, data, loss_fn, batch_size, max_samples, device)
+        obj = _objective(model, data, loss_fn, batch_size, max_samples, device, **options)
     settings = _settings(locals(), obj.batch_size)  # this call's arguments by name
     if out_path is not None and out_path.exists():
         logger.info("%s exists: overwriting it", out_path)

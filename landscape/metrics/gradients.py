@@ -76,26 +76,19 @@ def split_objective(objective: Objective, indices: Sequence[int] | Tensor) -> Ob
     if int(idx.min()) < 0 or int(idx.max()) >= n:
         raise ValueError(f"Invalid subsets: indices must lie in [0, {n}) for this data")
     batches = list(objective.batches())
-    inputs = _concat([b.inputs for b in batches])
-    targets = _concat([b.targets for b in batches])
-    sub_inputs, sub_targets = _index(inputs, idx), _index(targets, idx)
+    try:
+        whole = _concat([b.data for b in batches])
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            "Invalid subsets: the batches cannot be joined into one set of samples "
+            f"({exc}); pass other_data= (the second data set) instead"
+        ) from None
+    sub = _index(whole, idx)
     bs = objective.batch_size
     chunks = [
-        (
-            _index(sub_inputs, torch.arange(i, min(i + bs, idx.numel()))),
-            _index(sub_targets, torch.arange(i, min(i + bs, idx.numel()))),
-        )
-        for i in range(0, idx.numel(), bs)
+        _index(sub, torch.arange(i, min(i + bs, idx.numel()))) for i in range(0, idx.numel(), bs)
     ]
-    return Objective(
-        objective.model,
-        chunks,
-        objective.loss_fn,
-        device=objective.device,
-        batch_size=bs,
-        accuracy=False,
-        forward=objective.forward_fn,
-    )
+    return objective.derive(chunks, accuracy=False, max_cache_bytes=2**62)
 
 
 def _subset_objectives(
@@ -104,18 +97,7 @@ def _subset_objectives(
     if other_data is not None:
         if subsets is not None:
             raise ValueError("Invalid subsets: give either subsets or other_data, not both")
-        other = Objective(
-            objective.model,
-            other_data,
-            objective.loss_fn,
-            device=objective.device,
-            batch_size=objective.batch_size,
-            accuracy=False,
-            forward=objective.forward_fn,
-            input_key=objective.input_key,
-            target_key=objective.target_key,
-        )
-        return objective, other
+        return objective, objective.derive(other_data, accuracy=False)
     n = objective.n_samples
     if subsets is None or (isinstance(subsets, float | int) and not isinstance(subsets, bool)):
         fraction = 0.5 if subsets is None else float(subsets)

@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 
 from landscape.metrics._base import MetricCache, MetricResult, progress_bar
-from landscape.objective import Objective
+from landscape.objective import Objective, make_objective
+from landscape.params import ParamSelection
 
 __all__ = [
     "METRICS",
@@ -174,6 +175,12 @@ def compute_metrics(
     per_metric: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    compute_loss: Callable[[nn.Module, Any], Any] | None = None,
+    count_items: Callable[[Any], Any] | None = None,
+    input_key: str | None = None,
+    target_key: str | None = None,
+    params: ParamSelection = None,
     progress: bool | None = None,
     **options: Any,
 ) -> dict[str, MetricResult]:
@@ -186,10 +193,20 @@ def compute_metrics(
             a ``Dataset``, a ``DataLoader``, an iterable of batches).
         names: metric names (a list or ``"a,b,c"``); see :data:`METRICS`.
         loss_fn: ``loss_fn(outputs, targets)`` returning the batch mean; default
-            cross-entropy.
+            cross-entropy, or the model's own loss for Hugging Face-style dict batches.
         per_metric: options for one metric only, e.g. ``{"sam_sharpness": {"steps": 5}}``.
         batch_size: batch size used to split tensor pairs and datasets.
         max_samples: use only the first ``max_samples`` samples.
+        forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``, or
+            ``model(**inputs)`` for a dict).
+        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
+            ``(mean_loss, n_items)``, for batches no other rule reads.
+        count_items: ``count_items(batch)``: the number of items a batch's loss averages
+            (default: tokens not ignored, or samples).
+        input_key: key of the inputs in dict batches.
+        target_key: key of the targets (labels) in dict batches.
+        params: the parameters measured: those with ``requires_grad=True`` (default) or a
+            selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
         progress: progress bars (``None``: only on a terminal).
         **options: options shared by every selected metric that accepts them (``rho``,
             ``steps``, ``sigma``, ``num_samples``, ``seed``, ...); an option that no
@@ -205,17 +222,19 @@ def compute_metrics(
     """
     selected = validate_metric_names(names)
     routed = route_options(selected, options, per_metric)
-    if isinstance(model, Objective):
-        if data is not None or loss_fn is not None or max_samples is not None:
-            raise ValueError(
-                "Invalid arguments: pass data, loss_fn and max_samples to the Objective, "
-                "not to compute_metrics, when model is an Objective"
-            )
-        objective = model
-    else:
-        if data is None:
-            raise ValueError("Invalid data: None (a model needs data to be measured)")
-        objective = Objective(model, data, loss_fn, batch_size=batch_size, max_samples=max_samples)
+    objective = make_objective(
+        model,
+        data,
+        loss_fn,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        forward=forward,
+        compute_loss=compute_loss,
+        count_items=count_items,
+        input_key=input_key,
+        target_key=target_key,
+        params=params,
+    )
     cache = MetricCache(objective)
     results: dict[str, MetricResult] = {}
     try:

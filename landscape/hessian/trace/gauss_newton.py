@@ -100,11 +100,11 @@ def _check_batch(objective: Objective, out: Any, targets: Any, size: int) -> Non
         )
     dims = _in_dims(targets, size)
     with torch.no_grad():
-        whole = objective.loss_fn(out, targets)
+        whole = objective.output_loss_fn(out, targets)
         if not isinstance(whole, Tensor) or whole.numel() != 1:
             raise ValueError("Invalid loss_fn: ggn_trace needs a scalar batch loss")
         parts = [
-            float(objective.loss_fn(out[i : i + 1], _take(targets, dims, slice(i, i + 1))))
+            float(objective.output_loss_fn(out[i : i + 1], _take(targets, dims, slice(i, i + 1))))
             for i in range(size)
         ]
     mean, value = math.fsum(parts) / size, float(whole)
@@ -408,6 +408,7 @@ def _gauss_newton(
                 terms[s : s + per, :, i] = prod.flatten(2).sum(-1).double()
         return terms
 
+    loss_of_outputs = obj.output_loss_fn
     with obj.eval_mode(), progress_bar(obj.n_samples, "ggn trace: Gauss-Newton", progress) as bar:
         for batch in obj.batches():
             with torch.no_grad():
@@ -419,9 +420,9 @@ def _gauss_newton(
                 _check_batch(obj, out, batch.targets, batch.size)
             with torch.enable_grad():
                 leaf = out.detach().requires_grad_(True)
-                (r,) = torch.autograd.grad(obj.loss_fn(leaf, batch.targets), leaf)
+                (r,) = torch.autograd.grad(loss_of_outputs(leaf, batch.targets), leaf)
             residuals.append(r.detach())
-            lam = _output_hessians(obj.loss_fn, out, batch.targets, batch.weight / batch.size)
+            lam = _output_hessians(loss_of_outputs, out, batch.targets, batch.weight / batch.size)
             cols, partners = _columns(lam, gen, probes, op.dtype)
             m = cols.shape[1] + (0 if partners is None else cols.shape[1])
             passes = max(passes, m)
@@ -502,6 +503,7 @@ def _residual_operator(op: HessianOperator, residuals: list[Tensor]) -> HessianO
         max_cache_bytes=obj.max_cache_bytes,
         accuracy=False,
         forward=obj.forward_fn,
+        params=obj.param_names,
     )
     return op.like(twin)
 

@@ -190,10 +190,6 @@ class SharpnessAwareTrainer(Trainer):
         step._sharpness_aware_trainer = self  # type: ignore[attr-defined]
         opt.step = step
 
-    def _first_pass_at_theta(self) -> bool:
-        """Is the optimizer's first pass the whole batch at θ (the Trainer's backward)?"""
-        return not (self._sam._perturbs_first or isinstance(self._sam, AgnosticSAM))
-
     # ------------------------------------------------------------------ the loop
     def training_step(
         self,
@@ -201,15 +197,20 @@ class SharpnessAwareTrainer(Trainer):
         inputs: dict[str, Any],
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor:
-        """The first pass of the step on one micro-batch; the micro-batch is kept."""
+        """The first pass of the step on one micro-batch; the micro-batch is kept.
+
+        Override ``compute_loss`` rather than this method: the further passes replay
+        ``Trainer.training_step``.
+        """
         opt = self._sam
         if opt.model is None or isinstance(model, nn.parallel.DistributedDataParallel):
             opt.model = model
         if not self._window and opt._perturbs_first:
             opt.first_step()  # Momentum-SAM: its only pass runs at the perturbed point
         self._window.append((model, dict(inputs), num_items_in_batch))
-        if self._first_pass_at_theta() or opt._perturbs_first:
+        if not isinstance(opt, AgnosticSAM):
             return super().training_step(model, inputs, num_items_in_batch)
+        # Agnostic-SAM's first pass is a part of the batch: here only the loss, at θ
         with torch.no_grad(), _without_backward(self.accelerator):
             return super().training_step(model, inputs, num_items_in_batch)
 

@@ -107,13 +107,17 @@ class MomentumSAM(SharpnessAwareOptimizer):
         if held:
             ctx.move(bufs, -1.0, rho, inv, params=params)
         g = yield Pass(final=True)
-        wd = ctx.hparam("weight_decay", params)
-        if inv is None or ctx.option("decay_at") != "perturbed" or _all_zero(rho, wd):
+        if inv is None or ctx.option("decay_at") != "perturbed":
             return g
-        # SGD adds wd·θ; the authors' decay is wd·θ̃ = wd·θ − wd·rho·v̂ (scaled like g)
+        # SGD adds wd·θ; the authors' decay is wd·θ̃ = wd·θ − wd·rho·v̂ (scaled like g).
+        # Only tensors that got a gradient (SGD leaves the others alone).
         where = {id(p): i for i, p in enumerate(ctx.params)}
-        g_held = [g[where[id(p)]] for p in params]
-        ctx.k.add_(g_held, bufs, -1.0, wd, rho, inv, ctx.grad_scale())
+        held = [(p, v) for p, v in held if id(p) in where]
+        params, bufs = [p for p, _ in held], [v for _, v in held]
+        rho, wd = ctx.hparam("rho", params), ctx.hparam("weight_decay", params)
+        if params and not _all_zero(rho, wd):
+            g_held = [g[where[id(p)]] for p in params]
+            ctx.k.add_(g_held, bufs, -1.0, wd, rho, inv, ctx.grad_scale())
         return g
 
 

@@ -273,3 +273,31 @@ def test_defaults_name_the_authors_conventions():
     assert O.optimizer_hparams("asam")["weights_by"] == "name"
     assert O.optimizer_hparams("momentum_sam")["decay_at"] == "perturbed"
     assert O.optimizer_hparams("gam")["h_minus"] == "authors"
+
+
+def test_momentum_sam_tensor_without_gradient_keeps_still():
+    """A tensor with momentum but no gradient in a step: no decay term, SGD skips it."""
+    model = _model()
+    opt = O.MomentumSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=0.5,
+        model=model,
+        lr=LR,
+        momentum=MU,
+        weight_decay=WD,
+    )
+    x, y = _batches()[0]
+    head = model[6]
+
+    def closure(skip=False):
+        opt.zero_grad()
+        out = model[:6](x) if skip else model(x)
+        loss = F.cross_entropy(out[:, :3], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    before = head.weight.detach().clone()
+    opt.step(lambda: closure(skip=True))  # the head gets no gradient
+    assert torch.equal(head.weight, before)

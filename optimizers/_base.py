@@ -165,10 +165,31 @@ class StepContext:
         self.k = k
         self.found_inf: Tensor | None = None
         self.has_val_closure = False
+        self.scaler: Any = None
 
     def hparam(self, name: str, params: Sequence[Tensor] | None = None) -> Coef:
         """A hyper-parameter as a float, or per tensor when parameter groups differ."""
         return self._opt._per_tensor(name, self.params if params is None else params)
+
+    def option(self, name: str) -> Any:
+        """A non-numeric option (e.g. a convention's name): one value for all groups."""
+        values = {g[name] for g in self._opt.param_groups}
+        if len(values) != 1:
+            raise ValueError(
+                f"Invalid param_groups: {type(self._opt).__name__} needs one {name} "
+                f"(got {sorted(values)})"
+            )
+        return values.pop()
+
+    def grad_scale(self) -> Coef:
+        """The factor the closure's gradients carry: GradScaler's scale, else ``1.0``.
+
+        A rule that adds a term of its own to a gradient multiplies it by this factor, so
+        that ``scaler.step`` unscales the term with the gradient.
+        """
+        if self.scaler is None or not self.scaler.is_enabled() or not self.params:
+            return 1.0
+        return self.scaler.scale(torch.ones((), device=self.params[0].device))
 
     def inv_norm(self, vec: Sequence[Tensor]) -> Tensor:
         """``1 / (‖vec‖ + ε)`` as a 0-d tensor; records a non-finite norm for GradScaler."""
@@ -214,8 +235,9 @@ class SharpnessAwareOptimizer(Optimizer):
     passes: ClassVar[float] = 2
     """Forward+backward passes over the full batch per step (the cost floor)."""
 
-    hyperparameters: ClassVar[dict[str, float]] = {}
-    """The variant's own hyper-parameters and their defaults (see ``optimizer_hparams``)."""
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+    """The variant's own hyper-parameters and options, and their defaults (see
+    ``optimizer_hparams``)."""
 
     _perturbs_first: ClassVar[bool] = False
     """The rule moves the weights before its first pass (Momentum-SAM)."""
@@ -418,6 +440,7 @@ class SharpnessAwareOptimizer(Optimizer):
         if self._pending is not None:
             raise ValueError("Invalid call: step() between first_step() and second_step()")
         gen, ctx, req = self._begin(has_val=val_closure is not None)
+        ctx.scaler = scaler
         reuse = (
             not self._perturbs_first and req.part is None and not req.val and self._grads_fresh()
         )
@@ -486,6 +509,7 @@ class SharpnessAwareOptimizer(Optimizer):
                 self._prune(pend.ctx)
                 pend.first = False
             final = pend.req.final
+            pend.ctx.scaler = scaler
             pend.req = pend.gen.send(self._take_grads(pend.ctx))
         except StopIteration as stop:
             self._pending = None

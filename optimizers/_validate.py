@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_nonneg", "check_positive", "check_range"]
+__all__ = ["check_choice", "check_nonneg", "check_positive", "check_range"]
 
 
 def _finite(name: str, value: float) -> float:
@@ -43,3 +43,11 @@ def check_range(name: str, value: float, lo: float, hi: float, *, open_ends: boo
             f"Invalid {name}: {value} (must be in {brackets[0]}{lo}, {hi}{brackets[1]})"
         )
     return v
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """Raise ``ValueError("Invalid <name>: <value>")`` unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"Invalid {name}: {value!r} (expected one of {expected})")
+    return value

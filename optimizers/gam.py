@@ -10,9 +10,12 @@ from torch.optim import Optimizer
 
 from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext
 from optimizers._kernels import Coef, get_kernels, one_minus
-from optimizers._validate import check_nonneg, check_range
+from optimizers._validate import check_choice, check_nonneg, check_range
 
 __all__ = ["GAM", "gam_direction"]
+
+H_MINUS = ("authors", "paper")
+"""GAM's ``h−``: the authors' code ``g0 + (1−beta)·g2`` or the paper's ``beta·g0 + (1−beta)·g2``."""
 
 
 def gam_direction(
@@ -24,19 +27,22 @@ def gam_direction(
     alpha: Coef,
     beta: Coef,
     gamma: Coef,
+    h_minus: str = "authors",
     foreach: bool | None = None,
 ) -> list[Tensor]:
     r"""GAM's direction from its four gradients; overwrites ``g2`` and ``g3``, returns ``d``.
 
-    ``h+ = alpha·g1 + (1−alpha)·g3``, ``h− = beta·g0 + (1−beta)·g2``,
+    ``h+ = alpha·g1 + (1−alpha)·g3``, ``h− = g0 + (1−beta)·g2`` (``h_minus="authors"``,
+    their code) or ``h− = beta·g0 + (1−beta)·g2`` (``h_minus="paper"``),
     ``h−⊥ = h− − (h−·ĥ+) ĥ+`` and ``d = h+ − gamma·h−⊥``.
     """
+    check_choice("h_minus", h_minus, H_MINUS)
     k = get_kernels(foreach, g0)
     hp, hm = g3, g2
     k.mul_(hp, one_minus(alpha))  # type: ignore[arg-type]
     k.add_(hp, g1, alpha)
     k.mul_(hm, one_minus(beta))  # type: ignore[arg-type]
-    k.add_(hm, g0, beta)
+    k.add_(hm, g0, 1.0 if h_minus == "authors" else beta)
     inv = 1.0 / (k.norm(hp) + EPS)
     c = k.dot(hm, hp) * inv * inv
     k.add_(hp, hp, gamma, c)
@@ -61,7 +67,7 @@ class GAM(SharpnessAwareOptimizer):
             &\theta_3 \leftarrow \theta_2 + \rho_{fd}\, \hat g_2,\quad
                 g_3 \leftarrow \nabla L(\theta_3) \\
             &h_+ \leftarrow \alpha g_1 + (1-\alpha) g_3,\quad
-                h_- \leftarrow \beta g_0 + (1-\beta) g_2 \\
+                h_- \leftarrow g_0 + (1-\beta) g_2 \\
             &h_-^\perp \leftarrow h_- - (h_- \cdot \hat h_+)\, \hat h_+,\quad
                 d \leftarrow h_+ - \gamma\, h_-^\perp,\quad
                 \theta \leftarrow \text{base.step}(\theta, d)
@@ -70,10 +76,18 @@ class GAM(SharpnessAwareOptimizer):
     Paper: `Gradient Norm Aware Minimization Seeks First-Order Flatness and Improves
     Generalization <https://arxiv.org/abs/2303.03108>`_.
 
+    ``h−`` (``h_minus``):
+
+    - ``"authors"`` (default, the authors' code, xxgege/GAM ``gam/gam.py``, which
+      produced the paper's numbers): ``h− = g0 + (1−beta)·g2``; their ``grad_beta_0``
+      (the paper's ``beta``) enters only through ``grad_beta_2 = 1 − beta``.
+    - ``"paper"`` (the paper's Algorithm): ``h− = beta·g0 + (1−beta)·g2``.
+
     .. note::
-        The authors' code weights ``g0`` by 1 instead of ``beta`` in ``h−``; this class
-        follows the paper.  ``rho = rho_fd = 0`` with ``alpha = 1`` and ``gamma = 0`` is
-        the base optimizer bit for bit (other ``alpha`` round ``alpha·g + (1−alpha)·g``).
+        ``rho = rho_fd = 0`` with ``alpha = 1`` and ``gamma = 0`` is the base optimizer
+        bit for bit (other ``alpha`` round ``alpha·g + (1−alpha)·g``).  The authors'
+        ``rho`` is their ``grad_norm_rho``, ``rho_fd`` their ``grad_rho``, ``alpha`` their
+        ``grad_beta_1``; the defaults are theirs for CIFAR-10.
 
     Args:
         params: Parameters or parameter groups.
@@ -81,20 +95,23 @@ class GAM(SharpnessAwareOptimizer):
         rho: Radius of the ascent on the gradient norm.
         rho_fd: Finite-difference radius (the zeroth-order/SAM point).
         alpha: Weight of ``g1`` in ``h+``, in ``[0, 1]``.
-        beta: Weight of ``g0`` in ``h−``, in ``[0, 1]``.
+        beta: ``1 − beta`` weighs ``g2`` in ``h−`` (and ``beta`` weighs ``g0`` with
+            ``h_minus="paper"``), in ``[0, 1]``.
         gamma: Weight of the orthogonal correction, ``>= 0``.
+        h_minus: ``"authors"`` or ``"paper"``, see above.
         model: The trained module (BatchNorm freezing, DDP).
         foreach: Foreach kernels (default) or the single-tensor reference kernels.
         **base_kwargs: Arguments of the base optimizer.
     """
 
     passes = 4
-    hyperparameters: ClassVar[dict[str, float]] = {
+    hyperparameters: ClassVar[dict[str, Any]] = {
         "rho": 0.2,
         "rho_fd": 0.02,
         "alpha": 0.6,
         "beta": 0.5,
         "gamma": 0.03,
+        "h_minus": "authors",
     }
 
     def __init__(
@@ -107,6 +124,7 @@ class GAM(SharpnessAwareOptimizer):
         alpha: float = 0.6,
         beta: float = 0.5,
         gamma: float = 0.03,
+        h_minus: str = "authors",
         model: nn.Module | None = None,
         foreach: bool | None = None,
         **base_kwargs: Any,
@@ -116,7 +134,15 @@ class GAM(SharpnessAwareOptimizer):
         check_range("alpha", alpha, 0.0, 1.0)
         check_range("beta", beta, 0.0, 1.0)
         check_nonneg("gamma", gamma)
-        defaults = {"rho": rho, "rho_fd": rho_fd, "alpha": alpha, "beta": beta, "gamma": gamma}
+        check_choice("h_minus", h_minus, H_MINUS)
+        defaults = {
+            "rho": rho,
+            "rho_fd": rho_fd,
+            "alpha": alpha,
+            "beta": beta,
+            "gamma": gamma,
+            "h_minus": h_minus,
+        }
         super().__init__(
             params, base_optimizer, defaults, model=model, foreach=foreach, **base_kwargs
         )
@@ -139,5 +165,6 @@ class GAM(SharpnessAwareOptimizer):
             alpha=ctx.hparam("alpha"),
             beta=ctx.hparam("beta"),
             gamma=ctx.hparam("gamma"),
+            h_minus=ctx.option("h_minus"),
             foreach=ctx.k.name == "foreach",
         )

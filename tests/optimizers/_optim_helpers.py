@@ -84,8 +84,16 @@ class Reference:
         self.params = list(self.model.parameters())
         self.opt = torch.optim.SGD(self.params, **base_kwargs)
         self.val_fraction = val_fraction
+        self.weight_decay = base_kwargs.get("weight_decay", 0.0)
+        # ASAM's weights: "dim" (tensors with dim > 1) and "name" (the authors' rule)
         self.is_weight = torch.cat(
             [torch.full((p.numel(),), p.dim() > 1, dtype=torch.bool) for p in self.params]
+        )
+        self.is_named_weight = torch.cat(
+            [
+                torch.full((p.numel(),), "weight" in n, dtype=torch.bool)
+                for n, p in self.model.named_parameters()
+            ]
         )
 
     def grad_fn(self, x, y):
@@ -109,6 +117,8 @@ class Reference:
         mom = [self.opt.state[p].get("momentum_buffer") for p in self.params]
         info = {
             "is_weight": self.is_weight,
+            "is_named_weight": self.is_named_weight,
+            "weight_decay": self.weight_decay,
             "momentum": flat(
                 m if m is not None else torch.zeros_like(p) for m, p in zip(mom, self.params)
             ),

@@ -30,8 +30,10 @@ def ref_sam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
 
 
 def ref_asam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
+    """The authors' T: |θ| + eta on parameters named *weight* (BatchNorm's scale too)."""
     g0 = grad(th, None)
-    t = torch.where(info["is_weight"], th.abs() + hp["eta"], torch.ones_like(th))
+    is_weight = info["is_weight" if hp.get("weights_by") == "dim" else "is_named_weight"]
+    t = torch.where(is_weight, th.abs() + hp["eta"], torch.ones_like(th))
     e = hp["rho"] * t * t * g0 / (torch.linalg.vector_norm(t * g0) + 1e-12)
     return grad(th + e, None)
 
@@ -64,7 +66,9 @@ def ref_gam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
     g2 = grad(th2, None)
     g3 = grad(th2 + hp["rho_fd"] * unit(g2), None)
     hp_ = hp["alpha"] * g1 + (1 - hp["alpha"]) * g3
-    hm = hp["beta"] * g0 + (1 - hp["beta"]) * g2
+    # the authors' code: g0 + (1 − beta)·g2; the paper: beta·g0 + (1 − beta)·g2
+    w0 = hp["beta"] if hp.get("h_minus") == "paper" else 1.0
+    hm = w0 * g0 + (1 - hp["beta"]) * g2
     u = unit(hp_)
     return hp_ - hp["gamma"] * (hm - (hm @ u) * u)
 
@@ -89,7 +93,12 @@ def ref_crsam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
 
 def ref_msam(grad: GradFn, th: Tensor, hp: dict, info: dict) -> Tensor:
     v = info["momentum"]  # flat momentum buffer of the reference SGD (zeros at first)
-    return grad(th - hp["rho"] * unit(v), None)
+    th_p = th - hp["rho"] * unit(v)
+    g = grad(th_p, None)
+    if hp.get("decay_at", "perturbed") == "perturbed":
+        # the reference SGD adds wd·θ; the authors decay at the perturbed point θ_p
+        g = g + info["weight_decay"] * (th_p - th)
+    return g
 
 
 @dataclass
@@ -131,6 +140,15 @@ CONFIGS = [
         identity={"rho": 0.0},
         small={"rho": 0.01},
         bad=(({"rho": -1.0}, r"Invalid rho: -1\.0"), ({"eta": -0.1}, r"Invalid eta")),
+    ),
+    Config(
+        "asam_dim",  # the variant: T = |θ| + eta on tensors with dim > 1 (BN scale: T = 1)
+        O.ASAM,
+        {"rho": 0.7, "eta": 0.05, "weights_by": "dim"},
+        ref_asam,
+        identity={"rho": 0.0, "weights_by": "dim"},
+        small={"rho": 0.01},
+        bad=(({"weights_by": "names"}, r"Invalid weights_by: 'names'"),),
     ),
     Config(
         "asam_all",  # davda54's "adaptive" SAM: T = |θ| on every tensor
@@ -182,6 +200,14 @@ CONFIGS = [
         ),
     ),
     Config(
+        "gam_paper",  # the paper's h− = beta·g0 + (1 − beta)·g2
+        O.GAM,
+        {"rho": 0.3, "rho_fd": 0.05, "alpha": 0.6, "beta": 0.3, "gamma": 0.2, "h_minus": "paper"},
+        ref_gam,
+        small={"rho": 0.01, "rho_fd": 0.005},
+        bad=(({"h_minus": "both"}, r"Invalid h_minus: 'both'"),),
+    ),
+    Config(
         "fad",
         O.FAD,
         {"rho": 0.2, "rho_fd": 0.05, "alpha": 0.7, "beta": 0.3},
@@ -218,6 +244,15 @@ CONFIGS = [
         identity={"rho": 0.0},
         small={"rho": 0.01},
         bad=(({"rho": -0.1}, r"Invalid rho: -0\.1"),),
+    ),
+    Config(
+        "momentum_sam_theta",  # the base SGD's weight decay at θ
+        O.MomentumSAM,
+        {"rho": 0.5, "decay_at": "theta"},
+        ref_msam,
+        identity={"rho": 0.0, "decay_at": "theta"},
+        small={"rho": 0.01},
+        bad=(({"decay_at": "θ"}, r"Invalid decay_at: 'θ'"),),
     ),
 ]
 

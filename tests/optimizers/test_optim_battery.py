@@ -119,6 +119,7 @@ def test_foreach_and_single_tensor_kernels_agree(cfg):
 
 
 @ALL
+@pytest.mark.filterwarnings("ignore:ASAM.*no name:UserWarning")  # one unnamed tensor
 def test_converges_on_a_quadratic(cfg):
     """Minimise 0.5 θᵀAθ (A SPD, condition 10) from ‖θ0‖≈3: the loss drops 1000-fold."""
     torch.manual_seed(0)
@@ -160,7 +161,7 @@ def test_explicit_first_second_step_equals_step_closure(cfg):
     m1, m2 = make_model(), make_model()
     run(cfg, m1, batches)
     opt = build(cfg, m2)
-    perturbs_first = cfg.name == "momentum_sam"  # first_step before the forward
+    perturbs_first = cfg.cls._perturbs_first  # Momentum-SAM: first_step before the forward
 
     def backward(x, y):
         opt.zero_grad()

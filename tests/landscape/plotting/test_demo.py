@@ -98,3 +98,18 @@ def test_demo_rejects_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="nope"):  # before any training
         run_demo(tmp_path, trajectory_metrics=["lambda_max", "nope"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_hparams_are_the_defaults_but_momentum_sam_rho():
+    """Each optimizer's defaults, but Momentum-SAM's rho = 0.3 (3.0 is meant for ResNets)."""
+    import optimizers
+    from landscape.demo import DEMO_OPTIMIZERS, demo_hparams
+
+    for name in DEMO_OPTIMIZERS:
+        hp = demo_hparams(name)
+        if name == "momentum_sam":
+            assert hp == {"rho": 0.3, "decay_at": "perturbed"}
+        else:
+            assert hp == optimizers.optimizer_hparams(name)
+    with pytest.raises(ValueError, match=r"Invalid hparams: \['gam'\]"):
+        run_demo("unused", optimizers=["sgd"], hparams={"gam": {"rho": 0.1}})

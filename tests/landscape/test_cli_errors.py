@@ -102,7 +102,7 @@ def ws(tmp_path_factory):
     f["evil"] = root / "evil.pt"
     torch.save({"state_dict": _Armed(f["marker"])}, f["evil"])
     f["evil_pickle"] = root / "evil_pickle.pt"
-    f["evil_pickle"].write_bytes(pickle.dumps(_Armed(f["marker"])))
+    f["evil_pickle"].write_bytes(pickle.dumps(_Armed(f["marker"]), protocol=2))
     f["afile"] = root / "afile"
     f["afile"].write_text("a file, not a folder\n")
     f["folder"] = root / "folder"
@@ -352,7 +352,12 @@ CASES = [
         2,
         r"truncated\.h5: not a readable surface file",
     ),
-    ("plot-out-unknown-format", [*P, "--out", "{root}/p.xyz"], 2, r"--out must end in one of .*\.png"),
+    (
+        "plot-out-unknown-format",
+        [*P, "--out", "{root}/p.xyz"],
+        2,
+        r"--out must end in one of .*\.png",
+    ),
     ("plot-out-below-a-file", [*P, "--out", "{afile}/p.png"], 2, r"lies below"),
     ("plot-unknown-metric", [*P, "--metric", "nosuch", "--out", "{root}/p.png"], 2, r"nosuch"),
     (

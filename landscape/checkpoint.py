@@ -43,9 +43,11 @@ from landscape._version import __version__
 __all__ = [
     "FORMAT",
     "Checkpoint",
+    "check_readable",
     "file_sha256",
     "load_checkpoint",
     "load_state_dict_strict",
+    "nonfinite_tensors",
     "read_checkpoint",
     "run_checkpoints",
     "save_checkpoint",
@@ -149,6 +151,18 @@ def read_checkpoint(
         raise ValueError(f"{p}: not a readable checkpoint ({_first_line(exc)})") from None
 
 
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """Raise what :func:`read_checkpoint` would, without reading the tensors' data.
+
+    The file is memory-mapped (the old non-zip format, which cannot be, is read whole),
+    so a command can refuse a missing, corrupt or unsafe checkpoint before any work.
+    """
+    try:
+        read_checkpoint(path, mmap=True)
+    except ValueError:
+        read_checkpoint(path)  # the legacy format cannot be mapped; this says why not
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, Mapping)
@@ -196,6 +210,25 @@ def load_state_dict_strict(
     _unwrap(model).load_state_dict(dict(state_dict), strict=True)
 
 
+def nonfinite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity, in order."""
+    return [
+        name
+        for name, t in state_dict.items()
+        if isinstance(t, torch.Tensor)
+        and (t.is_floating_point() or t.is_complex())
+        and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _nonfinite_message(path: Path, names: list[str], total: int) -> str:
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f"{path}: non-finite weights (nan or inf in {len(names)} of {total} tensors: {shown}), "
+        "the checkpoint of a diverged run"
+    )
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint.
@@ -208,6 +241,8 @@ class Checkpoint:
         meta: epoch, optimizer, hparams, metrics, version (empty for a plain state_dict).
         path: the file.
         sha256: hex SHA-256 of the file.
+        nonfinite: names of the tensors holding NaN or inf (empty for a sound checkpoint;
+            a diverged run's weights).
     """
 
     model: nn.Module
@@ -218,6 +253,7 @@ class Checkpoint:
     path: Path
     sha256: str
     training_state: dict[str, Any] | None = field(default=None, repr=False)
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def epoch(self) -> int | None:
@@ -249,6 +285,7 @@ def load_checkpoint(
     model: nn.Module | None = None,
     *,
     map_location: str | torch.device | None = None,
+    finite: bool = False,
 ) -> Checkpoint:
     """Open a checkpoint and return a ready model.
 
@@ -258,11 +295,14 @@ def load_checkpoint(
         model: the module to load the weights into; default: built from the stored
             ``model_spec``. It is modified in place and put in eval mode.
         map_location: device for the tensors and the model (default CPU).
+        finite: refuse weights holding NaN or inf (a diverged run's) with a ``ValueError``
+            naming the file; by default they load, listed in ``Checkpoint.nonfinite``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: corrupt/truncated file, plain state_dict without ``model``, or a
-            state_dict that does not fit the model (names the first mismatching key).
+        ValueError: corrupt/truncated file, plain state_dict without ``model``, a
+            state_dict that does not fit the model (names the first mismatching key), or
+            non-finite weights with ``finite=True``.
     """
     p = Path(path)
     loc = torch.device("cpu") if map_location is None else torch.device(map_location)
@@ -288,6 +328,9 @@ def load_checkpoint(
             raise ValueError(f"{p}: neither a sharpscape checkpoint nor a state_dict")
         model_spec, data_spec, meta, training_state = None, None, {}, None
     state_dict = _strip_prefix(sd)
+    bad = nonfinite_tensors(state_dict)
+    if bad and finite:
+        raise ValueError(_nonfinite_message(p, bad, len(state_dict)))
     if model is None:
         if model_spec is None:
             raise ValueError(
@@ -312,6 +355,7 @@ def load_checkpoint(
         path=p,
         sha256=file_sha256(p),
         training_state=None if training_state is None else dict(training_state),
+        nonfinite=bad,
     )
 
 

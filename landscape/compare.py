@@ -9,10 +9,12 @@ a :class:`Comparison`: plain rows a notebook displays as a table, written as JSO
     print(cmp.format_table())
     cmp.to_json("cmp.json")
 
-Metric names and options are validated before any checkpoint is opened. With ``out=``
-the comparison so far is written after every checkpoint (atomically), and running the
-same call again on an existing ``.json`` file resumes it: rows of unchanged checkpoints
-are reused, only the others are computed.
+Metric names and options are validated, ``out`` checked to be writable and every
+checkpoint to be readable before any work. A checkpoint of a diverged run (weights, or
+the loss at them, not finite) gets a row of ``nan`` and a warning naming the file; the
+others are measured as usual. With ``out=`` the comparison so far is written after
+every checkpoint (atomically), and running the same call again on an existing ``.json``
+file resumes it: rows of unchanged checkpoints are reused, only the others are computed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from typing import Any
 
 from torch import nn
 
-from landscape._io import RESUME_ADVICE, differences, read_json_to_resume, write_atomically
+from landscape._io import (
+    RESUME_ADVICE,
+    check_output,
+    differences,
+    read_json_to_resume,
+    write_atomically,
+)
 from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
@@ -54,6 +62,14 @@ def check_output_path(path: str | os.PathLike[str]) -> str:
     if suffix not in (".json", ".csv"):
         raise ValueError(f"Invalid out: {os.fspath(path)!r} (expected a .json or .csv file)")
     return suffix[1:]
+
+
+def _nan_row(label: str, checkpoint: str, names: Sequence[str], why: str) -> dict[str, Any]:
+    """A row of ``nan`` (``None``) cells for a checkpoint that cannot be measured."""
+    row: dict[str, Any] = {"checkpoint": checkpoint, "label": label, "nonfinite": why}
+    for name in names:
+        row[name] = {"value": None, "stderr": None, "info": {"nonfinite": why}}
+    return row
 
 
 def _plain(obj: Any) -> Any:
@@ -121,7 +137,10 @@ class Comparison:
     @classmethod
     def read_json(cls, path: str | os.PathLike[str]) -> Comparison:
         """Read a comparison written by :meth:`to_json`."""
-        obj = json.loads(Path(path).read_text())
+        try:
+            obj = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
         if not isinstance(obj, dict) or "metrics" not in obj or "rows" not in obj:
             raise ValueError(f"{path}: not a comparison file (needs 'metrics' and 'rows')")
         return cls(list(obj["metrics"]), list(obj["rows"]), dict(obj.get("settings") or {}))
@@ -350,6 +369,21 @@ def compare_models(
     return Comparison(names, rows, _plain(settings))
 
 
+def _nonfinite_reason(ckpt: Any) -> str | None:
+    """Why a loaded checkpoint cannot be measured (non-finite weights), or ``None``."""
+    if not ckpt.nonfinite:
+        return None
+    shown = ", ".join(ckpt.nonfinite[:3]) + (", ..." if len(ckpt.nonfinite) > 3 else "")
+    return f"non-finite weights (nan or inf in {shown}), a diverged run"
+
+
+def _nonfinite_loss(model: nn.Module, data: Any, measure: Mapping[str, Any]) -> str | None:
+    """``"non-finite loss (...)"`` when the loss at the model's weights is not finite."""
+    loss = compute_metrics(model, data, ["loss"], **{**measure, "progress": False})["loss"]
+    value = float(loss.value)
+    return None if math.isfinite(value) else f"non-finite loss ({value}) at its weights"
+
+
 class CompareInterrupted(KeyboardInterrupt):
     """A ``KeyboardInterrupt`` of :func:`compare_checkpoints` writing to ``out``.
 
@@ -494,15 +528,16 @@ def compare_checkpoints(
     Raises:
         ValueError: unknown metric/option/split, bad labels or recorded names, an ``out``
             that is neither ``.json`` nor ``.csv``, or an existing ``.json`` ``out`` to
-            resume that is not a comparison or holds other metrics or settings (all
-            before any work).
+            resume that is not a comparison or holds other metrics or settings, an
+            ``out`` that cannot be written, or a checkpoint that is corrupt, truncated or
+            not loadable with ``weights_only=True`` (all before any work).
         FileNotFoundError: a checkpoint is missing, or a run folder holds none (before
             any work).
         CompareInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says how
             many rows the file holds.
     """
     from landscape._device import resolve_device
-    from landscape.checkpoint import load_checkpoint, run_checkpoints
+    from landscape.checkpoint import check_readable, load_checkpoint, run_checkpoints
 
     files: list[Path] = []
     for p in map(Path, paths):  # a run folder stands for its checkpoints, by epoch
@@ -514,9 +549,13 @@ def compare_checkpoints(
         raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")
     out_path = None if out is None else Path(out)
     kind = None if out is None else check_output_path(out)
+    if out is not None:
+        check_output(out, suffixes=(".json", ".csv"), what="out")
     missing = [os.fspath(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such checkpoint: {', '.join(missing)}")
+    for p in files:  # a corrupt, truncated or unsafe file is refused before any work
+        check_readable(p)
     settings = {
         "split": split if data is None else None,
         "max_samples": max_samples,
@@ -569,18 +608,35 @@ def compare_checkpoints(
                 if measured_on is None:
                     raise ValueError(f"{path}: its data has no {split!r} split")
             logger.info("measuring %s (%s)", path, label)
-            results = compute_metrics(
-                ckpt.model,
-                measured_on,
-                names,
-                loss_fn=loss_fn,
-                batch_size=batch_size,
-                max_samples=max_samples,
-                per_metric=per_metric,
-                progress=progress,
-                **options,
-            )
-            row = _row(label, os.fspath(path), results)
+            measure = {
+                "loss_fn": loss_fn,
+                "batch_size": batch_size,
+                "max_samples": max_samples,
+                "progress": progress,
+            }
+            why = _nonfinite_reason(ckpt)
+            results = None
+            if why is None:
+                try:
+                    results = compute_metrics(
+                        ckpt.model,
+                        measured_on,
+                        names,
+                        per_metric=per_metric,
+                        **measure,
+                        **options,
+                    )
+                except (ValueError, ArithmeticError):
+                    # Metrics fail on non-finite values (e.g. "array must not contain infs
+                    # or NaNs"): a nan row when the loss itself is not finite there.
+                    why = _nonfinite_loss(ckpt.model, measured_on, measure)
+                    if why is None:
+                        raise
+            if results is None:
+                logger.warning("%s: %s; its row is nan", path, why)
+                row = _nan_row(label, os.fspath(path), names, str(why))
+            else:
+                row = _row(label, os.fspath(path), results)
             for name in record_names:
                 row[name] = _recorded_cell(ckpt.meta, name)
             if isinstance(ckpt.meta.get("metrics"), Mapping):

@@ -430,11 +430,17 @@ def pca_directions(
 ) -> Directions:
     """The top-2 PCA directions of a training trajectory, centred on its last point.
 
-    As in Li et al. 2018: the matrix of ``θ_t − θ_T`` (t = 1..T−1, tensors with ``dim ≤ 1``
-    left out with ``ignore="biasbn"``) goes through PCA (mean-centred, as scikit-learn's);
-    the two leading unit-norm principal axes are δ and η, their explained-variance ratios
-    are stored, and every θ_t is projected on the plane with :func:`project_onto_plane`
-    (the same plane the surface is evaluated on, so the path matches the contours).
+    As in Li et al. 2018's code (``projection.setup_PCA_directions``): the matrix of
+    ``θ_t − θ_T`` for every checkpoint t = 1..T, the last one included (a zero row;
+    tensors with ``dim ≤ 1`` left out with ``ignore="biasbn"``), goes through PCA
+    (mean-centred, as scikit-learn's); the two leading unit-norm principal axes are δ
+    and η. Their explained-variance ratios, variances and singular values are stored (as
+    scikit-learn's ``explained_variance_ratio_``, ``explained_variance_`` and
+    ``singular_values_``), and every θ_t is projected on the plane with
+    :func:`project_onto_plane` (the same plane the surface is evaluated on, so the path
+    matches the contours; for the orthonormal axes this is the original's ``cos``
+    projection). Three checkpoints suffice: their two differences from the last span
+    the plane.
 
     Args:
         model: the network (its architecture; its weights are not used).
@@ -452,21 +458,30 @@ def pca_directions(
 
         trajectory = list(run_checkpoints(run))
     if len(trajectory) < 3:
-        raise ValueError(f"Invalid trajectory: {len(trajectory)} checkpoints (need at least 3)")
+        raise ValueError(
+            f"Invalid trajectory: {len(trajectory)} checkpoints (need at least 3: the PCA "
+            "plane is spanned by their differences from the last)"
+        )
     names, tensors = direction_targets(model, states=False)
     states = [_state_tensors(s, names, tensors) for s in trajectory]
     final = states[-1]
     keep = [not (t.dim() <= 1 and ignore == "biasbn") for t in tensors]
     fin = _flatten(final, keep)
-    mat = torch.stack([_flatten(s, keep) - fin for s in states[:-1]])  # (T-1, P)
+    mat = torch.stack([_flatten(s, keep) - fin for s in states])  # (T, P), last row 0
     centred = mat - mat.mean(dim=0, keepdim=True)
-    # PCA through the small (T-1)x(T-1) Gram matrix: exact, and cheap for huge P.
+    # PCA through the small TxT Gram matrix: exact, and cheap for huge P. Its eigenvalues
+    # are the squared singular values of the centred matrix.
     evals, evecs = torch.linalg.eigh(centred @ centred.T)
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
-    if evals[1] <= 0:
-        raise ValueError("Invalid trajectory: it spans fewer than 2 dimensions")
+    if evals[1] <= 1e-12 * evals[0]:
+        raise ValueError(
+            "Invalid trajectory: its checkpoints lie on a line (their differences from the "
+            "last span fewer than 2 dimensions)"
+        )
     comps = (centred.T @ evecs[:, :2]) / evals[:2].sqrt()  # (P, 2), unit columns
     ratio = (evals[:2] / evals.sum()).tolist()
+    variance = (evals[:2] / (len(states) - 1)).tolist()  # scikit-learn's explained_variance_
+    singular = evals[:2].sqrt().tolist()
     dirs = []
     for j in range(2):
         out, pos = [], 0
@@ -486,6 +501,8 @@ def pca_directions(
         "ignore": ignore if ignore is not None else "none",
         "states": False,
         "explained_variance_ratio": [float(r) for r in ratio],
+        "explained_variance": [float(v) for v in variance],
+        "singular_values": [float(s) for s in singular],
         "trajectory_length": len(states),
     }
     if all(isinstance(s, str | Path) for s in trajectory):

@@ -13,9 +13,18 @@ Layout of a surface file (readable by the plotting scripts of Li et al. 2018):
   mode), each with the tensor's shape; the group attribute ``names`` lists the tensors'
   names;
 - ``dir_file``: a string (the file holding the directions: this file);
-- ``trajectory`` (T, 2), optional: a projected training path (PCA planes);
+- ``trajectory`` (T, 2), optional: a projected training path (PCA planes, planes
+  through checkpoints), written a second time as the original's projection file holds
+  it: ``proj_xcoord`` and ``proj_ycoord``, (T,) each;
+- PCA planes: ``explained_variance_ratio_``, ``explained_variance_`` and
+  ``singular_values_`` (2,), as the original's PCA direction file holds them (from the
+  attributes ``explained_variance_ratio``, ``explained_variance``, ``singular_values``);
 - every other piece of metadata (checkpoint path and sha256, norm, ignore, seed, data,
   sample count, package version, creation time, grid spec…) as root attributes.
+
+The file is thus its own direction file (``dir_file``) and its own projection file, and
+the original's trajectory plots read it directly: ``plot_2D.plot_trajectory(f, f)`` and
+``plot_2D.plot_contour_trajectory(f, f, f, "train_loss")`` with ``f`` the file's path.
 
 Kill safety: every dataset is contiguous and fully allocated when the file is created,
 so writing results later only overwrites raw bytes in place and never touches HDF5
@@ -53,6 +62,11 @@ SENTINEL = -1.0
 _JSON_PREFIX = "json:"
 _IDENTITY_ATTR = "identity"
 _COORD_NAMES = ("xcoordinates", "ycoordinates")
+# The original's projection file (projection.project_trajectory): the path's coordinates.
+_PAPER_PROJECTION = ("proj_xcoord", "proj_ycoord")
+# The original's PCA direction file (projection.setup_PCA_directions) holds scikit-learn's
+# PCA attributes as datasets of the same names (with the trailing underscore).
+_PAPER_PCA = ("explained_variance_ratio", "explained_variance", "singular_values")
 _RESERVED = {
     "xcoordinates",
     "ycoordinates",
@@ -61,6 +75,8 @@ _RESERVED = {
     "xdirection",
     "ydirection",
     "trajectory",
+    *_PAPER_PROJECTION,
+    *(f"{key}_" for key in _PAPER_PCA),
 }
 
 
@@ -473,9 +489,15 @@ def open_surface_file(
                 arr = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
                 g.create_dataset(str(i), data=arr, track_times=False)
         if trajectory is not None:
-            f.create_dataset(
-                "trajectory", data=np.asarray(trajectory, dtype=np.float64), track_times=False
-            )
+            path_xy = np.asarray(trajectory, dtype=np.float64)
+            f.create_dataset("trajectory", data=path_xy, track_times=False)
+            if path_xy.ndim == 2 and path_xy.shape[1] == 2:
+                for j, name in enumerate(_PAPER_PROJECTION):
+                    f.create_dataset(name, data=path_xy[:, j].copy(), track_times=False)
+        for key in _PAPER_PCA:
+            if (attrs or {}).get(key) is not None:
+                values = np.asarray((attrs or {})[key], dtype=np.float64)
+                f.create_dataset(f"{key}_", data=values, track_times=False)
         meta = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **dict(attrs or {}),

@@ -13,6 +13,12 @@ checkpoint: the model, the optimizer state (including a wrapped base optimizer's
 schedule, the RNG states of torch, numpy and Python and the generator of the data order
 are restored, so the continuation is bit-identical to an uninterrupted run on the CPU.
 
+A non-finite training loss (a learning rate far too large) stops the run at once with
+:class:`NonFiniteLoss` (``nonfinite="stop"``, the default; ``landscape train`` exits
+with status 3): the run folder keeps the checkpoints written before, and no checkpoint
+of non-finite weights is written. ``nonfinite="continue"`` (``--allow-nonfinite``) warns
+and trains on.
+
 Under ``torchrun --nproc_per_node=K`` the same call trains with DistributedDataParallel
 (gloo on the CPU, nccl on CUDA): each epoch's seeded permutation is padded to a multiple
 of K and dealt round-robin (as ``DistributedSampler`` does), ``batch_size`` is the global
@@ -40,7 +46,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from landscape._io import write_atomically
+from landscape._io import check_output, write_atomically
 from landscape._version import __version__
 from landscape.checkpoint import (
     load_state_dict_strict,
@@ -58,9 +64,19 @@ from landscape.distributed import (
 )
 from landscape.models import build_model, model_spec
 
-__all__ = ["TrainResult", "cosine_factor", "random_crop_flip", "train"]
+__all__ = [
+    "NONFINITE_MODES",
+    "NonFiniteLoss",
+    "TrainResult",
+    "cosine_factor",
+    "random_crop_flip",
+    "train",
+]
 
 log = logging.getLogger(__name__)
+
+# What train(nonfinite=...) accepts: stop at the first non-finite loss, or warn and go on.
+NONFINITE_MODES = ("stop", "continue")
 
 # Configuration entries that must match for a run folder to be resumed.
 _RESUME_KEYS = (
@@ -101,6 +117,51 @@ class TrainResult:
     completed: bool = True
     config: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training met a non-finite loss and stopped (``train(nonfinite="stop")``).
+
+    Nothing of the non-finite weights is saved: the run folder keeps the checkpoints
+    written before (``last_checkpoint`` is the newest of them).
+
+    Attributes:
+        epoch: the epoch it happened in (1-based).
+        step: the step within that epoch (1-based), or ``None`` when the evaluation at
+            the end of the epoch found it.
+        value: the loss (``nan``, ``inf`` or ``-inf``).
+        run_dir: the run folder, or ``None`` when nothing is written.
+        last_checkpoint: the newest checkpoint written before, or ``None``.
+    """
+
+    def __init__(
+        self,
+        epoch: int,
+        step: int | None,
+        steps: int,
+        value: float,
+        run_dir: Path | None,
+        last_checkpoint: Path | None,
+    ) -> None:
+        """Record where it happened; the message is the one the CLI prints."""
+        self.epoch, self.step, self.value = epoch, step, value
+        self.run_dir, self.last_checkpoint = run_dir, last_checkpoint
+        where = (
+            f"at epoch {epoch}, step {step} of {steps}"
+            if step is not None
+            else f"in the evaluation after epoch {epoch}"
+        )
+        if run_dir is None:
+            kept = "nothing was saved"
+        elif last_checkpoint is None:
+            kept = f"{run_dir} holds no checkpoint"
+        else:
+            kept = f"{run_dir} keeps the checkpoints written before ({last_checkpoint})"
+        super().__init__(
+            f"non-finite training loss ({value}) {where}: training stopped, {kept}; "
+            "lower the learning rate (--lr), or train on with --allow-nonfinite "
+            "(nonfinite='continue')"
+        )
 
 
 def cosine_factor(step: int, total: int) -> float:
@@ -253,14 +314,34 @@ def _sync_buffers(module: nn.Module) -> None:
         dist.broadcast(buf, src=0)
 
 
+def _all_finite(loss: torch.Tensor, ctx: DistContext) -> bool:
+    """Whether the loss is finite on every rank (a rank alone stopping would hang the rest)."""
+    ok = torch.isfinite(loss.detach()).all()
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        flag = ok.to(torch.int32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = flag[0] > 0
+    return bool(ok)
+
+
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            row = json.loads(line)
-            if int(row["epoch"]) <= upto:
+            try:
+                row = json.loads(line)
+                epoch = int(row["epoch"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(
+                    f"{path}: line {number} is not a metrics record ({type(exc).__name__}: "
+                    f"{exc}); repair or delete the file, or start over with resume=False "
+                    "(--no-resume)"
+                ) from None
+            if epoch <= upto:
                 rows.append(row)
     return rows
 
@@ -298,7 +379,15 @@ def _check_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     path = run_dir / "config.json"
     if not path.is_file():
         return
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict):
+            raise TypeError(f"a JSON {type(old).__name__}, not an object")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a run configuration ({type(exc).__name__}: {exc}); choose another "
+            "output folder or start over with resume=False (--no-resume)"
+        ) from None
     for key in _RESUME_KEYS:
         if old.get(key) != config.get(key):
             raise ValueError(
@@ -340,6 +429,7 @@ def train(
     stop_after_epoch: int | None = None,
     augment: bool = False,
     max_device_bytes: int = 2**31,
+    nonfinite: str = "stop",
 ) -> TrainResult:
     """Train a classifier with a cosine LR schedule and write a resumable run folder.
 
@@ -382,12 +472,19 @@ def train(
             crop and horizontal flip, seeded; :func:`random_crop_flip`).
         max_device_bytes: on CUDA, a tensor training set up to this size is moved to the
             GPU once and batches are indexed there.
+        nonfinite: what a non-finite loss (of a training batch, or of the evaluation
+            after an epoch) does: ``"stop"`` (default) raises :class:`NonFiniteLoss` at
+            once, before anything of the non-finite weights is saved; ``"continue"``
+            logs a warning (once) and trains on.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        ValueError: bad names or values, or ``out`` holding a different run.
+        ValueError: bad names or values, ``out`` holding a different run, or an ``out``
+            that cannot be written (a file, below a file, a read-only place; checked
+            before any work).
+        NonFiniteLoss: a non-finite loss with ``nonfinite="stop"``.
     """
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
         if int(value) < 1:
@@ -398,6 +495,10 @@ def train(
         raise ValueError(f"Invalid lr: {lr}")
     if weight_decay < 0:
         raise ValueError(f"Invalid weight_decay: {weight_decay}")
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected 'stop' or 'continue')")
+    if out is not None:
+        check_output(out, folder=True)
     full_hparams = _resolve_hparams(optimizer, hparams)
 
     # ---- data ------------------------------------------------------------------------
@@ -475,6 +576,7 @@ def train(
                 "progress": progress,
                 "stop_after_epoch": stop_after_epoch,
                 "max_device_bytes": int(max_device_bytes),
+                "nonfinite": nonfinite,
             }
             return _train(model, mspec, bundle, config, ctx, opts)
     finally:
@@ -572,6 +674,7 @@ def _train(
         return row
 
     meta_base = {"optimizer": config["optimizer"], "hparams": config["hparams"], "seed": seed}
+    written: list[Path] = []  # the checkpoints this run folder holds, newest last
 
     def save(path: Path, epoch: int, row: Mapping[str, Any], elapsed: float) -> None:
         state = {
@@ -588,6 +691,7 @@ def _train(
             meta={**meta_base, "epoch": epoch, "metrics": dict(row), "epochs": epochs},
             training_state=state,
         )
+        written.append(path)
 
     # ---- start or resume ---------------------------------------------------------------
     metrics: list[dict[str, Any]] = []
@@ -607,6 +711,7 @@ def _train(
         elapsed0 = float(ts.get("elapsed", 0.0))
         if run_dir is not None and ctx.is_main:
             metrics = _read_metrics(run_dir / "metrics.jsonl", start_epoch)
+        written.append(resume_path)
         log.info("resuming %s from epoch %d (%s)", run_dir, start_epoch, resume_path)
     elif ctx.is_main:
         row = evaluate(0, {"time": 0.0, "epoch_time": 0.0})
@@ -632,6 +737,25 @@ def _train(
         else contextlib.nullcontext
     )
     stop_after = opts["stop_after_epoch"]
+    stop_nonfinite = opts["nonfinite"] == "stop"
+    warned_nonfinite = False
+
+    def nonfinite(epoch: int, step: int | None, steps: int, value: Any) -> None:
+        """Stop (raise) or warn once about a non-finite loss."""
+        nonlocal warned_nonfinite
+        value = float(value)
+        if stop_nonfinite:
+            last = written[-1] if written else None
+            raise NonFiniteLoss(epoch, step, steps, value, run_dir, last)
+        if not warned_nonfinite:
+            where = f"step {step} of epoch {epoch}" if step else f"the evaluation of epoch {epoch}"
+            log.warning(
+                "non-finite training loss (%s) at %s; training on (nonfinite='continue')",
+                value,
+                where,
+            )
+            warned_nonfinite = True
+
     completed = start_epoch >= epochs
     epoch_bar = tqdm(
         range(start_epoch + 1, epochs + 1),
@@ -678,6 +802,8 @@ def _train(
             n_b = len(idx)
             if loss is not None:
                 loss_sum += loss.detach().double() * n_b
+                if (stop_nonfinite or not warned_nonfinite) and not _all_finite(loss, ctx):
+                    nonfinite(epoch, i + 1, len(batches), loss.detach().float().max())
             if "correct" in first:
                 correct += first["correct"].double()
             seen += n_b
@@ -697,6 +823,12 @@ def _train(
             row = evaluate(epoch, extra)
             row["epoch_time"] = t_trained - t_epoch  # the training steps of this epoch
             row["time"] = elapsed0 + time.perf_counter() - t_start  # wall time of the run
+        # (rank 0 evaluates; every rank learns the verdict, so all stop together)
+        bad = row["train_loss"] if ctx.is_main and not math.isfinite(row["train_loss"]) else None
+        bad = broadcast_object(bad, ctx)
+        if bad is not None:
+            nonfinite(epoch, None, len(batches), bad)
+        if ctx.is_main:
             metrics.append(row)
             epoch_bar.set_postfix(
                 loss=f"{row['train_loss']:.4f}", acc=f"{row.get('train_acc', float('nan')):.1f}"

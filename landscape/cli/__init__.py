@@ -4,6 +4,12 @@ Each subcommand lives in its own module ``landscape/cli/<name>.py`` exposing
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 ``func(args) -> int``.  Parsing happens here; the work happens in typed library
 functions that the subcommand calls.
+
+Exit codes: 0 done; 2 a user error (bad option, missing, corrupt or refused file, an
+output that cannot be written), reported as one line ``landscape CMD: error: ...`` on
+stderr, never a traceback (``-vv`` shows it); 3 training stopped at a non-finite loss
+(the run folder keeps the checkpoints written before); 130 interrupted (Ctrl-C; the
+output files hold what was finished).
 """
 
 from __future__ import annotations
@@ -13,11 +19,32 @@ import importlib
 import logging
 import pkgutil
 import sys
+from typing import NoReturn
 
 from landscape._version import __version__
 
 # The order `landscape --help` lists subcommands in; modules not named here follow.
 _ORDER = ("demo", "train", "surface", "hessian", "compare", "plot", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: ``PROG: error: MESSAGE (...)``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the message on one line (no usage block) and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception as one line; an ``OSError`` as ``FILE: reason``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {exc.strerror}" if where != "" else exc.strerror
+    else:
+        text = str(exc)
+        if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            text = exc.args[0]  # not its repr, quotes and all
+    return " ".join(text.split()) or type(exc).__name__
 
 
 def _command_modules() -> list[str]:
@@ -28,7 +55,7 @@ def _command_modules() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="landscape",
         description="Loss landscapes, curvature and sharpness of PyTorch models.",
     )
@@ -52,11 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        # Errors the library raises for bad user input: one line, no traceback.
+    except FloatingPointError as exc:
+        # Training stopped at a non-finite loss (landscape.training.NonFiniteLoss).
         if args.verbose >= 2:
             raise
-        print(f"landscape {args.command}: error: {exc}", file=sys.stderr)
+        print(f"landscape {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 3
+    except (ValueError, KeyError, OSError) as exc:
+        # Errors the library raises for bad user input, and files the system refuses
+        # (missing, unreadable, unwritable): one line, no traceback.
+        if args.verbose >= 2:
+            raise
+        print(f"landscape {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"landscape {args.command}: interrupted", file=sys.stderr)

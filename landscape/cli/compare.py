@@ -107,6 +107,7 @@ def _list_metrics() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``landscape compare``."""
+    from landscape._io import check_output
     from landscape.compare import CompareInterrupted, compare_checkpoints
     from landscape.metrics import parse_option_assignments
 
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.checkpoints:
         raise ValueError("no checkpoints given (landscape compare A.pt B.pt ...)")
+    if args.out is not None:  # (compare_checkpoints checks it too; here before the metrics)
+        check_output(args.out, suffixes=(".json", ".csv"))
     options, per_metric = parse_option_assignments(args.assignments)
     for _, dest, _, _ in _OPTION_FLAGS:
         value = getattr(args, f"opt_{dest}")

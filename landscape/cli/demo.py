@@ -52,8 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print the comparison table."""
+    from landscape._io import check_output
     from landscape.demo import run_demo
 
+    check_output(args.out, folder=True)
     res = run_demo(
         args.out,
         optimizers=args.optimizers,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
 from landscape.cli._args import positive_int
 
 log = logging.getLogger(__name__)
+
+_NONFINITE = re.compile(r"\b(nan|nans|inf|infs|infinity|non-finite)\b", re.IGNORECASE)
 
 
 def register(subparsers: Any) -> None:
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``landscape hessian``."""
     import torch
 
+    from landscape._io import check_output
     from landscape.checkpoint import atomic_save
     from landscape.hessian.summary import (
         SummaryInterrupted,
@@ -128,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
         hessian_summary_checkpoint,
     )
 
+    # The outputs are checked before any work (a refused path otherwise shows up after
+    # minutes of Lanczos).
+    if args.out is not None:
+        check_output(args.out, suffixes=(".json",))
+    if args.save_eigenvectors is not None:
+        check_output(args.save_eigenvectors, what="--save-eigenvectors")
     try:
         summary = hessian_summary_checkpoint(
             args.checkpoint,
@@ -156,6 +166,15 @@ def run(args: argparse.Namespace) -> int:
             return_eigenvectors=args.save_eigenvectors is not None,
             progress=False if args.no_progress else None,
         )
+    except ValueError as exc:
+        # A non-finite loss or gradient at finite weights surfaces deep in the numerics
+        # ("array must not contain infs or NaNs"): say which checkpoint it was.
+        if _NONFINITE.search(str(exc)) and args.checkpoint not in str(exc):
+            raise ValueError(
+                f"{args.checkpoint}: {exc} (the loss or its gradient is not finite at these "
+                "weights?)"
+            ) from exc
+        raise
     except SummaryInterrupted as exc:
         # The file already holds the finished parts; say so (the dispatcher would only
         # print "interrupted").

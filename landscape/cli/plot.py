@@ -60,8 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the inputs as asked and write the output file."""
-    from landscape.plotting import plot_inputs
+    from landscape._io import check_output
+    from landscape.plotting import MESH_FORMATS, STATIC_FORMATS, plot_inputs
 
+    check_output(args.out)  # before reading anything: a folder, below a file, read-only
+    formats = (*STATIC_FORMATS, ".html", *MESH_FORMATS)
+    if Path(args.out).suffix.lower() not in (*formats, ".htm"):
+        raise ValueError(f"--out must end in one of {formats}, got {Path(args.out).name!r}")
     out = plot_inputs(
         args.inputs,
         args.out,

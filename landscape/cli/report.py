@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="RUN_OR_FILE", help="run folders and files")
-    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--out", required=True, help="HTML file (.html) to write")
     p.add_argument("--title", default="sharpscape report", help="page title")
     p.add_argument("--metric", default="train_loss", help="surface metric drawn in 3-D")
     p.add_argument("--log", action="store_true", help="draw surfaces as log10 of the metric")
@@ -36,8 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report page."""
+    from landscape._io import check_output
     from landscape.report import build_report
 
+    check_output(args.out, suffixes=(".html", ".htm"))
     compute = args.compute or None
     out = build_report(
         args.inputs,

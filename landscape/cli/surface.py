@@ -15,6 +15,9 @@ from landscape.surface import EVALUATION_MODES, SPLITS, parse_grid
 
 log = logging.getLogger(__name__)
 
+# What --out may end in: the HDF5 file of the paper's layout.
+SURFACE_SUFFIXES = (".h5", ".hdf5")
+
 
 def _grid(spec: str) -> Any:
     try:
@@ -35,11 +38,14 @@ def register(subparsers: Any) -> None:
             "the grid points are shared between the processes."
         ),
     )
-    # Grid specs such as "-1:1:51" start with "-": let argparse read them as values.
-    # (Python >= 3.12 already does; on 3.10/3.11 this widens the same private matcher.)
-    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\.?\d[^=]*:")
+    # Grid specs such as "-1:1:51" (or a mistaken "-inf:1:3") start with "-": let argparse
+    # read them as values, so that parse_grid can judge them (no option holds a ":").
+    # (This widens a private matcher of argparse, which Python >= 3.12 widens itself.)
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[^-=][^=]*:")
     p.add_argument("checkpoint", help="checkpoint file written by `landscape train`")
-    p.add_argument("--out", required=True, help="HDF5 file to write (resumed if it exists)")
+    p.add_argument(
+        "--out", required=True, help="HDF5 file (.h5, .hdf5) to write (resumed if it exists)"
+    )
     p.add_argument("--dim", type=int, choices=(1, 2), default=2, help="1-D or 2-D (default 2)")
     p.add_argument(
         "--x",
@@ -109,7 +115,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the surface the arguments describe."""
+    from landscape._io import check_output
     from landscape.surface import surface_from_checkpoint
+
+    check_output(args.out, suffixes=SURFACE_SUFFIXES)
 
     surface = surface_from_checkpoint(
         args.checkpoint,

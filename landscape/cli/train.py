@@ -37,6 +37,7 @@ _OWN_FLAGS = {
     "progress",
     "stop_after_epoch",
     "augment",
+    "allow_nonfinite",
 }
 
 
@@ -82,7 +83,9 @@ def register(subparsers: Any) -> None:
             "Train a built-in model on built-in data with a cosine LR schedule, writing "
             "OUT/config.json, OUT/metrics.jsonl, OUT/checkpoints/epoch_XXXX.pt and "
             "OUT/final.pt. Re-running the same command resumes from the last checkpoint; "
-            "under torchrun it trains with DistributedDataParallel."
+            "under torchrun it trains with DistributedDataParallel. A non-finite loss stops "
+            "the run (exit status 3), keeping the checkpoints written before, unless "
+            "--allow-nonfinite."
         ),
     )
     g = p.add_argument_group("data")
@@ -169,6 +172,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="stop after this epoch (re-run the command to continue)",
     )
+    g.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="train on past a non-finite loss (nan/inf), with a warning; by default the run "
+        "stops there with exit status 3, keeping the checkpoints written before",
+    )
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:0, ...")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     g.add_argument("--eval-batch-size", type=int, default=1024, help="evaluation batch (1024)")
@@ -229,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         stop_after_epoch=args.stop_after_epoch,
         augment=args.augment,
+        nonfinite="continue" if args.allow_nonfinite else "stop",
     )
     if result.rank == 0 and result.metrics:
         last = result.metrics[-1]

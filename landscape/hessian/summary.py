@@ -502,8 +502,8 @@ def hessian_summary_checkpoint(
 
     Raises:
         ValueError: a bad option or split, or an existing ``out`` to resume that is not a
-            Hessian summary, or one of another checkpoint content or with other settings
-            (all before any work).
+            Hessian summary, or one of another checkpoint content or with other settings,
+            or a checkpoint whose weights hold NaN or inf (all before any work).
         FileNotFoundError: no such checkpoint.
         SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out``.
     """
@@ -527,7 +527,7 @@ def hessian_summary_checkpoint(
         elif out_path.exists():
             logger.info("%s exists: overwriting it", out_path)
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location=dev)
+    ckpt = load_checkpoint(path, map_location=dev, finite=True)  # no Hessian of nan weights
     bundle = ckpt.load_data()
     data = getattr(bundle, split)
     if data is None:

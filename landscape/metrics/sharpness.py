@@ -198,15 +198,32 @@ def sam_sharpness(
 
 
 def adaptive_scale(
-    params: Sequence[Tensor], eta: float = 0.01, *, adaptive_all: bool = False
+    params: Sequence[Tensor],
+    eta: float = 0.01,
+    *,
+    adaptive_all: bool = False,
+    names: Sequence[str] | None = None,
+    weights_by: str = "name",
 ) -> list[Tensor]:
-    """ASAM's scaling ``T``: ``|θ| + η`` on weight tensors (dim > 1), 1 on the others.
+    """ASAM's scaling ``T``: ``|θ| + η`` on weights, 1 on the other tensors.
 
-    With ``adaptive_all=True`` every tensor gets ``|θ| + η``.
+    Which tensors are weights follows :class:`optimizers.ASAM`: ``weights_by="name"`` (the
+    authors' code, SamsungLabs/ASAM) takes every parameter whose name contains ``weight``
+    (BatchNorm/LayerNorm scales included) and needs ``names``; ``weights_by="dim"`` takes
+    tensors with ``dim > 1``. With ``adaptive_all=True`` every tensor gets ``|θ| + η``.
     """
+    if weights_by not in ("name", "dim"):
+        raise ValueError(f"Invalid weights_by: {weights_by!r} (expected 'name' or 'dim')")
+    if weights_by == "name" and names is None:
+        raise ValueError("Invalid names: weights_by='name' needs the parameters' names")
+    if weights_by == "name":
+        assert names is not None
+        weight = ["weight" in n for n in names]
+    else:
+        weight = [p.dim() > 1 for p in params]
     return [
-        p.detach().abs() + eta if (adaptive_all or p.dim() > 1) else torch.ones_like(p)
-        for p in params
+        p.detach().abs() + eta if (adaptive_all or w) else torch.ones_like(p)
+        for p, w in zip(params, weight, strict=True)
     ]
 
 
@@ -219,14 +236,17 @@ def adaptive_sharpness(
     steps: int = 1,
     step_size: float | None = None,
     adaptive_all: bool = False,
+    weights_by: str = "name",
     cache: MetricCache | None = None,
     progress: bool | None = None,
 ) -> MetricResult:
     r"""ASAM's adaptive sharpness max_{‖ε/T‖≤ρ} L(θ+ε) − L(θ), T = |θ| + η.
 
-    ``T = |θ| + η`` on weight tensors (dim > 1) and 1 on biases and normalisation
-    parameters (the authors' form); ``adaptive_all=True`` scales every tensor. ``steps=1``
-    is ASAM's perturbation :math:`ε = ρ\,T^2∇L/\|T∇L\|`.
+    ``T = |θ| + η`` on weights and 1 elsewhere, as :class:`optimizers.ASAM` does: by
+    default (``weights_by="name"``, the authors' code) every parameter whose name contains
+    ``weight``, normalisation scales included; ``weights_by="dim"`` takes tensors with
+    ``dim > 1``; ``adaptive_all=True`` scales every tensor. ``steps=1`` is ASAM's
+    perturbation :math:`ε = ρ\,T^2∇L/\|T∇L\|`.
 
     Args:
         objective: model, loss and data.
@@ -235,6 +255,7 @@ def adaptive_sharpness(
         steps: number K of ascent steps.
         step_size: length of each step in the scaled coordinates; default ρ.
         adaptive_all: scale biases and normalisation parameters too.
+        weights_by: ``"name"`` (the authors') or ``"dim"`` (tensors with ``dim > 1``).
         cache: base-point cache shared with other metrics (optional).
         progress: progress bar (``None``: only on a terminal).
     """
@@ -243,7 +264,13 @@ def adaptive_sharpness(
     check_int("steps", steps)
     if step_size is not None:
         check_positive("step_size", step_size)
-    scale = adaptive_scale(objective.params, eta, adaptive_all=adaptive_all)
+    scale = adaptive_scale(
+        objective.params,
+        eta,
+        adaptive_all=adaptive_all,
+        names=objective.param_names,
+        weights_by=weights_by,
+    )
     start = get_cache(objective, cache).loss_and_gradient()
     values = ball_ascent(
         objective,
@@ -257,7 +284,9 @@ def adaptive_sharpness(
         progress=progress,
         desc="adaptive_sharpness",
     )
-    return _ascent_result(values, rho=rho, steps=steps, eta=eta, adaptive_all=adaptive_all)
+    return _ascent_result(
+        values, rho=rho, steps=steps, eta=eta, adaptive_all=adaptive_all, weights_by=weights_by
+    )
 
 
 def _grad_norm_and_direction(objective: Objective, operator: object = None) -> tuple[float, list]:

@@ -63,7 +63,7 @@ def test_adaptive_one_step_by_hand_diagonal():
     u = T * g
     eps = T * (rho * u / math.sqrt(sum(ui * ui for ui in u)))
     expected = sum(0.5 * a[i] * eps[i] ** 2 + g[i] * eps[i] for i in range(6))
-    res = _one(model, "adaptive_sharpness", rho=rho, eta=eta)
+    res = _one(model, "adaptive_sharpness", rho=rho, eta=eta, weights_by="dim")
     assert res.value == pytest.approx(expected, rel=1e-12)
     # adaptive_all: the bias is scaled too
     T_all = np.abs(theta) + eta
@@ -81,10 +81,28 @@ def test_adaptive_many_steps_reach_the_scaled_trust_region_maximum():
     T = np.concatenate([np.abs(theta[:4]) + eta, np.ones(2)])
     A, g = _np(model.A), _np(model.grad())
     exact, _ = trust_region_max(T[:, None] * A * T[None, :], T * g, rho)
-    one = _one(model, "adaptive_sharpness", rho=rho, eta=eta).value
-    many = _one(model, "adaptive_sharpness", rho=rho, eta=eta, steps=300).value
+    one = _one(model, "adaptive_sharpness", rho=rho, eta=eta, weights_by="dim").value
+    many = _one(model, "adaptive_sharpness", rho=rho, eta=eta, steps=300, weights_by="dim").value
     assert one <= many <= exact + 1e-12
     assert many == pytest.approx(exact, rel=1e-8)
+
+
+def test_adaptive_scale_follows_the_authors_names():
+    from landscape.metrics import adaptive_scale
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    names = [n for n, _ in net.named_parameters()]
+    params = list(net.parameters())
+    with torch.no_grad():
+        net[1].weight.fill_(2.0)
+    by_name = adaptive_scale(params, 0.1, names=names)
+    # Linear and LayerNorm weights scaled (the LayerNorm scale included), biases not
+    assert [bool((t != 1).any()) for t in by_name] == [True, False, True, False]
+    torch.testing.assert_close(by_name[2], torch.full((4,), 2.1))
+    by_dim = adaptive_scale(params, 0.1, weights_by="dim")
+    assert [bool((t != 1).any()) for t in by_dim] == [True, False, False, False]
+    with pytest.raises(ValueError, match="names"):
+        adaptive_scale(params, 0.1)
 
 
 # ----------------------------------------------------------------------------- GAM

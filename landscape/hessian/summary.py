@@ -584,12 +584,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     if dens:
         import numpy as np
 
+        from landscape.hessian.density.slq import NEGATIVE_RTOL, negative_mass
+
         grid, rho = np.asarray(dens["grid"]), np.asarray(dens["density"])
         nodes, w = np.asarray(dens["nodes"]), np.asarray(dens["weights"])
-        neg = float(w[nodes < 0].sum())
+        neg = negative_mass(nodes, w)  # rounding-level Ritz values count as zero
         lines.append(
             f"density: λmin ≈ {dens['lambda_min']:.4g}, λmax ≈ {dens['lambda_max']:.4g}, "
-            f"mode at {grid[int(np.argmax(rho))]:.3g}, {100 * neg:.1f}% of the mass below 0 "
+            f"mode at {grid[int(np.argmax(rho))]:.3g}, {100 * neg:.1f}% of the mass below "
+            f"−{NEGATIVE_RTOL:g}·max|λ| "
             f"({dens['num_runs']} runs × {dens['num_steps']} steps)"
         )
     reused = [p for p, d in (summary.get("parts") or {}).items() if d.get("reused")]

@@ -11,8 +11,12 @@ import torch
 
 from landscape.hessian._krylov import lanczos_run, ritz
 from landscape.hessian.operator import HessianOperator
+from landscape.hessian.trace._result import TraceResult, mean_stderr
 
-__all__ = ["SpectralDensity", "slq_density"]
+__all__ = ["NEGATIVE_RTOL", "SpectralDensity", "slq_density"]
+
+NEGATIVE_RTOL = 1e-4
+"""Ritz values within this fraction of the largest ``|λ|`` count as zero, not negative."""
 
 
 @dataclass
@@ -47,6 +51,30 @@ class SpectralDensity:
         z = (t[:, None] - self.nodes[None, :]) / self.sigma
         return (np.exp(-0.5 * z**2) @ self.weights) / (self.sigma * math.sqrt(2 * math.pi))
 
+    def negative_mass(self, rtol: float = NEGATIVE_RTOL) -> float:
+        """The quadrature weight of the eigenvalues below ``−rtol·max|λ|``.
+
+        Ritz values at rounding level (``≈ −1e-5`` against ``λ_max ≈ 1``) are zero
+        eigenvalues, not negative curvature.
+        """
+        return negative_mass(self.nodes, self.weights, rtol)
+
+    def trace_estimate(self) -> TraceResult:
+        """``Tr(H)`` from the runs: ``d·q₀ᵀHq₀ = vᵀHv`` of each Rademacher start ``v``.
+
+        Hutchinson's estimate with one probe per run; its standard error has
+        ``num_runs − 1`` degrees of freedom (see :meth:`TraceResult.interval`).
+        """
+        runs = np.asarray(self.info.get("run_traces", []), dtype=np.float64)
+        value, stderr = mean_stderr(runs)
+        return TraceResult(
+            value=value,
+            stderr=stderr,
+            products=self.products,
+            samples=runs,
+            info={"method": "slq", "num_runs": len(runs)},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return {
@@ -60,6 +88,14 @@ class SpectralDensity:
             "products": int(self.products),
             **self.info,
         }
+
+
+def negative_mass(nodes: np.ndarray, weights: np.ndarray, rtol: float = NEGATIVE_RTOL) -> float:
+    """Weight of the ``nodes`` below ``−rtol·max|nodes|`` (rounding-level ones are zero)."""
+    nodes, weights = np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    if nodes.size == 0:
+        return 0.0
+    return float(weights[nodes < -rtol * float(np.abs(nodes).max())].sum())
 
 
 def slq_density(
@@ -101,7 +137,7 @@ def slq_density(
     if grid_size < 2:
         raise ValueError(f"Invalid grid_size: {grid_size} (must be >= 2)")
     gen = torch.Generator().manual_seed(seed)
-    all_nodes, all_weights = [], []
+    all_nodes, all_weights, run_traces = [], [], []
     products = 0
     for r in range(num_runs):
         state = lanczos_run(
@@ -115,6 +151,7 @@ def slq_density(
         values, vectors, _ = ritz(state)
         all_nodes.append(values)
         all_weights.append(vectors[0, :] ** 2 / num_runs)
+        run_traces.append(op.dim * state.alphas[0])
     nodes = np.concatenate(all_nodes)
     weights = np.concatenate(all_weights)
     lo, hi = float(nodes.min()), float(nodes.max())
@@ -131,7 +168,12 @@ def slq_density(
         lambda_max=hi,
         sigma=float(sigma),
         products=products,
-        info={"num_runs": num_runs, "num_steps": num_steps, "method": "slq"},
+        info={
+            "num_runs": num_runs,
+            "num_steps": num_steps,
+            "method": "slq",
+            "run_traces": [float(t) for t in run_traces],
+        },
     )
     out.density = out.evaluate(grid)
     return out

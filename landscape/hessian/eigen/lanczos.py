@@ -97,6 +97,8 @@ def lanczos_eigen(
         tol: relative residual tolerance.
         max_products: cap on Hessian-vector products (a warning is logged when the pairs
             have not converged by then; they are returned flagged ``converged=False``).
+            Pairs computed with any finite-difference product that failed or skipped its
+            check (``op.unverified_products``) are flagged ``converged=False`` too.
         seed: seed of the Gaussian start vector (and of restart vectors).
         v0: the start vector: ``"random"`` (default; ``None`` too: a Gaussian vector, so
             every eigenvector starts with a comparable share), ``"gradient"`` (the unit
@@ -167,6 +169,7 @@ def lanczos_eigen(
         values, _, res = ritz(state)
         return converged(values, res, _wanted(values, k, which))
 
+    unverified = getattr(op, "unverified_products", 0)
     state = lanczos_run(
         op.matvec,
         start,
@@ -186,6 +189,9 @@ def lanczos_eigen(
     conv = [bool(err[i] <= tol * abs(values[i])) for i in idx]
     if len(idx) < k:
         conv += [False] * (k - len(idx))
+    unverified = getattr(op, "unverified_products", 0) - unverified
+    if unverified:  # finite-difference products that failed (or skipped) their check
+        conv = [False] * len(conv)
     result = EigenResult(
         eigenvalues=torch.as_tensor(values[idx]),
         eigenvectors=eigvecs,
@@ -201,9 +207,17 @@ def lanczos_eigen(
             "v0": "random" if v0 is None else v0 if isinstance(v0, str) else "vector",
             "steps": state.steps,
             "error_estimates": [float(err[i]) for i in idx],
+            "unverified_products": unverified,
         },
     )
-    if not result.converged:
+    if unverified:
+        logger.warning(
+            "lanczos_eigen: %d of %d products were unverified finite differences; "
+            "the eigenpairs are reported not converged",
+            unverified,
+            state.products,
+        )
+    elif not result.converged:
         logger.warning(
             "lanczos_eigen: %d of %d eigenpairs not converged to tol=%g after %d products",
             k - sum(conv),

@@ -44,6 +44,7 @@ def power_iteration(
     residuals: list[float] = []
     conv: list[bool] = []
     products = 0
+    unverified = getattr(op, "unverified_products", 0)
 
     def deflate(v: torch.Tensor) -> torch.Tensor:
         for u in found:
@@ -73,6 +74,9 @@ def power_iteration(
             conv.append(ok)
             found.append(v)
     vecs = [[t.clone() for t in op.to_list(v)] for v in found]
+    unverified = getattr(op, "unverified_products", 0) - unverified
+    if unverified:  # finite-difference products that failed (or skipped) their check
+        conv = [False] * len(conv)
     if not all(conv):
         logger.warning(
             "power_iteration: not converged to tol=%g within %d products per pair",
@@ -86,5 +90,10 @@ def power_iteration(
         residuals=torch.tensor(residuals),
         converged=all(conv),
         converged_each=conv,
-        info={"method": "power", "which": "magnitude", "tol": tol},
+        info={
+            "method": "power",
+            "which": "magnitude",
+            "tol": tol,
+            "unverified_products": unverified,
+        },
     )

@@ -2,7 +2,7 @@
 
 from landscape.hessian.trace._result import TraceResult
 from landscape.hessian.trace.block import block_trace
-from landscape.hessian.trace.finite_difference import fd_trace
+from landscape.hessian.trace.finite_difference import FiniteDifferenceError, fd_trace
 from landscape.hessian.trace.gauss_newton import ggn_trace
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.hutchpp import hutchpp_trace
@@ -10,6 +10,7 @@ from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
 
 __all__ = [
     "TRACE_METHODS",
+    "FiniteDifferenceError",
     "TraceResult",
     "block_trace",
     "estimate_trace",

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from landscape.hessian._blocks import group_blocks, validate_grouping
 from landscape.hessian.operator import HessianOperator, random_vector
-from landscape.hessian.trace._result import TraceResult
+from landscape.hessian.trace._result import TraceResult, satterthwaite
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.hutchpp import hutchpp_trace
 
@@ -77,6 +77,17 @@ def _allocate(weights: np.ndarray, budget: int, floor: int, caps: np.ndarray) ->
     return alloc
 
 
+_MIN_PROBES = 4  # residual probes per block when its budget allows: the stderr's dof
+
+
+def _sketch_size(n: int, sketch: str) -> int | None:
+    """Hutch++'s sketch in a block of ``n`` products, leaving ``_MIN_PROBES`` probes."""
+    per_col = 2 if sketch == "rademacher" else 1
+    probes = max(_MIN_PROBES, n // 3)
+    k = (n - probes) // per_col
+    return k if k >= 1 else None
+
+
 def block_trace(
     op: HessianOperator,
     num_products: int = 60,
@@ -122,6 +133,7 @@ def block_trace(
     caps = np.array([v.dim if estimator == "hutchpp" else 10**12 for v in views])
     alloc = _allocate(np.sqrt([v.dim for v in views]), num_products, 3, caps)
     per: dict[str, tuple[float, float]] = {}
+    dofs: list[float] = []
     used = 0
     for i, (view, n) in enumerate(zip(views, alloc, strict=True)):
         sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
@@ -132,9 +144,17 @@ def block_trace(
             res = exact_block_trace(view, sub_seed, progress)
             value, se = res.value, 0.0
         else:
-            res = hutchpp_trace(view, int(n), seed=sub_seed, sketch=sketch, progress=progress)
+            res = hutchpp_trace(
+                view,
+                int(n),
+                seed=sub_seed,
+                sketch=sketch,
+                sketch_size=_sketch_size(int(n), sketch),
+                progress=progress,
+            )
             value, se = res.value, res.stderr
         per[view.name] = (value, se)
+        dofs.append(res.degrees_of_freedom if se > 0 else np.inf)
         used += res.products
         alloc[i] = res.products
     values = np.array([v for v, _ in per.values()])
@@ -145,10 +165,12 @@ def block_trace(
         products=used,
         samples=values,
         blocks=per,
+        dof=satterthwaite([(se, nu) for (_, se), nu in zip(per.values(), dofs, strict=True)]),
         info={
             "method": f"block_{estimator}",
             "sketch": sketch,
             "grouping": blocks,
             "allocation": {v.name: int(n) for v, n in zip(views, alloc, strict=True)},
+            "block_dof": {v.name: float(nu) for v, nu in zip(views, dofs, strict=True)},
         },
     )

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_map
 from landscape.hessian._blocks import group_blocks, validate_grouping
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import HessianOperator, _cast_floating
-from landscape.hessian.trace._result import TraceResult, mean_stderr
+from landscape.hessian.trace._result import TraceResult, mean_stderr, satterthwaite
 from landscape.hessian.trace.block import _allocate, _BlockView, exact_block_trace
 from landscape.objective import Objective
 
@@ -624,6 +624,8 @@ def ggn_trace(
         samples=np.array([v for v, _ in per.values()]),
         blocks=per,
         converged=None if target_rel_stderr is None else stderr <= target_rel_stderr * abs(value),
+        # the Gauss–Newton part's variance sums over every sample's probes: many dof
+        dof=satterthwaite([*res["dof"], (g_se, math.inf)]),
         info={
             "method": "ggn",
             "grouping": blocks,
@@ -716,9 +718,11 @@ def _residual_blocks(
     ]
     if any(not math.isfinite(se) for _, se in per):
         logger.warning("ggn_trace: a residual block has one probe only; its stderr is nan")
+    dofs = [math.inf if i in exact else len(samples[i]) - 1.0 for i in range(len(views))]
     return {
         "value": float(sum(v for v, _ in per)),
         "stderr": math.sqrt(sum(se**2 for _, se in per)),
+        "dof": [(se, nu) for (_, se), nu in zip(per, dofs, strict=True)],
         "blocks": per,
         "zero_blocks": zero_blocks,
         "allocation": {view.name: n for view, n in zip(views, used, strict=True)},

@@ -200,7 +200,7 @@ def test_fd_smooth_model_matches_exact_in_float32():
     x, y = classification_data()
     H = dense_hessian(model, x, y)
     op = HessianOperator(model, data=(x, y), method="fd")
-    assert op.h == default_fd_step(torch.float32)
+    assert op.h == default_fd_step(torch.float32, op.params)
     v = torch.randn(op.dim)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FiniteDifferenceWarning)
@@ -219,11 +219,16 @@ def test_fd_kink_check_warns_on_relu_model():
         model[0].bias.zero_()
     x[:10] = 0.0  # ten samples sit exactly on the ReLU kinks (pre-activation = bias = 0)
     op = HessianOperator(model, data=(x, y), method="fd")
-    with pytest.warns(FiniteDifferenceWarning, match="differ"):
+    with pytest.warns(FiniteDifferenceWarning, match="unverified"):
         op.matvec(torch.randn(op.dim))
-    with warnings.catch_warnings():  # checked once by default
-        warnings.simplefilter("error", FiniteDifferenceWarning)
+    with pytest.warns(FiniteDifferenceWarning, match="2 of 2"):  # every product is checked
         op.matvec(torch.randn(op.dim))
+    assert op.fd_failed == 2 and op.unverified_products == 2 and op.fd_retried == 4
+    once = HessianOperator(model, data=(x, y), method="fd", fd_check="first")
+    with pytest.warns(FiniteDifferenceWarning):
+        once.matvec(torch.randn(op.dim))
+    once.matvec(torch.randn(op.dim))
+    assert once.fd_failed == 1 and once.fd_unchecked == 1 and once.unverified_products == 2
 
 
 def test_negative_definite_loss_and_custom_loss():

@@ -18,6 +18,8 @@ _LAZY: dict[str, str] = {
     "BatchAdapter": "landscape.batches",
     "math_attention": "landscape.batches",
     "select_parameters": "landscape.params",
+    "linear_barrier": "landscape.connectivity",
+    "BarrierResult": "landscape.connectivity",
     # --- data, models, training, checkpoints (issue: training) ----------------
     "DATA_NAMES": "landscape.data",
     "DataBundle": "landscape.data",

@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "save_checkpoint": "landscape.checkpoint",
     "run_checkpoints": "landscape.checkpoint",
     "file_sha256": "landscape.checkpoint",
+    "UserModel": "landscape.user",
     # --- directions, surfaces, HDF5 store (issue: surfaces) -------------------
     "Surface": "landscape.store",
     "read_surface": "landscape.store",

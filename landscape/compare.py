@@ -42,6 +42,8 @@ from landscape._io import (
 from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
+from landscape.params import ParamSelection, selection_text
+from landscape.user import UserCheckpoint, UserModel
 
 __all__ = [
     "CompareInterrupted",
@@ -436,12 +438,34 @@ def _previous_rows(out: Path, names: list[str], settings: dict[str, Any]) -> lis
     return [row for row in obj["rows"] if isinstance(row, dict)]
 
 
-def _reusable_rows(
-    previous: list[dict[str, Any]], files: Sequence[Path], names: list[str]
-) -> dict[int, dict[str, Any]]:
-    """``index in files -> previous row`` for the files whose sha256 a previous row holds."""
+def _sha256(item: Path | UserModel) -> str:
+    """The sha256 a row records: of the checkpoint file, or a user model's digest."""
     from landscape.checkpoint import file_sha256
 
+    return item.sha256() if isinstance(item, UserModel) else file_sha256(item)
+
+
+def _where(item: Path | UserModel) -> str:
+    """A row's ``checkpoint``: the file (a user model's weights file, else its import path)."""
+    if isinstance(item, UserModel):
+        return os.fspath(item.weights) if item.weights is not None else item.model
+    return os.fspath(item)
+
+
+def _labels_of(items: Sequence[Path | UserModel]) -> list[str]:
+    """Default row labels: file stems (:func:`_default_labels`) or user models' labels."""
+    if all(isinstance(i, Path) for i in items):
+        return _default_labels(items)  # type: ignore[arg-type]
+    labels = [i.label if isinstance(i, UserModel) else i.stem for i in items]
+    if len(set(labels)) == len(labels):
+        return labels
+    return [str(i) for i in items]
+
+
+def _reusable_rows(
+    previous: list[dict[str, Any]], files: Sequence[Path | UserModel], names: list[str]
+) -> dict[int, dict[str, Any]]:
+    """``index in files -> previous row`` for the files whose sha256 a previous row holds."""
     by_hash: dict[str, dict[str, Any]] = {}
     measured = set()
     for row in previous:
@@ -451,16 +475,16 @@ def _reusable_rows(
             by_hash.setdefault(digest, row)
     found = {}
     for i, path in enumerate(files):
-        row = by_hash.get(file_sha256(path))
+        row = by_hash.get(_sha256(path))
         if row is not None:
             found[i] = row
-        elif os.path.normpath(path) in measured:
+        elif os.path.normpath(_where(path)) in measured:
             logger.info("%s changed since it was measured (sha256 differs): recomputing", path)
     return found
 
 
 def compare_checkpoints(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str] | UserModel],
     metrics: str | Iterable[str],
     *,
     split: str = "train",
@@ -476,6 +500,7 @@ def compare_checkpoints(
     out: str | os.PathLike[str] | None = None,
     resume: bool = True,
     recorded: str | Iterable[str] = (),
+    params: ParamSelection = None,
     **options: Any,
 ) -> Comparison:
     """Compute metrics for each checkpoint, one row each.
@@ -495,7 +520,12 @@ def compare_checkpoints(
         paths: checkpoint files (sharpscape checkpoints, or plain state_dicts with
             ``model``) or ``landscape train`` run folders, each standing for its
             checkpoints in epoch order (:func:`landscape.checkpoint.run_checkpoints`);
-            labels count the checkpoints.
+            labels count the checkpoints. An item may also be a user's model and data
+            (:class:`~landscape.user.UserModel`), measured on its own data (its factory
+            called once per distinct data import path); its row's ``checkpoint`` is its
+            weights file (else its model's import path), its ``sha256`` the digest of
+            its import paths and weights, and it also records ``model``, ``data`` and
+            ``weights_sha256``.
         metrics: metric names (list or ``"lambda_max,trace"``); see
             :data:`landscape.metrics.METRICS`.
         split: the split of each checkpoint's data to measure on: ``"train"``, ``"val"``
@@ -522,6 +552,9 @@ def compare_checkpoints(
             recomputed, e.g. test accuracy beside flatness measured on the training
             split. A checkpoint whose record lacks a value (or a plain state_dict) gets
             ``None``.
+        params: the parameters measured: those with ``requires_grad=True`` (default) or
+            a selection by name, module prefix or glob, the same for every checkpoint
+            (:func:`~landscape.params.select_parameters`); recorded in the settings.
         **options: metric options shared by the metrics that take them (``rho``,
             ``steps``, ``num_products``, ``sigma``, ``num_samples``, ``seed``, ...).
 
@@ -539,8 +572,12 @@ def compare_checkpoints(
     from landscape._device import resolve_device
     from landscape.checkpoint import check_readable, load_checkpoint, run_checkpoints
 
-    files: list[Path] = []
-    for p in map(Path, paths):  # a run folder stands for its checkpoints, by epoch
+    files: list[Path | UserModel] = []
+    for item in paths:  # a run folder stands for its checkpoints, by epoch
+        if isinstance(item, UserModel):
+            files.append(item)
+            continue
+        p = Path(item)
         files += run_checkpoints(p) if p.is_dir() else [p]
     names = _check_common(metrics, options, per_metric, labels, len(files))
     record_names = _recorded_names(recorded, names)
@@ -551,11 +588,16 @@ def compare_checkpoints(
     kind = None if out is None else check_output_path(out)
     if out is not None:
         check_output(out, suffixes=(".json", ".csv"), what="out")
-    missing = [os.fspath(p) for p in files if not p.is_file()]
+    missing = [os.fspath(p) for p in files if isinstance(p, Path) and not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such checkpoint: {', '.join(missing)}")
     for p in files:  # a corrupt, truncated or unsafe file is refused before any work
-        check_readable(p)
+        if isinstance(p, UserModel):
+            p.check()
+            if p.weights is not None and Path(p.weights).suffix != ".safetensors":
+                check_readable(p.weights)
+        else:
+            check_readable(p)
     settings = {
         "split": split if data is None else None,
         "max_samples": max_samples,
@@ -564,9 +606,11 @@ def compare_checkpoints(
     }
     if record_names:  # (only then: files written before this option resume as they were)
         settings["recorded"] = record_names
+    if params is not None:  # (likewise)
+        settings["params"] = selection_text(params)
     # Exactly what the file holds after a JSON round trip (tuples become lists, ...).
     settings = json.loads(json.dumps(_plain(settings), allow_nan=False))
-    row_labels = list(labels) if labels is not None else _default_labels(files)
+    row_labels = list(labels) if labels is not None else _labels_of(files)
 
     reused: dict[int, dict[str, Any]] = {}
     if out_path is not None:
@@ -579,7 +623,7 @@ def compare_checkpoints(
             logger.info("%s exists: overwriting it%s", out_path, why)
     rows: list[dict[str, Any] | None] = [None] * len(files)
     for i, row in reused.items():
-        rows[i] = {**row, "checkpoint": os.fspath(files[i]), "label": row_labels[i]}
+        rows[i] = {**row, "checkpoint": _where(files[i]), "label": row_labels[i]}
     todo = [i for i, row in enumerate(rows) if row is None]
     saved = len(reused)  # rows of this call that the file on disk holds
 
@@ -596,12 +640,16 @@ def compare_checkpoints(
     try:
         for i in progress_bar(todo, desc="checkpoints", progress=progress):
             path, label = files[i], row_labels[i]
-            target = model() if callable(model) and not isinstance(model, nn.Module) else model
-            ckpt = load_checkpoint(path, target, map_location=dev)
+            if isinstance(path, UserModel):
+                ckpt = path.open(map_location=dev)
+                key = json.dumps(["user", path.data, path.seed])
+            else:
+                target = model() if callable(model) and not isinstance(model, nn.Module) else model
+                ckpt = load_checkpoint(path, target, map_location=dev)
+                key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
             if data is not None:
                 measured_on = data
             else:
-                key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
                 if key not in bundles:
                     bundles[key] = ckpt.load_data()
                 measured_on = getattr(bundles[key], split)
@@ -613,6 +661,7 @@ def compare_checkpoints(
                 "batch_size": batch_size,
                 "max_samples": max_samples,
                 "progress": progress,
+                "params": params,
             }
             why = _nonfinite_reason(ckpt)
             results = None
@@ -634,9 +683,11 @@ def compare_checkpoints(
                         raise
             if results is None:
                 logger.warning("%s: %s; its row is nan", path, why)
-                row = _nan_row(label, os.fspath(path), names, str(why))
+                row = _nan_row(label, _where(path), names, str(why))
             else:
-                row = _row(label, os.fspath(path), results)
+                row = _row(label, _where(path), results)
+            if isinstance(ckpt, UserCheckpoint):
+                row.update(ckpt.attrs())
             for name in record_names:
                 row[name] = _recorded_cell(ckpt.meta, name)
             if isinstance(ckpt.meta.get("metrics"), Mapping):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.params import ParamSelection, select_parameters
+from landscape.params import ParamSelection, select_parameters, selection_text
 from landscape.store import directions_sha256
 
 __all__ = [
@@ -315,20 +315,11 @@ def random_directions(
         "orthogonalize": orthogonalize,
     }
     if params is not None:
-        attrs["params"] = _selection_attr(params)
+        attrs["params"] = selection_text(params)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     if frozen:
         attrs["frozen_params"] = len(frozen)
     return Directions(x=x, y=y, names=names, states=states, attrs=attrs)
-
-
-def _selection_attr(params: ParamSelection) -> str:
-    """A selection as text for a file's attributes (tensors by position)."""
-    if isinstance(params, str):
-        return params
-    if isinstance(params, Tensor):
-        return "<tensor>"
-    return ",".join(p if isinstance(p, str) else "<tensor>" for p in params or [])
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["ParamSelection", "select_parameters"]
+__all__ = ["ParamSelection", "select_parameters", "selection_text"]
 
 ParamSelection = str | Tensor | Sequence[str | Tensor] | None
 
@@ -44,6 +44,15 @@ def _items(params: ParamSelection) -> list[str | Tensor]:
         else:
             raise ValueError(f"Invalid params: an item of type {type(item).__name__}")
     return out
+
+
+def selection_text(params: ParamSelection) -> str:
+    """A selection as text for a file's attributes or settings (tensors as ``<tensor>``)."""
+    if isinstance(params, str):
+        return params
+    if isinstance(params, Tensor):
+        return "<tensor>"
+    return ",".join(p if isinstance(p, str) else "<tensor>" for p in params or [])
 
 
 def select_parameters(

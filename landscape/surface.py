@@ -41,6 +41,7 @@ from landscape.store import (
     open_surface_file,
     read_surface,
 )
+from landscape.user import UserCheckpoint, UserModel
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_
 
 __all__ = [
@@ -633,7 +634,7 @@ SPLITS = ("train", "test", "both")
 
 
 def surface_from_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | UserModel,
     *,
     out: str | Path | None,
     dim: int = 2,
@@ -654,11 +655,16 @@ def surface_from_checkpoint(
     evaluation: str = "loop",
     overwrite: bool = False,
     progress: bool | None = None,
+    params: ParamSelection = None,
 ) -> Surface:
     """The surface of a saved checkpoint on its own data (what ``landscape surface`` runs).
 
     Args:
-        checkpoint: a sharpscape checkpoint (``landscape train`` output).
+        checkpoint: a sharpscape checkpoint (``landscape train`` output), or a user's
+            model and data (:class:`~landscape.user.UserModel`: import paths, a Hugging
+            Face folder, a weights file); the file then records its import paths, the
+            weights file's sha256 and, as ``checkpoint_sha256``, the digest resuming
+            compares.
         out: the HDF5 file to write (and resume).
         dim: 1 or 2 (random directions; ``interpolate`` is always 1-D, ``pca`` 2-D).
         x: grid along the first direction, ``start:stop:num``.
@@ -678,6 +684,10 @@ def surface_from_checkpoint(
         evaluation: ``loop``, ``vmap`` or ``auto``.
         overwrite: replace an ``out`` file from a different computation.
         progress: progress bar (None: on a terminal).
+        params: the parameters random directions move: those with ``requires_grad=True``
+            (default) or a selection by name, module prefix or glob
+            (:func:`~landscape.params.select_parameters`); not with ``interpolate`` or
+            ``pca``.
     """
     from landscape.checkpoint import file_sha256, load_checkpoint
     from landscape.directions import interpolation_directions, pca_directions
@@ -689,6 +699,11 @@ def surface_from_checkpoint(
         raise ValueError(f"Invalid split: {split!r}; expected one of {SPLITS}")
     if interpolate is not None and pca is not None:
         raise ValueError("Invalid options: --interpolate and --pca exclude each other")
+    if params is not None and (interpolate is not None or pca is not None):
+        raise ValueError(
+            "Invalid options: --params selects what random directions move, not "
+            "--interpolate or --pca directions"
+        )
     if interpolate is not None:
         dim = 1
     if pca is not None:
@@ -697,28 +712,40 @@ def surface_from_checkpoint(
     yg = parse_grid(y, name="y") if dim == 2 else None
     if dim == 2 and y is None:
         raise ValueError("Invalid y: a 2-D surface needs --y start:stop:num")
-    ckpt_path = Path(checkpoint)
+    if isinstance(checkpoint, UserModel):
+        if data_dir is not None:
+            raise ValueError("Invalid options: --data-dir is for built-in datasets, not --data")
+        checkpoint.check()
+    ckpt_path = None if isinstance(checkpoint, UserModel) else Path(checkpoint)
     for p, what in ((ckpt_path, "checkpoint"), (interpolate, "checkpoint"), (pca, "run folder")):
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{p}: no such {what}")
 
     ctx = init_distributed(device=device)
     try:
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+        if isinstance(checkpoint, UserModel):
+            ckpt = checkpoint.open(map_location="cpu")
+            bundle = ckpt.load_data()
+        else:
+            ckpt = load_checkpoint(checkpoint, map_location="cpu")
+            bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
         model = ckpt.model.to(ctx.device)
-        bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
         train = bundle.train if split in ("train", "both") else None
         test = bundle.test if split in ("test", "both") else None
         if split != "train" and bundle.test is None:
             raise ValueError(f"Invalid split: {split!r} but the dataset has no test split")
+        if split != "test" and bundle.train is None:
+            raise ValueError(f"Invalid split: {split!r} but the data has no train split")
         attrs: dict[str, Any] = {
-            "checkpoint": str(ckpt_path),
+            "checkpoint": str(checkpoint),
             "checkpoint_sha256": ckpt.sha256,
             "model_spec": ckpt.model_spec,
             "data_spec": ckpt.data_spec,
             "dataset": bundle.name,
             "split": split,
         }
+        if isinstance(ckpt, UserCheckpoint):
+            attrs.update(ckpt.attrs())
         directions: Directions | None = None
         if interpolate is not None:
             directions = interpolation_directions(model, interpolate)
@@ -748,6 +775,7 @@ def surface_from_checkpoint(
             progress=progress,
             attrs=attrs,
             dist=ctx,
+            params=params,
         )
     finally:
         cleanup_distributed(ctx)

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from landscape.cli._args import comma_list
+from landscape.cli._user import USAGE, add_user_arguments, user_models
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "checkpoint's training record (e.g. test_acc). With --out the comparison so far is "
             "written after every checkpoint; rerunning the same command on an existing "
             ".json file resumes it (only checkpoints not measured yet, or changed since, "
-            "are computed)."
+            "are computed). Your own model: --model PKG.MODULE:ATTR --data PKG.MODULE:ATTR, "
+            "one row per --weights FILE (or one row of the model as built)."
         ),
     )
     p.add_argument(
@@ -91,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--list-metrics", action="store_true", help="list the metrics and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_user_arguments(p, several_weights=True)
     p.set_defaults(func=run)
 
 
@@ -114,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_metrics:
         print(_list_metrics())
         return 0
-    if not args.checkpoints:
-        raise ValueError("no checkpoints given (landscape compare A.pt B.pt ...)")
+    users = user_models(args, args.checkpoints)
+    if not args.checkpoints and not users:
+        raise ValueError(f"no checkpoints given (landscape compare A.pt B.pt ..., or {USAGE})")
     if args.out is not None:  # (compare_checkpoints checks it too; here before the metrics)
         check_output(args.out, suffixes=(".json", ".csv"))
     options, per_metric = parse_option_assignments(args.assignments)
@@ -125,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             options[dest] = value
     try:
         comparison = compare_checkpoints(
-            args.checkpoints,
+            users or args.checkpoints,
             args.metrics,
             split=args.split,
             max_samples=args.max_samples,
@@ -137,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             resume=args.resume,
             recorded=args.recorded,
+            params=args.params,
             **options,
         )
     except CompareInterrupted as exc:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from landscape.cli._args import positive_int
+from landscape.cli._user import USAGE, add_user_arguments, user_models
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,15 @@ def register(subparsers: Any) -> None:
             "Lanczos eigenvalues (full re-orthogonalisation, residual stopping), the trace "
             "(Hutch++, Hutchinson, per-layer diagonal blocks or CR-SAM finite "
             "differences) and the spectral density (stochastic Lanczos quadrature) of the "
-            "loss Hessian at a checkpoint, on a split of its data."
+            "loss Hessian at a checkpoint, on a split of its data, or at your own model "
+            "on your data (--model PKG.MODULE:ATTR --data PKG.MODULE:ATTR [--weights FILE])."
         ),
     )
-    p.add_argument("checkpoint", help="checkpoint file written by `landscape train`")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint file written by `landscape train` (or --model/--data below)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="eigenvalues to compute (0: none)")
     p.add_argument("--which", choices=("largest", "smallest", "magnitude"), default="largest")
     p.add_argument(
@@ -117,6 +123,7 @@ def register(subparsers: Any) -> None:
         help="save eigenvalues and eigenvectors (tensor lists) with torch.save",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_user_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -138,9 +145,13 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.out, suffixes=(".json",))
     if args.save_eigenvectors is not None:
         check_output(args.save_eigenvectors, what="--save-eigenvectors")
+    users = user_models(args, args.checkpoint)
+    if not users and args.checkpoint is None:
+        raise ValueError(f"no checkpoint given ({USAGE})")
+    source = users[0] if users else args.checkpoint
     try:
         summary = hessian_summary_checkpoint(
-            args.checkpoint,
+            source,
             split=args.split,
             device=args.device,
             out=args.out,
@@ -165,14 +176,14 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             return_eigenvectors=args.save_eigenvectors is not None,
             progress=False if args.no_progress else None,
+            params=args.params,
         )
     except ValueError as exc:
         # A non-finite loss or gradient at finite weights surfaces deep in the numerics
         # ("array must not contain infs or NaNs"): say which checkpoint it was.
-        if _NONFINITE.search(str(exc)) and args.checkpoint not in str(exc):
+        if _NONFINITE.search(str(exc)) and str(source) not in str(exc):
             raise ValueError(
-                f"{args.checkpoint}: {exc} (the loss or its gradient is not finite at these "
-                "weights?)"
+                f"{source}: {exc} (the loss or its gradient is not finite at these weights?)"
             ) from exc
         raise
     except SummaryInterrupted as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from landscape.cli._args import positive_int
+from landscape.cli._user import USAGE, add_user_arguments, user_models
 from landscape.surface import EVALUATION_MODES, SPLITS, parse_grid
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,20 @@ def register(subparsers: Any) -> None:
             "Evaluate L(θ* + αδ + βη) on a grid around a checkpoint and store it in HDF5 "
             "(the layout of Li et al. 2018). Rerunning the same command resumes an "
             "interrupted file. Under `torchrun --nproc_per_node=N -m landscape surface ...` "
-            "the grid points are shared between the processes."
+            "the grid points are shared between the processes. In place of a checkpoint: "
+            "your own model and data, --model PKG.MODULE:ATTR --data PKG.MODULE:ATTR "
+            "[--weights FILE]."
         ),
     )
     # Grid specs such as "-1:1:51" (or a mistaken "-inf:1:3") start with "-": let argparse
     # read them as values, so that parse_grid can judge them (no option holds a ":").
     # (This widens a private matcher of argparse, which Python >= 3.12 widens itself.)
     p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[^-=][^=]*:")
-    p.add_argument("checkpoint", help="checkpoint file written by `landscape train`")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint file written by `landscape train` (or --model/--data below)",
+    )
     p.add_argument(
         "--out", required=True, help="HDF5 file (.h5, .hdf5) to write (resumed if it exists)"
     )
@@ -110,6 +117,7 @@ def register(subparsers: Any) -> None:
         help="replace an existing --out file from a different computation",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_user_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -119,9 +127,12 @@ def run(args: argparse.Namespace) -> int:
     from landscape.surface import surface_from_checkpoint
 
     check_output(args.out, suffixes=SURFACE_SUFFIXES)
+    users = user_models(args, args.checkpoint)
+    if not users and args.checkpoint is None:
+        raise ValueError(f"no checkpoint given ({USAGE})")
 
     surface = surface_from_checkpoint(
-        args.checkpoint,
+        users[0] if users else args.checkpoint,
         out=args.out,
         dim=args.dim,
         x=args.x,
@@ -141,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         evaluation=args.evaluation,
         overwrite=args.overwrite,
         progress=False if args.no_progress else None,
+        params=args.params,
     )
     if os.environ.get("RANK", "0") == "0":
         first = next(iter(surface.values))

@@ -21,8 +21,9 @@ from landscape.hessian.eigen.lanczos import lanczos_eigen
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
-from landscape.objective import Objective, make_objective
+from landscape.objective import OBJECTIVE_OPTIONS, Objective, make_objective
 from landscape.params import ParamSelection
+from landscape.user import UserCheckpoint, UserModel
 
 __all__ = [
     "TRACE_METHODS",
@@ -466,7 +467,7 @@ def _previous_summary(out: Path, sha256: str, settings: dict[str, Any]) -> dict[
 
 
 def hessian_summary_checkpoint(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | UserModel,
     *,
     split: str = "train",
     device: str | torch.device | None = None,
@@ -488,7 +489,10 @@ def hessian_summary_checkpoint(
 
     Args:
         path: a checkpoint written by ``landscape train`` (see
-            :func:`landscape.load_checkpoint`).
+            :func:`landscape.load_checkpoint`), or a user's model and data
+            (:class:`~landscape.user.UserModel`); its ``sha256`` (the digest of its import
+            paths and weights) then plays the checkpoint file's part, and the summary
+            also records ``model``, ``data``, ``weights`` and ``weights_sha256``.
         split: ``"train"``, ``"val"`` or ``"test"``.
         device: device (default CUDA when available).
         out: a ``.json`` file written after each finished part.
@@ -512,7 +516,10 @@ def hessian_summary_checkpoint(
 
     if split not in _SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {_SPLITS})")
-    if not Path(path).is_file():
+    user = isinstance(path, UserModel)
+    if isinstance(path, UserModel):
+        path.check()
+    elif not Path(path).is_file():
         raise FileNotFoundError(f"no such checkpoint: {os.fspath(path)}")
     bound = inspect.signature(hessian_summary).bind(None, None, **kwargs)
     bound.apply_defaults()
@@ -520,25 +527,37 @@ def hessian_summary_checkpoint(
     _check_options(a["trace_method"], a["top_k"])
     out_path = _out_path(out)
     settings = _settings(a, a["batch_size"], split=split)
+    resuming = out_path is not None and resume and out_path.is_file()
+    if out_path is not None and not resuming and out_path.exists():
+        logger.info("%s exists: overwriting it", out_path)
     previous = None
-    if out_path is not None:
-        if resume and out_path.is_file():
-            previous = _previous_summary(out_path, file_sha256(path), settings)
-        elif out_path.exists():
-            logger.info("%s exists: overwriting it", out_path)
+    if resuming and not user:  # (a user model's digest needs the model: checked below)
+        previous = _previous_summary(out_path, file_sha256(path), settings)
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location=dev, finite=True)  # no Hessian of nan weights
+    # No Hessian of nan weights (finite=True).
+    if isinstance(path, UserModel):
+        ckpt = path.open(map_location=dev, finite=True)
+        if resuming:
+            previous = _previous_summary(out_path, ckpt.sha256, settings)
+    else:
+        ckpt = load_checkpoint(path, map_location=dev, finite=True)
     bundle = ckpt.load_data()
     data = getattr(bundle, split)
     if data is None:
         raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
-    obj = _objective(ckpt.model.to(dev), data, a["loss_fn"], a["batch_size"], a["max_samples"], dev)
+    options = {k: a[k] for k in OBJECTIVE_OPTIONS}
+    obj = _objective(
+        ckpt.model.to(dev), data, a["loss_fn"], a["batch_size"], a["max_samples"], dev, **options
+    )
+    head = {"checkpoint": str(path), "sha256": ckpt.sha256}
+    if isinstance(ckpt, UserCheckpoint):
+        head.update(ckpt.attrs())
     return _run(
         obj,
         settings,
         dtype=a["dtype"],
         out=out_path,
-        head={"checkpoint": os.fspath(path), "sha256": ckpt.sha256},
+        head=head,
         previous=previous,
         return_eigenvectors=a["return_eigenvectors"],
         progress=a["progress"],

@@ -13,7 +13,13 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[3] / "notebooks").glob("*.i
 
 def test_the_four_notebooks_exist():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"quickstart", "curvature", "trajectory", "gradient_alignment"} <= names
+    assert {
+        "quickstart",
+        "curvature",
+        "trajectory",
+        "gradient_alignment",
+        "your_own_model",
+    } <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

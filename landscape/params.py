@@ -80,6 +80,9 @@ def select_parameters(
     items = _items(params)
     if not items:
         raise ValueError(f"Invalid params: {params!r} selects nothing")
+    # Names are matched against every name a parameter has: a tied weight (a language
+    # model's lm_head.weight, shared with the embedding) is found under either name.
+    every_name = list(model.named_parameters(remove_duplicate=False))
     keep: set[int] = set()
     for item in items:
         if isinstance(item, Tensor):
@@ -88,12 +91,12 @@ def select_parameters(
                 raise ValueError("Invalid params: a tensor that is not a parameter of the model")
             explicit = True
         elif any(c in item for c in "*?["):
-            hits = [(n, p) for n, p in named if fnmatch.fnmatchcase(n, item)]
+            hits = [(n, p) for n, p in every_name if fnmatch.fnmatchcase(n, item)]
             explicit = False
         else:
-            exact = [(n, p) for n, p in named if n == item]
+            exact = [(n, p) for n, p in every_name if n == item]
             explicit = bool(exact)
-            hits = exact or [(n, p) for n, p in named if n.startswith(item + ".")]
+            hits = exact or [(n, p) for n, p in every_name if n.startswith(item + ".")]
         if not explicit and require_grad:
             hits = [(n, p) for n, p in hits if p.requires_grad]
         if not hits:

@@ -338,3 +338,16 @@ def test_surface_vmap_reads_dict_batches_like_the_loop():
     torch.testing.assert_close(
         torch.as_tensor(again.values["train_loss"]), torch.as_tensor(loop.values["train_loss"])
     )
+
+
+def test_tied_weights_are_found_under_either_name():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 3)
+            self.head = nn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight
+
+    m = Tied()
+    assert [n for n, _ in select_parameters(m, "*head*")] == ["emb.weight"]
+    assert [n for n, _ in select_parameters(m, "head.weight")] == ["emb.weight"]

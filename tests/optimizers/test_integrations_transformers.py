@@ -170,3 +170,22 @@ def test_plain_optimizer_refused(tmp_path):
     sgd = torch.optim.SGD(model.parameters(), lr=LR)
     with pytest.raises(ValueError, match="not sharpness-aware"):
         SharpnessAwareTrainer(model=model, args=targs, optimizers=(sgd, None))
+
+
+class FullTokenData(TokenData):
+    """Every position a target: the Trainer must count the causal shift to get the mean."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.labels = self.ids.clone()
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_causal_shift_counted_for_lm_head_models(tmp_path, accumulate):
+    data = FullTokenData(12)
+    model, _ = run(
+        tmp_path, "sam", data, batch=4 // accumulate, gradient_accumulation_steps=accumulate
+    )
+    assert model.loss_type == "ForCausalLM"
+    ref = plain_loop("sam", data, batch=4)
+    assert max_diff(model, ref) < 1e-6

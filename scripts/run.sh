@@ -4,6 +4,8 @@
 #   scripts/run.sh demo [ARGS]   the main job: `landscape demo` on built-in data
 #   scripts/run.sh test [ARGS]   lint + the test suite (what CI runs)
 #   scripts/run.sh bench         install the benchmark peers as well
+#   scripts/run.sh docs [serve]  build the documentation site strictly into site/
+#                                (serve: live preview at http://127.0.0.1:8000)
 #   scripts/run.sh -- CMD ...    any command inside the environment
 #
 # Environment:
@@ -74,12 +76,22 @@ case "$job" in
     bench)
         ensure_bench
         ;;
+    docs)
+        ensure_package "docs"
+        cd "$here"
+        export NO_MKDOCS_2_WARNING=1
+        if [[ "${1:-}" == "serve" ]]; then
+            shift
+            exec "$venv/bin/mkdocs" serve "$@"
+        fi
+        exec "$venv/bin/mkdocs" build --strict "$@"
+        ;;
     --)
         ensure_package "test"
         exec "$@"
         ;;
     *)
-        echo "usage: scripts/run.sh {demo|test|bench|-- CMD} [ARGS]" >&2
+        echo "usage: scripts/run.sh {demo|test|bench|docs|-- CMD} [ARGS]" >&2
         exit 2
         ;;
 esac

@@ -226,7 +226,7 @@ def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
 # --------------------------------------------------------------------------- main loop
 def compute_surface(
     model: nn.Module | Objective,
-    data: Any,
+    data: Any = None,
     *,
     x: str | GridSpec | Sequence[float] | np.ndarray,
     y: str | GridSpec | Sequence[float] | np.ndarray | None = None,

@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
             "Lanczos eigenvalues (full re-orthogonalisation, residual stopping), the trace "
             "(Hutch++, Hutchinson, per-layer diagonal blocks or CR-SAM finite "
             "differences) and the spectral density (stochastic Lanczos quadrature) of the "
-            "loss Hessian at a checkpoint, on a split of its data."
+            "loss Hessian at a checkpoint, on a split of its data. Under torchrun "
+            "(torchrun --nproc_per_node=N -m landscape hessian ...) each process takes its "
+            "share of the data; the results equal one process's and process 0 writes them."
         ),
     )
     p.add_argument("checkpoint", help="checkpoint file written by `landscape train`")
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     from landscape._io import check_output
     from landscape.checkpoint import atomic_save
+    from landscape.distributed import is_main_process
     from landscape.hessian.summary import (
         SummaryInterrupted,
         format_summary,
@@ -178,8 +181,11 @@ def run(args: argparse.Namespace) -> int:
     except SummaryInterrupted as exc:
         # The file already holds the finished parts; say so (the dispatcher would only
         # print "interrupted").
-        print(f"landscape hessian: {exc}", file=sys.stderr)
+        if is_main_process():
+            print(f"landscape hessian: {exc}", file=sys.stderr)
         return 130
+    if not is_main_process():  # under torchrun: process 0 reports and writes
+        return 0
     vectors = summary.pop("eigenvectors", None)
     print(format_summary(summary))
     if args.out is not None:

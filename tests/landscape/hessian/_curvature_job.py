@@ -96,6 +96,13 @@ def run_all(out_dir: Path | None = None) -> dict[str, Any]:
     )
     metrics = compute_metrics(model, data, list(METRICS), per_metric=OPTIONS, **common)
     res["metrics"] = {name: r.to_dict() for name, r in metrics.items()}
+    # Streamed data (nothing cached): every pass reads this process's batches again.
+    streamed = Objective(model, data, batch_size=8, max_cache_bytes=0, dist=ctx)
+    res["streamed"] = hessian_summary(streamed, top_k=1, tol=1e-8, progress=False)
+    res["streamed_metrics"] = {
+        name: r.to_dict()
+        for name, r in compute_metrics(streamed, None, ["grad_norm", "loss", "accuracy"]).items()
+    }
     for method in TRACE_METHODS:
         r = compute_metrics(model, data, ["trace"], trace_method=method, num_products=12, **common)
         res[f"trace_{method}"] = r["trace"].to_dict()

@@ -14,16 +14,19 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from landscape._device import resolve_device
 
 __all__ = [
     "DistContext",
     "all_gather_object",
+    "all_reduce",
     "barrier",
     "broadcast_object",
     "cleanup_distributed",
     "init_distributed",
+    "is_main_process",
     "shard",
 ]
 
@@ -128,3 +131,53 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     box = [obj if ctx.rank == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0: of the process group, else of ``torchrun``'s ``RANK``.
+
+    The one process that writes files and prints (True without ``torchrun``).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(tensors: Sequence[Tensor], ctx: DistContext, op: str = "sum") -> list[Tensor]:
+    """``tensors`` summed (or maximised) over every rank, as new tensors.
+
+    One collective per dtype: the tensors are flattened into one buffer (moved to this
+    rank's CUDA device for ``nccl``). Every rank must call it with tensors of the same
+    shapes and dtypes; a rank with nothing to add passes zeros. The results are the same
+    bits on every rank. A single process gets detached copies of ``tensors``.
+
+    Args:
+        tensors: the partial results of this rank.
+        ctx: the job (see :func:`init_distributed`).
+        op: ``"sum"`` or ``"max"``.
+    """
+    if op not in _REDUCE_OPS:
+        raise ValueError(f"Invalid op: {op!r} (expected one of {tuple(_REDUCE_OPS)})")
+    tensors = [t.detach() for t in tensors]
+    if not ctx.distributed or not tensors:
+        return [t.clone() for t in tensors]
+    nccl = dist.get_backend() == "nccl"
+    out: list[Tensor | None] = [None] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for idx in by_dtype.values():
+        where = (
+            torch.device("cuda", torch.cuda.current_device()) if nccl else tensors[idx[0]].device
+        )
+        buffer = torch.cat([tensors[i].reshape(-1).to(where) for i in idx])
+        dist.all_reduce(buffer, op=_REDUCE_OPS[op])
+        offset = 0
+        for i in idx:
+            t = tensors[i]
+            out[i] = buffer[offset : offset + t.numel()].view(t.shape).to(t.device)
+            offset += t.numel()
+    return [t for t in out if t is not None]

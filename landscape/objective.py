@@ -19,7 +19,14 @@ I loop over the batches with the right weights. :class:`Objective` answers them 
   (:func:`landscape.params.select_parameters`);
 - the model runs in ``eval()`` mode (BatchNorm uses its running statistics, dropout is
   off) and every module's mode is restored afterwards; ``.grad`` fields are never
-  touched.
+  touched;
+- under ``torchrun`` (``dist=``, a :class:`~landscape.distributed.DistContext`) each
+  process reads its share of the batches (round-robin by batch index, or the data it was
+  given with ``sharded=True``) while the weights stay those of the *whole* data (sample
+  and item totals are summed over the processes once); every sum over batches is then a
+  partial sum, and :meth:`gradient`, :meth:`loss_and_gradient` and :meth:`evaluate`
+  return the exact total on every process (one all-reduce each). Estimators that sum
+  over :meth:`batches` themselves finish with :meth:`all_reduce`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from landscape.batches import (
     batch_size_of,
     logits_of,
 )
+from landscape.distributed import DistContext, all_gather_object, all_reduce
 from landscape.params import ParamSelection, select_parameters
 
 __all__ = [
@@ -81,6 +89,8 @@ class WeightedBatch:
         size: the number of samples.
         count: the number of items its mean loss is over.
         sample_weight: ``size / N_samples``: its share of per-sample means (accuracy).
+        start: the index of its first sample in the whole data (in reading order; with
+            ``sharded=True`` data, process 0's samples first, then process 1's, ...).
     """
 
     data: Any
@@ -89,6 +99,7 @@ class WeightedBatch:
     size: int
     count: int
     sample_weight: float
+    start: int = 0
 
     @property
     def inputs(self) -> Any:
@@ -206,6 +217,13 @@ class Objective:
         target_key: key of the targets in dict batches.
         params: the parameters analysed: None (those with ``requires_grad=True``) or a
             selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
+        dist: a :class:`~landscape.distributed.DistContext` (e.g. from
+            :func:`~landscape.distributed.init_distributed` under ``torchrun``): every
+            process of the job builds the objective on the same data and reads every
+            ``world_size``-th batch; the weights are those of the whole data. Default:
+            this process reads all the data (also under ``torchrun``).
+        sharded: with ``dist``: ``data`` is already this process's share (no round-robin;
+            ``max_samples`` is then refused); the totals are still summed over processes.
     """
 
     def __init__(
@@ -226,6 +244,8 @@ class Objective:
         input_key: str | None = None,
         target_key: str | None = None,
         params: ParamSelection = None,
+        dist: DistContext | None = None,
+        sharded: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: a {type(model).__name__}, expected a nn.Module")
@@ -235,6 +255,12 @@ class Objective:
             raise ValueError(f"Invalid max_samples: {max_samples}")
         if accuracy not in (True, False, "auto"):
             raise ValueError(f"Invalid accuracy: {accuracy!r} (expected True, False or 'auto')")
+        if dist is not None and not isinstance(dist, DistContext):
+            raise ValueError(f"Invalid dist: a {type(dist).__name__}, expected a DistContext")
+        if sharded and max_samples is not None:
+            raise ValueError("Invalid max_samples: not with sharded=True (each process's share)")
+        self.dist = dist if dist is not None else DistContext()
+        self.sharded = bool(sharded)
         self.model = model
         self.adapter = BatchAdapter(
             loss_fn,
@@ -277,6 +303,7 @@ class Objective:
         self._cache: list[WeightedBatch] | None = None
         self._counts: list[int] = []
         self._custom_counts: bool | None = None  # does compute_loss return (loss, n)?
+        self._offset = 0  # samples of the processes before this one (sharded=True)
         self.n_samples = 0
         self.n_items = 0
         self._prepare()
@@ -335,6 +362,29 @@ class Objective:
             "params": self.param_names,
         }
 
+    @property
+    def distributed(self) -> bool:
+        """Whether several processes share the data (each holds part of the batches)."""
+        return self.dist.distributed
+
+    def all_reduce(self, tensors: Sequence[Tensor], op: str = "sum") -> list[Tensor]:
+        """Per-process partial sums over :meth:`batches` made whole: summed over processes.
+
+        Every process must call it (a process without batches passes zeros). Without
+        ``dist`` it returns (detached copies of) ``tensors``.
+
+        Args:
+            tensors: this process's partial sums.
+            op: ``"sum"``, or ``"max"`` for a maximum over processes.
+        """
+        return all_reduce(tensors, self.dist, op)
+
+    def all_reduce_float(self, value: float) -> float:
+        """A float partial sum (computed in float64) summed over the processes."""
+        if not self.distributed:
+            return float(value)
+        return float(self.all_reduce([torch.tensor(value, dtype=torch.float64)])[0])
+
     def derive(
         self, data: Any = None, *, model: nn.Module | None = None, **overrides: Any
     ) -> Objective:
@@ -345,6 +395,10 @@ class Objective:
             model: the new model (default this one); parameters are selected by the same
                 names.
             **overrides: other :class:`Objective` arguments (``accuracy``, ``batch_size``...).
+
+        The new objective shares this one's ``dist``. Without ``data`` it reads this
+        process's batches (``sharded=True``); new ``data`` is shared round-robin unless
+        ``sharded=True`` says it is this process's share already.
         """
         kw: dict[str, Any] = {
             **self.options(),
@@ -353,12 +407,14 @@ class Objective:
             "max_cache_bytes": self.max_cache_bytes,
             "accuracy": self.accuracy,
             "metrics": self.metrics,
+            "dist": self.dist,
         }
         if data is None and self.cached:
             data = [b.data for b in self.batches()]
             kw["max_cache_bytes"] = 2**62
+            kw["sharded"] = True
         elif data is None:
-            data, kw["max_samples"] = self._data, self.max_samples
+            data, kw["max_samples"], kw["sharded"] = self._data, self.max_samples, self.sharded
         kw.update(overrides)
         return Objective(self.model if model is None else model, data, **kw)
 
@@ -398,18 +454,24 @@ class Objective:
             "a Dataset, a DataLoader or an iterable of batches"
         )
 
-    def _raw_batches(self) -> Iterator[tuple[Any, BatchParts, int]]:
-        """Yield ``(batch, parts, n_samples)`` on the device, honouring ``max_samples``."""
+    def _raw_batches(self) -> Iterator[tuple[Any, BatchParts, int, int]]:
+        """Yield ``(batch, parts, n_samples, start)`` on the device, honouring ``max_samples``.
+
+        Under ``dist`` (not ``sharded``) only this process's batches (round-robin by batch
+        index) are yielded; the others are read for their sizes only.
+        """
         seen = 0
         adapter = self.adapter
-        for batch in self._source():
+        ctx = self.dist
+        pick = ctx.distributed and not self.sharded
+        for i, batch in enumerate(self._source()):
             n = adapter.size(batch)
             if self.max_samples is not None and seen + n > self.max_samples:
                 n = self.max_samples - seen
                 batch = _take(batch, n)
-            if n > 0:
+            if n > 0 and (not pick or i % ctx.world_size == ctx.rank):
                 batch = move_to_device(batch, self.device)
-                yield batch, adapter.parts(batch), n
+                yield batch, adapter.parts(batch), n, seen
             seen += n
             if self.max_samples is not None and seen >= self.max_samples:
                 break
@@ -432,13 +494,13 @@ class Objective:
         return int(count)
 
     def _prepare(self) -> None:
-        cache: list[tuple[Any, BatchParts, int, int]] = []
+        cache: list[tuple[Any, BatchParts, int, int, int]] = []
         counts: list[int] = []
         total_bytes = 0
         n = 0
         streaming = False
         styles = set()
-        for batch, parts, size in self._raw_batches():
+        for batch, parts, size, start in self._raw_batches():
             if not counts:
                 self.adapter.check(self.model, parts)
             styles.add(parts.style)
@@ -451,10 +513,19 @@ class Objective:
                     streaming = True
                     cache.clear()
                 else:
-                    cache.append((batch, parts, size, count))
+                    cache.append((batch, parts, size, count, start))
+        n_items = sum(counts)
+        if self.distributed:  # the totals of the whole data, once
+            mine = (n, n_items, sorted(styles), self._custom_counts)
+            every = all_gather_object(mine, self.dist)
+            if self.sharded:
+                self._offset = sum(e[0] for e in every[: self.dist.rank])
+            n, n_items = sum(e[0] for e in every), sum(e[1] for e in every)
+            styles = {s for e in every for s in e[2]}
+            if self._custom_counts is None:
+                self._custom_counts = next((e[3] for e in every if e[3] is not None), None)
         if n == 0:
             raise ValueError("Invalid data: it holds no samples")
-        n_items = sum(counts)
         if n_items == 0:
             raise ValueError(
                 "Invalid data: no counted item (every target is the ignore index -100?)"
@@ -465,8 +536,18 @@ class Objective:
         self._counts = counts
         self._cache = None if streaming else [self._weighted(*c) for c in cache if c[3] > 0]
 
-    def _weighted(self, batch: Any, parts: BatchParts, size: int, count: int) -> WeightedBatch:
-        return WeightedBatch(batch, parts, count / self.n_items, size, count, size / self.n_samples)
+    def _weighted(
+        self, batch: Any, parts: BatchParts, size: int, count: int, start: int
+    ) -> WeightedBatch:
+        return WeightedBatch(
+            batch,
+            parts,
+            count / self.n_items,
+            size,
+            count,
+            size / self.n_samples,
+            start + self._offset,
+        )
 
     @property
     def cached(self) -> bool:
@@ -476,15 +557,16 @@ class Objective:
     def batches(self) -> Iterator[WeightedBatch]:
         """Yield the batches on the device with their exact weights (see the module doc).
 
-        Batches without counted items are left out.
+        Batches without counted items are left out. Under ``dist``: this process's share
+        only (the weights are those of the whole data).
         """
         if self._cache is not None:
             yield from self._cache
             return
-        for i, (batch, parts, size) in enumerate(self._raw_batches()):
+        for i, (batch, parts, size, start) in enumerate(self._raw_batches()):
             count = self._counts[i] if i < len(self._counts) else self._count(batch, parts, size)
             if count > 0:
-                yield self._weighted(batch, parts, size, count)
+                yield self._weighted(batch, parts, size, count, start)
 
     # ------------------------------------------------------------------ computation
     def eval_mode(self) -> contextlib.AbstractContextManager[nn.Module]:
@@ -510,7 +592,13 @@ class Objective:
         """The exactly weighted mean loss over all the data, differentiable.
 
         For gradients prefer :meth:`gradient`, which keeps one batch's graph at a time.
+        Not available under ``dist`` (the graph would span processes).
         """
+        if self.distributed:
+            raise ValueError(
+                "Invalid call: loss() is not available when processes share the data "
+                "(dist=); use gradient(), loss_and_gradient() or evaluate()"
+            )
         with self.eval_mode(), torch.set_grad_enabled(True):
             total: Tensor | None = None
             for batch in self.batches():
@@ -524,8 +612,11 @@ class Objective:
     ) -> list[Tensor]:
         """``∇L`` over all the data with exact weights; every ``.grad`` is left untouched.
 
-        Parameters the loss does not depend on get zero gradients.
+        Parameters the loss does not depend on get zero gradients. Under ``dist`` the
+        gradient is summed over the processes (``create_graph`` is then refused).
         """
+        if create_graph and self.distributed:
+            raise ValueError("Invalid create_graph: not when processes share the data (dist=)")
         params = list(self.params if params is None else params)
         grads = [torch.zeros_like(p) for p in params]
         with self.eval_mode(), torch.enable_grad():
@@ -537,7 +628,7 @@ class Objective:
                 for g, part in zip(grads, parts, strict=True):
                     if part is not None:
                         g.add_(part.detach() if not create_graph else part)
-        return grads
+        return self.all_reduce(grads) if self.distributed else grads
 
     def loss_and_gradient(
         self, params: Sequence[Tensor] | None = None
@@ -554,6 +645,8 @@ class Objective:
                 for g, part in zip(grads, parts, strict=True):
                     if part is not None:
                         g.add_(part)
+        if self.distributed:
+            total, *grads = self.all_reduce([total, *grads])
         return float(total), grads
 
     def evaluate(self) -> dict[str, float]:
@@ -569,7 +662,21 @@ class Objective:
                     self.accumulate(sums, None, batch, loss=self.batch_loss(batch))
                 else:
                     self.accumulate(sums, self.batch_outputs(batch), batch)
-        return self.finalize(sums)
+        return self.finalize(self.reduce_sums(sums))
+
+    def reduce_sums(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`accumulate`'s per-process sums summed over the processes (one all-reduce).
+
+        A name counts when some process has it (a process without batches has none).
+        """
+        if not self.distributed:
+            return sums
+        names = ["loss", "acc", *self.metrics]
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        values = [sums[k].double().reshape(()) if k in sums else zero for k in names]
+        present = [zero + (k in sums) for k in names]
+        total = self.all_reduce([torch.stack(values + present)])[0]
+        return {k: total[i] for i, k in enumerate(names) if total[len(names) + i] > 0}
 
     def accumulate(
         self,

@@ -337,6 +337,11 @@ def compute_surface(
             target_key=target_key,
             params=params,
         )
+        if base.distributed:
+            raise ValueError(
+                "Invalid objective: its processes share the data (dist=), but surfaces share "
+                "the grid points among processes; pass an Objective without dist"
+            )
         model, params = base.model, base.param_selection
     elif data is None and test_data is None:
         raise ValueError("Invalid data: give data, test_data or both")

@@ -28,7 +28,10 @@ def register(subparsers: Any) -> None:
             "(Hutch++, Hutchinson, per-layer diagonal blocks or CR-SAM finite "
             "differences) and the spectral density (stochastic Lanczos quadrature) of the "
             "loss Hessian at a checkpoint, on a split of its data, or at your own model "
-            "on your data (--model PKG.MODULE:ATTR --data PKG.MODULE:ATTR [--weights FILE])."
+            "on your data (--model PKG.MODULE:ATTR --data PKG.MODULE:ATTR [--weights FILE]). "
+            "Under torchrun (torchrun --nproc_per_node=N -m landscape hessian ...) each "
+            "process takes its share of the data; the results equal one process's and "
+            "process 0 writes them."
         ),
     )
     p.add_argument(
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     from landscape._io import check_output
     from landscape.checkpoint import atomic_save
+    from landscape.distributed import is_main_process
     from landscape.hessian.summary import (
         SummaryInterrupted,
         format_summary,
@@ -189,8 +193,11 @@ def run(args: argparse.Namespace) -> int:
     except SummaryInterrupted as exc:
         # The file already holds the finished parts; say so (the dispatcher would only
         # print "interrupted").
-        print(f"landscape hessian: {exc}", file=sys.stderr)
+        if is_main_process():
+            print(f"landscape hessian: {exc}", file=sys.stderr)
         return 130
+    if not is_main_process():  # under torchrun: process 0 reports and writes
+        return 0
     vectors = summary.pop("eigenvectors", None)
     print(format_summary(summary))
     if args.out is not None:

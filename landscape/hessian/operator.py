@@ -32,6 +32,11 @@ Products:
   ``op.unverified_products`` counts failed and unchecked products (eigen-solvers report
   ``converged=False`` when a run used any).
 
+Under ``torchrun`` an objective built with ``dist=`` gives each process its share of the
+batches: every product (and gradient) is this process's partial sum, all-reduced once, so
+that every process holds the same ``H v`` and an estimator on top (Lanczos, Hutchinson...)
+runs identically on all of them.
+
 The model's train/eval mode and every parameter's ``.grad`` are left as found; parameters
 the loss does not depend on get zero rows. ``dtype=torch.float64`` works on a float64 twin
 of the model (a snapshot of the weights when the operator is built).
@@ -52,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.batches import math_attention
+from landscape.distributed import DistContext, broadcast_object
 from landscape.objective import Objective, make_objective, move_to_device
 from landscape.params import ParamSelection, select_parameters
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_, tl_norm
@@ -169,6 +175,8 @@ class HessianOperator:
         reuse_graph: keep the first-order graph(s) between products (one per batch: the
             memory of the whole data's graph, fixed across products); default: when the
             data is one batch and ``method="exact"``.
+        dist: when ``objective`` is a module: processes sharing the data (see
+            :class:`~landscape.objective.Objective`); default this process reads it all.
 
     Use it as a context manager (or call :meth:`close`) to release a kept graph.
     """
@@ -193,6 +201,7 @@ class HessianOperator:
         fd_check: str = "always",
         fd_check_rtol: float = 0.05,
         reuse_graph: bool | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         if isinstance(objective, nn.Module):
             if data is None:
@@ -209,6 +218,7 @@ class HessianOperator:
                 input_key=input_key,
                 target_key=target_key,
                 params=params,
+                dist=dist,
             )
         elif not isinstance(objective, Objective):
             raise ValueError(
@@ -271,6 +281,7 @@ class HessianOperator:
         self.fd_unchecked = 0
         self.fd_retried = 0
         self._fd_base: tuple[list[Tensor], list[Tensor]] | None = None  # θ, ∇L(θ)
+        self._agreed = False  # method="auto" under dist: the processes agreed on one
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -286,7 +297,9 @@ class HessianOperator:
         """A copy of the objective's model and (cached) data in ``dtype``."""
         model = copy.deepcopy(objective.model).to(dtype)
         batches = [_cast_floating(b.data, dtype) for b in objective.batches()]
-        twin = objective.derive(batches, model=model, max_cache_bytes=2**62, params=names)
+        twin = objective.derive(
+            batches, model=model, max_cache_bytes=2**62, params=names, sharded=True
+        )
         lookup = dict(model.named_parameters())
         return twin, [lookup[n] for n in names]
 
@@ -361,19 +374,34 @@ class HessianOperator:
         for t, s in zip(vs, self.shapes, strict=True):
             if t.shape != s:
                 raise ValueError(f"Invalid vector: a tensor of shape {tuple(t.shape)}, not {s}")
-        if self.method == "fd":
+        if self.method == "fd":  # its gradients are summed over processes already
             out = self._hvp_fd(vs)
-        elif self.reuse_graph:
-            out = self._hvp_reused(vs)
-        elif self.method == "auto":
-            out = self._hvp_auto(vs)
-        elif self.method == "forward" and not self._forward_ok:
-            out = self._hvp_forward_first(vs)
         else:
-            each = self._per_batch()
-            out = self._accumulate(vs, lambda batch, _i: each(batch, vs))
+            out = self._hvp_local(vs)
+            if self._obj.distributed:
+                out = self._obj.all_reduce(out)
+                if self._auto and not self._agreed:
+                    self._agree_on_method()
         self.products += 1
         return out
+
+    def _agree_on_method(self) -> None:
+        """``method="auto"`` under ``dist``: every process takes process 0's choice."""
+        method, seconds = broadcast_object((self.method, self.method_seconds), self._obj.dist)
+        if method != "auto":  # process 0 held no batch: each keeps its own
+            self.method, self.method_seconds = method, seconds
+        self._agreed = True
+
+    def _hvp_local(self, vs: list[Tensor]) -> list[Tensor]:
+        """``Σ_b w_b H_b v`` over this process's batches (all of them without ``dist``)."""
+        if self.reuse_graph:
+            return self._hvp_reused(vs)
+        if self.method == "auto":
+            return self._hvp_auto(vs)
+        if self.method == "forward" and not self._forward_ok:
+            return self._hvp_forward_first(vs)
+        each = self._per_batch()
+        return self._accumulate(vs, lambda batch, _i: each(batch, vs))
 
     @staticmethod
     def _double_backward(
@@ -415,6 +443,8 @@ class HessianOperator:
 
     def _hvp_reused(self, vs: list[Tensor]) -> list[Tensor]:
         graphs = self._first_order()
+        if not graphs:  # a process without batches
+            return [torch.zeros_like(p) for p in self._work]
         out = self._double_backward(graphs[0], self._work, vs, retain=True)
         for grads in graphs[1:]:
             tl_add_(out, self._double_backward(grads, self._work, vs, retain=True))
@@ -488,7 +518,7 @@ class HessianOperator:
             return out
 
         out = self._accumulate(vs, product)
-        if self.method == "auto":  # a single batch
+        if self.method == "auto" and trials:  # a single batch
             self._choose(trials[-1])
         return out
 
@@ -618,7 +648,7 @@ class HessianOperator:
                         for g, p in zip(grads, self._work, strict=True)
                     ],
                 )
-            return out
+            return self._obj.all_reduce(out) if self._obj.distributed else out
         return self._obj.gradient(self._work)
 
     def to_scipy(self) -> Any:

@@ -15,6 +15,13 @@ import torch
 from torch import nn
 
 from landscape._io import RESUME_ADVICE, differences, read_json_to_resume, write_atomically
+from landscape.distributed import (
+    DistContext,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    is_main_process,
+)
 from landscape.hessian.density.slq import slq_density
 from landscape.hessian.eigen.blocks import layer_eigenvalues
 from landscape.hessian.eigen.lanczos import lanczos_eigen
@@ -172,6 +179,7 @@ def hessian_summary(
     input_key: str | None = None,
     target_key: str | None = None,
     params: ParamSelection = None,
+    dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Top-k eigenvalues, optionally the trace and the spectral density, as plain data.
 
@@ -229,6 +237,12 @@ def hessian_summary(
         target_key: key of the targets (labels) in dict batches.
         params: the parameters spanned: those with ``requires_grad=True`` (default) or a
             selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
+        dist: processes sharing the data, each reading its share of the batches (see
+            :class:`~landscape.objective.Objective`): products and gradients are summed
+            over them, and the summary is the same on every process (only process 0
+            writes ``out``). Default: ``torchrun``'s processes when run under it (the
+            process group is joined here, on ``device``), else this process alone. With
+            a ready ``Objective`` its own ``dist`` is used.
 
     Returns:
         ``{"eigen", "trace", "density", "dim", "n_samples", "param_names", "products",
@@ -256,23 +270,41 @@ def hessian_summary(
         "target_key": target_key,
         "params": params,
     }
-    if isinstance(model, Objective):
-        obj = make_objective(model, data, loss_fn, max_samples=max_samples, **options)
-    else:
-        obj = _objective(model, data, loss_fn, batch_size, max_samples, device, **options)
-    settings = _settings(locals(), obj.batch_size)  # this call's arguments by name
-    if out_path is not None and out_path.exists():
-        logger.info("%s exists: overwriting it", out_path)
-    return _run(
-        obj,
-        settings,
-        dtype=dtype,
-        out=out_path,
-        head={},
-        previous=None,
-        return_eigenvectors=return_eigenvectors,
-        progress=progress,
-    )
+    arguments = dict(locals())  # this call's arguments by name
+    own_ctx = dist is None and not isinstance(model, Objective)
+    if own_ctx:
+        where = (
+            device
+            if device is not None
+            else next((p.device.type for p in model.parameters()), "cpu")
+        )
+        dist = init_distributed(device=where)
+    try:
+        if isinstance(model, Objective):
+            obj = make_objective(
+                model, data, loss_fn, max_samples=max_samples, dist=dist, **options
+            )
+        else:
+            where = None if device is None else dist.device if dist.distributed else device
+            obj = _objective(
+                model, data, loss_fn, batch_size, max_samples, where, dist=dist, **options
+            )
+        settings = _settings(arguments, obj.batch_size)
+        if out_path is not None and out_path.exists() and is_main_process():
+            logger.info("%s exists: overwriting it", out_path)
+        return _run(
+            obj,
+            settings,
+            dtype=dtype,
+            out=out_path,
+            head={},
+            previous=None,
+            return_eigenvectors=return_eigenvectors,
+            progress=progress,
+        )
+    finally:
+        if own_ctx and dist is not None:
+            cleanup_distributed(dist)
 
 
 def _eigen_part(
@@ -392,7 +424,7 @@ def _run(
         summary["parts"] = {p: parts[p] for p in wanted if p in parts}
         summary["complete"] = complete
         summary.update(head)
-        if out is None:
+        if out is None or not is_main_process():
             return
         text = json.dumps({k: v for k, v in summary.items() if k != "eigenvectors"}, indent=1)
         write_atomically(out, lambda fh: fh.write(text + "\n"))
@@ -528,40 +560,65 @@ def hessian_summary_checkpoint(
     out_path = _out_path(out)
     settings = _settings(a, a["batch_size"], split=split)
     resuming = out_path is not None and resume and out_path.is_file()
-    if out_path is not None and not resuming and out_path.exists():
-        logger.info("%s exists: overwriting it", out_path)
-    previous = None
-    if resuming and not user:  # (a user model's digest needs the model: checked below)
-        previous = _previous_summary(out_path, file_sha256(path), settings)
-    dev = resolve_device(device)
-    # No Hessian of nan weights (finite=True).
-    if isinstance(path, UserModel):
-        ckpt = path.open(map_location=dev, finite=True)
-        if resuming:
-            previous = _previous_summary(out_path, ckpt.sha256, settings)
-    else:
-        ckpt = load_checkpoint(path, map_location=dev, finite=True)
-    bundle = ckpt.load_data()
-    data = getattr(bundle, split)
-    if data is None:
-        raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
-    options = {k: a[k] for k in OBJECTIVE_OPTIONS}
-    obj = _objective(
-        ckpt.model.to(dev), data, a["loss_fn"], a["batch_size"], a["max_samples"], dev, **options
-    )
-    head = {"checkpoint": str(path), "sha256": ckpt.sha256}
-    if isinstance(ckpt, UserCheckpoint):
-        head.update(ckpt.attrs())
-    return _run(
-        obj,
-        settings,
-        dtype=a["dtype"],
-        out=out_path,
-        head=head,
-        previous=previous,
-        return_eigenvectors=a["return_eigenvectors"],
-        progress=a["progress"],
-    )
+    own_ctx = a["dist"] is None
+    ctx = init_distributed(device=device) if own_ctx else a["dist"]
+    try:
+        dev = ctx.device if own_ctx else resolve_device(device)
+        # No Hessian of nan weights (finite=True).
+        if user:
+            assert isinstance(path, UserModel)
+            ckpt = path.open(map_location=dev, finite=True)
+            digest = ckpt.sha256
+        else:
+            ckpt, digest = None, None
+        previous, err = None, None
+        if out_path is not None and ctx.is_main:  # process 0's file decides for all
+            try:
+                if resuming:
+                    digest = digest if digest is not None else file_sha256(path)
+                    previous = _previous_summary(out_path, digest, settings)
+                elif out_path.exists():
+                    logger.info("%s exists: overwriting it", out_path)
+            except ValueError as exc:
+                err = exc
+        if ctx.distributed:
+            previous, message = broadcast_object((previous, None if err is None else str(err)), ctx)
+            err = err or (None if message is None else ValueError(message))
+        if err is not None:
+            raise err
+        if ckpt is None:
+            ckpt = load_checkpoint(path, map_location=dev, finite=True)
+        bundle = ckpt.load_data()
+        data = getattr(bundle, split)
+        if data is None:
+            raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
+        options = {k: a[k] for k in OBJECTIVE_OPTIONS}
+        obj = _objective(
+            ckpt.model.to(dev),
+            data,
+            a["loss_fn"],
+            a["batch_size"],
+            a["max_samples"],
+            dev,
+            dist=ctx,
+            **options,
+        )
+        head = {"checkpoint": str(path), "sha256": ckpt.sha256}
+        if isinstance(ckpt, UserCheckpoint):
+            head.update(ckpt.attrs())
+        return _run(
+            obj,
+            settings,
+            dtype=a["dtype"],
+            out=out_path,
+            head=head,
+            previous=previous,
+            return_eigenvectors=a["return_eigenvectors"],
+            progress=a["progress"],
+        )
+    finally:
+        if own_ctx:
+            cleanup_distributed(ctx)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -67,7 +67,8 @@ def split_objective(objective: Objective, indices: Sequence[int] | Tensor) -> Ob
     """An objective with the same model and loss over the samples ``indices`` of the data.
 
     The samples are gathered from ``objective.batches()`` in order (index ``i`` is the
-    ``i``-th sample the objective sees).
+    ``i``-th sample the objective sees). When processes share the data (``dist``), each
+    keeps the subset's samples it holds and the new objective shares them the same way.
     """
     idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
     n = objective.n_samples
@@ -76,19 +77,30 @@ def split_objective(objective: Objective, indices: Sequence[int] | Tensor) -> Ob
     if int(idx.min()) < 0 or int(idx.max()) >= n:
         raise ValueError(f"Invalid subsets: indices must lie in [0, {n}) for this data")
     batches = list(objective.batches())
-    try:
-        whole = _concat([b.data for b in batches])
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(
-            "Invalid subsets: the batches cannot be joined into one set of samples "
-            f"({exc}); pass other_data= (the second data set) instead"
-        ) from None
-    sub = _index(whole, idx)
-    bs = objective.batch_size
-    chunks = [
-        _index(sub, torch.arange(i, min(i + bs, idx.numel()))) for i in range(0, idx.numel(), bs)
-    ]
-    return objective.derive(chunks, accuracy=False, max_cache_bytes=2**62)
+    chunks = []
+    if batches:
+        try:
+            whole = _concat([b.data for b in batches])
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                "Invalid subsets: the batches cannot be joined into one set of samples "
+                f"({exc}); pass other_data= (the second data set) instead"
+            ) from None
+        # where each sample of the data is in ``whole`` (-1: not held here)
+        position = torch.full((n,), -1, dtype=torch.long)
+        held = 0
+        for b in batches:
+            position[b.start : b.start + b.size] = torch.arange(held, held + b.size)
+            held += b.size
+        local = position[idx]
+        local = local[local >= 0]
+        sub = _index(whole, local)
+        bs = objective.batch_size
+        chunks = [
+            _index(sub, torch.arange(i, min(i + bs, local.numel())))
+            for i in range(0, local.numel(), bs)
+        ]
+    return objective.derive(chunks, accuracy=False, max_cache_bytes=2**62, sharded=True)
 
 
 def _subset_objectives(

@@ -13,8 +13,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
+from landscape.distributed import DistContext, cleanup_distributed, init_distributed
 from landscape.metrics._base import MetricCache, MetricResult, progress_bar
 from landscape.objective import Objective, make_objective
 from landscape.params import ParamSelection
@@ -182,6 +184,7 @@ def compute_metrics(
     target_key: str | None = None,
     params: ParamSelection = None,
     progress: bool | None = None,
+    dist: DistContext | None = None,
     **options: Any,
 ) -> dict[str, MetricResult]:
     """Compute the named metrics of a model at its current weights.
@@ -208,6 +211,11 @@ def compute_metrics(
         params: the parameters measured: those with ``requires_grad=True`` (default) or a
             selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
         progress: progress bars (``None``: only on a terminal).
+        dist: processes sharing the data, each reading its share of the batches (see
+            :class:`~landscape.objective.Objective`); every metric is then exact and the
+            same on every process. Default: ``torchrun``'s processes when run under it
+            (the process group is joined here), else this process alone. With a ready
+            ``Objective`` its own ``dist`` is used.
         **options: options shared by every selected metric that accepts them (``rho``,
             ``steps``, ``sigma``, ``num_samples``, ``seed``, ...); an option that no
             selected metric takes is an error (except ``seed``). See
@@ -222,19 +230,38 @@ def compute_metrics(
     """
     selected = validate_metric_names(names)
     routed = route_options(selected, options, per_metric)
-    objective = make_objective(
-        model,
-        data,
-        loss_fn,
-        batch_size=batch_size,
-        max_samples=max_samples,
-        forward=forward,
-        compute_loss=compute_loss,
-        count_items=count_items,
-        input_key=input_key,
-        target_key=target_key,
-        params=params,
-    )
+    own_ctx = dist is None and isinstance(model, nn.Module)
+    if own_ctx:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        dist = init_distributed(device=device.type)
+    try:
+        objective = make_objective(
+            model,
+            data,
+            loss_fn,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            forward=forward,
+            compute_loss=compute_loss,
+            count_items=count_items,
+            input_key=input_key,
+            target_key=target_key,
+            params=params,
+            dist=dist,
+        )
+        return _compute(objective, selected, routed, progress)
+    finally:
+        if own_ctx and dist is not None:
+            cleanup_distributed(dist)
+
+
+def _compute(
+    objective: Objective,
+    selected: list[str],
+    routed: dict[str, dict[str, Any]],
+    progress: bool | None,
+) -> dict[str, MetricResult]:
+    """The selected metrics of ``objective``, sharing one base-point cache."""
     cache = MetricCache(objective)
     results: dict[str, MetricResult] = {}
     try:

@@ -5,10 +5,12 @@ from landscape._device import resolve_device
 from landscape.distributed import (
     DistContext,
     all_gather_object,
+    all_reduce,
     barrier,
     broadcast_object,
     cleanup_distributed,
     init_distributed,
+    is_main_process,
     shard,
 )
 
@@ -40,3 +42,18 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_single_process_all_reduce_and_main(monkeypatch):
+    ctx = DistContext()
+    a, b = torch.ones(2, requires_grad=True), torch.zeros((), dtype=torch.float64)
+    out = all_reduce([a, b], ctx)
+    assert [t.dtype for t in out] == [torch.float32, torch.float64]
+    assert not out[0].requires_grad and out[0].data_ptr() != a.data_ptr()
+    assert all_reduce([a], ctx, op="max")[0].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="Invalid op"):
+        all_reduce([a], ctx, op="mean")
+    monkeypatch.delenv("RANK", raising=False)
+    assert is_main_process()
+    monkeypatch.setenv("RANK", "1")  # under torchrun before the process group exists
+    assert not is_main_process()

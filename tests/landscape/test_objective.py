@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from landscape.distributed import DistContext
 from landscape.objective import Objective, eval_mode
 
 
@@ -134,3 +135,18 @@ def test_bad_inputs_are_named():
         Objective(model, [{"a": x, "b": y}])
     with pytest.raises(ValueError, match="accuracy"):
         Objective(model, (x, y.double()), accuracy=True, loss_fn=lambda o, t: o.sum()).evaluate()
+
+
+def test_single_process_dist_context_and_batch_starts():
+    model, (x, y) = _net(), _data()
+    plain = Objective(model, (x, y), batch_size=10)
+    one = Objective(model, (x, y), batch_size=10, dist=DistContext())
+    assert not one.distributed and one.evaluate() == plain.evaluate()
+    assert [b.start for b in one.batches()] == [0, 10, 20]
+    assert one.all_reduce_float(0.25) == 0.25
+    # a derived objective reads this process's batches, as its share
+    assert one.derive().sharded and one.derive().n_samples == 23
+    with pytest.raises(ValueError, match="Invalid max_samples"):
+        Objective(model, (x, y), sharded=True, max_samples=5)
+    with pytest.raises(ValueError, match="Invalid dist"):
+        Objective(model, (x, y), dist="gloo")

@@ -60,7 +60,7 @@ def _loss_value(obj: Objective) -> float:
     with obj.eval_mode(), torch.inference_mode():
         for batch in obj.batches():
             total += float(obj.batch_loss(batch).double()) * batch.weight
-    return total
+    return obj.all_reduce_float(total)
 
 
 def _loss_at(

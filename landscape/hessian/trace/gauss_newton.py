@@ -473,6 +473,9 @@ def _gauss_newton(
                     variance += both_terms.var(dim=1, correction=1).sum(0) / probes
                 bar.update(int(c.shape[0]))
     engine = "hooks" if hooked and len(hooked) == len(keys) else "hooks+vmap" if hooked else "vmap"
+    if obj.distributed:  # this process's samples only: sum over the processes
+        values, variance = obj.all_reduce([values, variance])
+        passes = int(obj.all_reduce([torch.tensor(passes)], op="max")[0])
     return {
         "values": values.numpy(),
         "variance": variance.numpy(),
@@ -504,6 +507,8 @@ def _residual_operator(op: HessianOperator, residuals: list[Tensor]) -> HessianO
         accuracy=False,
         forward=obj.forward_fn,
         params=obj.param_names,
+        dist=obj.dist,
+        sharded=True,  # this process's batches, as its residuals
     )
     return op.like(twin)
 

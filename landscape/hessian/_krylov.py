@@ -60,9 +60,18 @@ def ritz(state: LanczosState, start: int = 0) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _orthogonalise(w: Tensor, basis: Tensor) -> Tensor:
-    """Remove the components of ``w`` along the rows of ``basis`` (Gram–Schmidt twice)."""
+    """Remove the components of ``w`` along the rows of ``basis`` (Gram–Schmidt twice).
+
+    The basis may live on another device or in another dtype than ``w`` (a basis kept
+    off the accelerator): the projections are computed where the basis is, in its dtype.
+    """
+    same = basis.device == w.device and basis.dtype == w.dtype
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
+        if same:
+            w = w - basis.T @ (basis @ w)
+        else:
+            wb = w.to(device=basis.device, dtype=basis.dtype)
+            w = w - (basis.T @ (basis @ wb)).to(device=w.device, dtype=w.dtype)
     return w
 
 
@@ -75,6 +84,8 @@ def lanczos_run(
     stop: Callable[[LanczosState], bool] | None = None,
     progress: bool | None = None,
     desc: str = "lanczos",
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> LanczosState:
     """Run Lanczos with full re-orthogonalisation from ``v0`` for up to ``max_steps`` products.
 
@@ -88,11 +99,20 @@ def lanczos_run(
         stop: called after each step; returning ``True`` ends the run.
         progress: show a progress bar (``None``: only on a terminal).
         desc: progress bar label.
+        basis_device: where the Krylov basis (``steps × dim``) is kept; default the
+            device of ``v0`` (the operator's). ``"cpu"`` keeps it off the accelerator:
+            each step then moves two vectors between the devices.
+        basis_dtype: the basis's dtype; default that of ``v0``. A wider dtype
+            (``torch.float64``) orthogonalises more exactly; a narrower one saves memory.
     """
     dim = v0.numel()
     max_steps = min(max_steps, dim)
     chunk = min(max_steps, 32)
-    buf = torch.empty((chunk, dim), dtype=v0.dtype, device=v0.device)
+    buf = torch.empty(
+        (chunk, dim),
+        dtype=basis_dtype if basis_dtype is not None else v0.dtype,
+        device=torch.device(basis_device) if basis_device is not None else v0.device,
+    )
     q = v0 / torch.linalg.vector_norm(v0)
     state = LanczosState(basis=buf[:0])
     prev_beta = 0.0
@@ -105,7 +125,7 @@ def lanczos_run(
                     (min(buf.shape[0], max_steps - j), dim), dtype=buf.dtype, device=buf.device
                 )
                 buf = torch.cat([buf, grow])
-            buf[j] = q
+            buf[j] = q.to(device=buf.device, dtype=buf.dtype)
             w = matvec(q).to(q.dtype)
             state.products += 1
             bar.update(1)

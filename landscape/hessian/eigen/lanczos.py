@@ -75,11 +75,15 @@ def lanczos_eigen(
     v0: str | torch.Tensor | list[torch.Tensor] | None = "random",
     criterion: str = "residual",
     progress: bool | None = None,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> EigenResult:
     """Top-``k`` eigenpairs of a Hessian operator by Lanczos with full re-orthogonalisation.
 
     Each step costs one Hessian-vector product; the Krylov basis is kept (``steps × dim``
-    in the operator's dtype) and every new vector is orthogonalised against all of it
+    in the operator's dtype, on its device, unless ``basis_device``/``basis_dtype`` say
+    otherwise: memory ``steps · dim · bytes``, e.g. 100 steps of a 25M-parameter model in
+    float32 take 10 GB) and every new vector is orthogonalised against all of it
     (twice), so no spurious copies of converged eigenvalues appear. The run stops when
     each of the ``k`` wanted Ritz pairs has residual ``‖H v − λ v‖ ≤ tol·|λ|`` (the
     residual is ``|β_m s_{m,i}|``, free of extra products) or after ``max_products``.
@@ -123,6 +127,10 @@ def lanczos_eigen(
             rule's 271, but one run stopped at 2.5e-3 (λ6 = 0.90 λ5 was not yet seen;
             ``benchmarks/lanczos_stopping.py``).
         progress: progress bar (``None``: only on a terminal).
+        basis_device: where the Krylov basis lives (default the operator's device);
+            ``"cpu"`` keeps a large model's basis off the accelerator (two vector copies
+            between the devices per step).
+        basis_dtype: the basis's dtype (default the operator's).
 
     Returns:
         An :class:`EigenResult`; eigenvectors are unit-norm tensor lists aligned with
@@ -178,12 +186,15 @@ def lanczos_eigen(
         stop=stop,
         progress=progress,
         desc=f"lanczos top-{k}",
+        basis_device=basis_device,
+        basis_dtype=basis_dtype,
     )
     values, vectors, res = ritz(state)
     idx = _wanted(values, min(k, len(values)), which)
     s = torch.as_tensor(vectors[:, idx], dtype=state.basis.dtype, device=state.basis.device)
     flat = (state.basis.T @ s).T  # (k, dim)
     flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+    flat = flat.to(device=op.device, dtype=op.dtype)
     eigvecs = [[t.clone() for t in op.to_list(row)] for row in flat]
     err = error_estimates(values, res, criterion)
     conv = [bool(err[i] <= tol * abs(values[i])) for i in idx]

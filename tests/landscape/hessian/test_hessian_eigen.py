@@ -219,3 +219,22 @@ def test_zero_block_restarts_once_per_wanted_copy():
     res = lanczos_eigen(op, k=3, tol=1e-8, max_products=50)
     assert res.converged and res.eigenvalues.tolist() == [0.0, 0.0, 0.0]
     assert res.products == 4  # k + 1 steps before any judgement, each a closed space
+
+
+def test_basis_off_device_and_in_another_dtype_gives_the_same_pairs():
+    import torch
+
+    from landscape.hessian import HessianOperator, lanczos_eigen
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    x, y = torch.randn(30, 5), torch.randint(0, 3, (30,))
+    op = HessianOperator(net, data=(x, y))
+    ref = lanczos_eigen(op, k=2, tol=1e-6, max_products=60)
+    wide = lanczos_eigen(
+        op, k=2, tol=1e-6, max_products=60, basis_device="cpu", basis_dtype=torch.float64
+    )
+    torch.testing.assert_close(wide.eigenvalues, ref.eigenvalues, rtol=1e-5, atol=1e-7)
+    assert wide.eigenvectors[0][0].dtype == torch.float32
+    dense = torch.linalg.eigvalsh(op.to_dense().double())
+    torch.testing.assert_close(wide.eigenvalues.double(), dense.flip(0)[:2], rtol=1e-5, atol=1e-6)

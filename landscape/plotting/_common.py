@@ -636,16 +636,20 @@ def correlation_panels(corr: Any, metric: str | None = None) -> list[Correlation
             raise ValueError(f"Invalid metric: {metric!r} (the correlation has {', '.join(names)})")
         names = [metric]
     models = list(c["models"])
-    axes = list(c.get("axes") or {})
+    spec = dict(c.get("axes") or {})
+    axes = list(spec)
 
-    def text(v: Any) -> str:
+    def text(v: Any, axis: str | None = None) -> str:
+        # An axis of several keys that vary together: its first key's value tells apart.
+        if axis is not None and len(spec.get(axis) or ()) > 1 and isinstance(v, list) and v:
+            v = v[0]
         return json.dumps(v) if isinstance(v, list | dict) else str(v)
 
-    counts = [len({text(m["hparams"].get(a)) for m in models}) for a in axes]
+    counts = [len({text(m["hparams"].get(a), a) for m in models}) for a in axes]
     colour = axes[counts.index(max(counts))] if axes else None
     values: list[str] = []
     for m in models:
-        v = "all" if colour is None else text(m["hparams"].get(colour))
+        v = "all" if colour is None else text(m["hparams"].get(colour), colour)
         if v not in values:
             values.append(v)
     gap = "train_acc − test_acc" if c.get("gap") == "acc" else "test_loss − train_loss"
@@ -659,7 +663,7 @@ def correlation_panels(corr: Any, metric: str | None = None) -> list[Correlation
         for v in values:
             xs, ys, labels = [], [], []
             for m in models:
-                if (colour is not None and text(m["hparams"].get(colour)) != v) or (
+                if (colour is not None and text(m["hparams"].get(colour), colour) != v) or (
                     m["measures"].get(name) is None or m.get("gap") is None
                 ):
                     continue

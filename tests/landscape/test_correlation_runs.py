@@ -105,9 +105,11 @@ def test_correlate_runs_measures_final_checkpoints_and_ranks_them(runs, tmp_path
     fig = corr.plot()
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert len(shown) == 2 and shown[1].get_title().startswith("lambda_max: τ = ")
-    assert (
-        len(shown[0].collections) == 2
-    )  # a colour per optimizer (axes tie on 2 values: the first)
+    # a colour per optimizer (both axes have 2 values: the first wins); a merged axis
+    # (optimizer with hparams.rho) is shown by its first key
+    assert len(shown[0].collections) == 2
+    legend = [t.get_text() for t in shown[0].get_legend().get_texts()]
+    assert legend == ["optimizer=sgd", "optimizer=sam"]
 
 
 def test_rerun_reuses_the_rows_and_an_interrupted_one_resumes(runs, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ _NAMES = {
     # static (matplotlib)
     "PLOT_KINDS": "static",
     "plot_contour": "static",
+    "plot_correlation": "static",
     "plot_heatmap": "static",
     "plot_line": "static",
     "plot_metric_curves": "static",
@@ -36,6 +37,7 @@ _NAMES = {
     # interactive (plotly)
     "figures_to_html": "interactive",
     "interactive_contours": "interactive",
+    "interactive_correlation": "interactive",
     "interactive_line": "interactive",
     "interactive_metric_curves": "interactive",
     "interactive_spectrum": "interactive",
@@ -45,6 +47,7 @@ _NAMES = {
     "write_html": "interactive",
     # files by extension
     "STATIC_FORMATS": "files",
+    "plot_correlation_file": "files",
     "plot_curves_file": "files",
     "plot_file": "files",
     "plot_inputs": "files",

@@ -577,3 +577,100 @@ def curve_metrics(sets: Sequence[ComparisonCurves], metric: str | None) -> list[
         what = f"metric {metric!r} has" if metric is not None else "the comparisons have"
         raise ValueError(f"nothing to plot: {what} no finite value at any epoch")
     return drawn
+
+
+# --- correlation with generalisation ---------------------------------------------------
+
+
+@dataclass
+class CorrelationPanel:
+    """One metric of a correlation, ready to draw: points by value of the colour axis.
+
+    Attributes:
+        metric: the measure (x axis).
+        title: ``metric: τ = ... [lo, hi], Ψ = ...``.
+        gap: the y axis label.
+        series: ``(legend label, x, y, point labels)`` per value of the colour axis.
+    """
+
+    metric: str
+    title: str
+    gap: str
+    series: list[tuple[str, np.ndarray, np.ndarray, list[str]]]
+
+
+def _correlation_dict(corr: Any) -> Mapping:
+    """The correlation section of a :class:`~landscape.correlation.Correlation`, dict or file."""
+    if isinstance(corr, str | os.PathLike):
+        corr = json.loads(Path(corr).read_text())
+    if hasattr(corr, "to_dict") and hasattr(corr, "results"):
+        corr = corr.to_dict()
+    if isinstance(corr, Mapping) and isinstance(corr.get("correlation"), Mapping):
+        corr = corr["correlation"]
+    if not isinstance(corr, Mapping) or "results" not in corr or "models" not in corr:
+        raise ValueError("not a correlation (landscape correlate --out FILE.json writes one)")
+    return corr
+
+
+def _fmt2(value: Any) -> str:
+    return "nan" if value is None or not math.isfinite(float(value)) else f"{float(value):.2f}"
+
+
+def correlation_panels(corr: Any, metric: str | None = None) -> list[CorrelationPanel]:
+    """Per metric, the models' (measure, gap) points grouped by the most varied axis.
+
+    The colour axis is the one with the most distinct values among the models (the
+    first such axis on ties); without axes every point is one series.
+
+    Args:
+        corr: a :class:`~landscape.correlation.Correlation`, its JSON file or dict.
+        metric: only this metric (default every metric).
+
+    Raises:
+        ValueError: not a correlation, or an unknown ``metric``.
+    """
+    c = _correlation_dict(corr)
+    names = list(c["metrics"])
+    if metric is not None:
+        if metric not in names:
+            raise ValueError(f"Invalid metric: {metric!r} (the correlation has {', '.join(names)})")
+        names = [metric]
+    models = list(c["models"])
+    spec = dict(c.get("axes") or {})
+    axes = list(spec)
+
+    def text(v: Any, axis: str | None = None) -> str:
+        # An axis of several keys that vary together: its first key's value tells apart.
+        if axis is not None and len(spec.get(axis) or ()) > 1 and isinstance(v, list) and v:
+            v = v[0]
+        return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+    counts = [len({text(m["hparams"].get(a), a) for m in models}) for a in axes]
+    colour = axes[counts.index(max(counts))] if axes else None
+    values: list[str] = []
+    for m in models:
+        v = "all" if colour is None else text(m["hparams"].get(colour), colour)
+        if v not in values:
+            values.append(v)
+    gap = "train_acc − test_acc" if c.get("gap") == "acc" else "test_loss − train_loss"
+    panels = []
+    for name in names:
+        res = c["results"][name]
+        ci = res.get("tau_ci") or [None, None]
+        title = f"{name}: τ = {_fmt2(res.get('tau'))} [{_fmt2(ci[0])}, {_fmt2(ci[1])}]"
+        title += f", Ψ = {_fmt2(res.get('Psi'))}"
+        series = []
+        for v in values:
+            xs, ys, labels = [], [], []
+            for m in models:
+                if (colour is not None and text(m["hparams"].get(colour), colour) != v) or (
+                    m["measures"].get(name) is None or m.get("gap") is None
+                ):
+                    continue
+                xs.append(float(m["measures"][name]))
+                ys.append(float(m["gap"]))
+                labels.append(str(m["label"]))
+            legend = v if colour is None else f"{colour}={v}"
+            series.append((legend, np.asarray(xs), np.asarray(ys), labels))
+        panels.append(CorrelationPanel(name, title, gap, series))
+    return panels

@@ -14,7 +14,13 @@ from typing import Any
 
 from landscape.plotting._common import SurfaceLike, as_surface, surface_ndim
 
-__all__ = ["STATIC_FORMATS", "plot_curves_file", "plot_file", "plot_inputs"]
+__all__ = [
+    "STATIC_FORMATS",
+    "plot_correlation_file",
+    "plot_curves_file",
+    "plot_file",
+    "plot_inputs",
+]
 
 #: Extensions drawn with matplotlib.
 STATIC_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
@@ -134,6 +140,34 @@ def plot_curves_file(
     from landscape.plotting.static import plot_metric_curves, save_figure
 
     fig = plot_metric_curves(comparisons, metric, labels=labels, log=log)
+    return save_figure(fig, out, dpi=dpi)
+
+
+def plot_correlation_file(
+    correlation: Any, out: str | os.PathLike, *, metric: str | None = None, dpi: int = 150
+) -> Path:
+    """Draw a correlation's measure-vs-gap scatters into ``out`` (format by extension).
+
+    ``.png .pdf .svg .jpg .eps .ps``: :func:`landscape.plotting.static.plot_correlation`;
+    ``.html``: :func:`landscape.plotting.interactive.interactive_correlation` as an
+    offline page.
+
+    Args:
+        correlation: a :class:`landscape.correlation.Correlation`, its JSON file or dict.
+        out: output path.
+        metric: draw only this metric (default one panel per metric).
+        dpi: resolution of raster images.
+    """
+    out = Path(out)
+    ext = _check_suffix(out, "a correlation", (*STATIC_FORMATS, ".html", ".htm"))
+    if ext in (".html", ".htm"):
+        from landscape.plotting.interactive import interactive_correlation, write_html
+
+        fig: Any = interactive_correlation(correlation, metric)
+        return write_html(fig, out, title=out.stem)
+    from landscape.plotting.static import plot_correlation, save_figure
+
+    fig = plot_correlation(correlation, metric)
     return save_figure(fig, out, dpi=dpi)
 
 

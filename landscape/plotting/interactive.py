@@ -39,6 +39,7 @@ from landscape.plotting._common import (
 __all__ = [
     "figures_to_html",
     "interactive_contours",
+    "interactive_correlation",
     "interactive_line",
     "interactive_metric_curves",
     "interactive_spectrum",
@@ -605,6 +606,52 @@ def figures_to_html(figures: Sequence[Any], *, first_includes_plotlyjs: bool = T
             )
         )
     return out
+
+
+def interactive_correlation(
+    correlation: Any, metric: str | None = None, *, title: str | None = None
+) -> Any:
+    """The plotly twin of :func:`landscape.plotting.static.plot_correlation`.
+
+    One panel per metric (side by side), one point per run coloured by the most varied
+    hyper-parameter axis (a legend entry toggles that value in every panel); hover
+    shows the run's label.
+
+    Args:
+        correlation: a :class:`landscape.correlation.Correlation`, its JSON file or dict.
+        metric: the metric to draw; default every metric.
+        title: figure title.
+    """
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    from landscape.plotting._common import correlation_panels
+
+    panels = correlation_panels(correlation, metric)
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[html.escape(p.title) for p in panels]
+    )
+    for col, p in enumerate(panels, start=1):
+        for i, (legend, x, y, labels) in enumerate(p.series):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="markers",
+                    marker={"color": _PALETTE[i % len(_PALETTE)], "size": 9},
+                    name=html.escape(legend),
+                    legendgroup=str(i),
+                    showlegend=col == 1,
+                    text=[html.escape(t) for t in labels],
+                    hovertemplate="%{text}<br>measure %{x:.4g}<br>gap %{y:.4g}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text=p.metric, row=1, col=col)
+    fig.update_yaxes(title_text=f"gap ({panels[0].gap})", row=1, col=1)
+    fig.update_layout(title=title, height=420, width=max(480, 420 * len(panels)))
+    return fig
 
 
 def write_html(figures: Any, path: str | os.PathLike, *, title: str = "sharpscape figure") -> Path:

@@ -30,6 +30,7 @@ from landscape.plotting._common import (
     cell_edges,
     comparison_curves,
     contour_levels,
+    correlation_panels,
     curve_metrics,
     curves_from_records,
     for_log,
@@ -48,6 +49,7 @@ from landscape.plotting._common import (
 __all__ = [
     "PLOT_KINDS",
     "plot_contour",
+    "plot_correlation",
     "plot_heatmap",
     "plot_line",
     "plot_metric_curves",
@@ -654,6 +656,50 @@ def plot_metric_curves(
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("epoch")
     axes[0].legend(loc="best", fontsize="small")
+    return fig
+
+
+def plot_correlation(
+    correlation: Any,
+    metric: str | None = None,
+    *,
+    ax: Any = None,
+) -> Figure:
+    """Measure against generalisation gap, one panel per metric, τ in the titles.
+
+    One point per run, coloured by its value of the hyper-parameter axis with the most
+    distinct values; the title gives Kendall's τ with its bootstrap interval and Ψ.
+
+    Args:
+        correlation: a :class:`landscape.correlation.Correlation`, its JSON file
+            (``landscape correlate --out``) or its ``to_dict()``.
+        metric: the metric to draw; default one panel per metric (side by side).
+        ax: axes to draw on (one metric only); default a new figure.
+
+    Raises:
+        ValueError: not a correlation, an unknown ``metric``, or ``ax`` with several
+            metrics.
+    """
+    panels = correlation_panels(correlation, metric)
+    if ax is not None:
+        if len(panels) != 1:
+            raise ValueError("ax holds one panel; pass metric= with it")
+        fig, axes = ax.figure, [ax]
+    else:
+        cols = min(len(panels), 3)
+        rows = -(-len(panels) // cols)
+        fig = Figure(figsize=(4.2 * cols, 0.6 + 3.4 * rows), layout="constrained")
+        axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+        for extra in axes[len(panels) :]:
+            extra.set_visible(False)
+    for panel, p in zip(axes, panels, strict=False):
+        for i, (legend, x, y, _) in enumerate(p.series):
+            panel.scatter(x, y, s=28, color=f"C{i % 10}", label=legend, alpha=0.85)
+        panel.set_title(p.title, fontsize="medium")
+        panel.set_xlabel(p.metric)
+        panel.set_ylabel(f"gap ({p.gap})")
+    if len(panels[0].series) > 1:
+        axes[0].legend(loc="best", fontsize="small")
     return fig
 
 

@@ -337,6 +337,44 @@ def _hooked_terms(
     return terms
 
 
+def _group_matrix(op: HessianOperator, groups: list[tuple[str, slice]]) -> Tensor:
+    """``(tensors, groups)`` 0/1 matrix: which group each parameter tensor belongs to."""
+    starts = [sl.start for _, sl in op.blocks()]
+    owner = torch.tensor(
+        [next(g for g, (_, s) in enumerate(groups) if s.start <= a < s.stop) for a in starts]
+    )
+    to_group = torch.zeros(len(starts), len(groups), dtype=torch.float64)
+    to_group[torch.arange(len(starts)), owner] = 1.0
+    return to_group
+
+
+def _batch_outputs(
+    obj: Objective, batch: Any, loss_of_outputs: Callable, *, check: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch's outputs, residuals ``r = ∂L_b/∂f`` and output Hessians (weighted).
+
+    The requirements (:func:`_check_batch`) are checked on the first batch and whenever
+    the outputs lose their per-sample shape.
+    """
+    with torch.no_grad():
+        out = obj.outputs(batch.inputs)
+    per_sample = isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == batch.size
+    if check or not per_sample:
+        _check_batch(obj, out, batch.targets, batch.size)
+    with torch.enable_grad():
+        leaf = out.detach().requires_grad_(True)
+        (r,) = torch.autograd.grad(loss_of_outputs(leaf, batch.targets), leaf)
+    lam = _output_hessians(loss_of_outputs, out, batch.targets, batch.weight / batch.size)
+    return out, r.detach(), lam
+
+
+def _check_closed_forms(got: Tensor, ref: Tensor, dtype: torch.dtype) -> None:
+    """The hooks' closed-form per-sample terms must equal ``vmap``'s (else fall back)."""
+    tol = 1e3 * torch.finfo(dtype).eps * float(ref.abs().max())
+    if float((got - ref).abs().max()) > tol:
+        raise _Unsupported("closed forms differ from vmap")
+
+
 def _gauss_newton(
     op: HessianOperator,
     groups: list[tuple[str, slice]],
@@ -356,12 +394,7 @@ def _gauss_newton(
     obj = op._obj
     module = _Outputs(obj)
     keys = [f"inner.{n}" for n in op.param_names]
-    starts = [sl.start for _, sl in op.blocks()]
-    owner = torch.tensor(
-        [next(g for g, (_, s) in enumerate(groups) if s.start <= a < s.stop) for a in starts]
-    )
-    to_group = torch.zeros(len(starts), len(groups), dtype=torch.float64)
-    to_group[torch.arange(len(starts)), owner] = 1.0
+    to_group = _group_matrix(op, groups)
     gen = torch.Generator().manual_seed(seed) if probes is not None else None
     elem = torch.finfo(op.dtype).bits // 8
     mods = _hookable(obj.model, op.param_names)
@@ -411,18 +444,9 @@ def _gauss_newton(
     loss_of_outputs = obj.output_loss_fn
     with obj.eval_mode(), progress_bar(obj.n_samples, "ggn trace: Gauss-Newton", progress) as bar:
         for batch in obj.batches():
-            with torch.no_grad():
-                out = obj.outputs(batch.inputs)
-            if not checked:
-                _check_batch(obj, out, batch.targets, batch.size)
-                checked = True
-            elif not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch.size:
-                _check_batch(obj, out, batch.targets, batch.size)
-            with torch.enable_grad():
-                leaf = out.detach().requires_grad_(True)
-                (r,) = torch.autograd.grad(loss_of_outputs(leaf, batch.targets), leaf)
-            residuals.append(r.detach())
-            lam = _output_hessians(loss_of_outputs, out, batch.targets, batch.weight / batch.size)
+            out, r, lam = _batch_outputs(obj, batch, loss_of_outputs, check=not checked)
+            checked = True
+            residuals.append(r)
             cols, partners = _columns(lam, gen, probes, op.dtype)
             m = cols.shape[1] + (0 if partners is None else cols.shape[1])
             passes = max(passes, m)
@@ -442,19 +466,10 @@ def _gauss_newton(
                     try:
                         terms = _hooked_terms(obj, mods, x, c, p, len(keys))
                         if not verified:  # the closed forms against vmap on two samples
+                            two = None if p is None else p[:2]
                             first = _take(x, dims, slice(0, 2))
-                            ref = vmapped(
-                                hooked,
-                                first,
-                                c[:2],
-                                None if p is None else p[:2],
-                                dims,
-                                flat_out[s : s + 2],
-                            )
-                            got = terms[:2]
-                            tol = 1e3 * torch.finfo(op.dtype).eps * float(ref.abs().max())
-                            if float((got - ref).abs().max()) > tol:
-                                raise _Unsupported("closed forms differ from vmap")
+                            ref = vmapped(hooked, first, c[:2], two, dims, flat_out[s : s + 2])
+                            _check_closed_forms(terms[:2], ref, op.dtype)
                             verified = True
                     except _Unsupported as err:
                         logger.info("ggn_trace: per-sample products by vmap only (%s)", err)

@@ -486,6 +486,38 @@ def train(
             before any work).
         NonFiniteLoss: a non-finite loss with ``nonfinite="stop"``.
     """
+    args = dict(locals())  # this call's arguments by name (the configuration, the options)
+    _check_train_arguments(epochs, batch_size, save_every, lr, weight_decay, nonfinite, out)
+    full_hparams = _resolve_hparams(optimizer, hparams)
+    bundle = _train_data(
+        data, augment, data_dir, seed, label_noise, n_per_class, val_fraction, data_kwargs
+    )
+    mspec = _model_spec_of(model, bundle, model_kwargs)
+    config = _run_config(args, mspec, bundle, full_hparams)
+    ctx = init_distributed(device=device)
+    try:
+        if ctx.world_size > 1 and batch_size % ctx.world_size:
+            raise ValueError(
+                f"Invalid batch_size: {batch_size} is not divisible by the {ctx.world_size} "
+                "processes"
+            )
+        config["world_size"] = ctx.world_size
+        with _rng_scope(ctx.device):
+            return _train(model, mspec, bundle, config, ctx, _run_options(args))
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _check_train_arguments(
+    epochs: int,
+    batch_size: int,
+    save_every: int,
+    lr: float,
+    weight_decay: float,
+    nonfinite: str,
+    out: str | Path | None,
+) -> None:
+    """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
         if int(value) < 1:
             raise ValueError(f"Invalid {pname}: {value} (at least 1)")
@@ -499,9 +531,19 @@ def train(
         raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected 'stop' or 'continue')")
     if out is not None:
         check_output(out, folder=True)
-    full_hparams = _resolve_hparams(optimizer, hparams)
 
-    # ---- data ------------------------------------------------------------------------
+
+def _train_data(
+    data: str | DataBundle | Any,
+    augment: bool,
+    data_dir: str | None,
+    seed: int,
+    label_noise: float,
+    n_per_class: int | None,
+    val_fraction: float,
+    data_kwargs: Mapping[str, Any] | None,
+) -> DataBundle:
+    """The data to train on: a built-in dataset by name (with its options) or the user's."""
     if isinstance(data, str):
         bundle = load_data(
             data,
@@ -519,68 +561,69 @@ def train(
                 "data_kwargs apply to built-in dataset names only"
             )
         bundle = as_bundle(data)
-
     if augment and len(bundle.input_shape) != 3:
         raise ValueError(
             f"Invalid augment: random crop and flip need images (C, H, W), not inputs of "
             f"shape {bundle.input_shape}"
         )
+    return bundle
 
-    # ---- configuration ---------------------------------------------------------------
+
+def _model_spec_of(
+    model: Any, bundle: DataBundle, model_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The spec of a built-in model (by name, for the data); None for the user's module."""
     if isinstance(model, str):
-        mspec: dict[str, Any] | None = model_spec(
-            model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {})
-        )
-    elif isinstance(model, nn.Module):
+        return model_spec(model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {}))
+    if isinstance(model, nn.Module):
         if model_kwargs:
             raise ValueError("Invalid model_kwargs: they apply to built-in model names only")
-        mspec = None
-    else:
-        raise ValueError(f"Invalid model: expected a name or an nn.Module, got {model!r}")
+        return None
+    raise ValueError(f"Invalid model: expected a name or an nn.Module, got {model!r}")
+
+
+def _run_config(
+    args: Mapping[str, Any],
+    mspec: dict[str, Any] | None,
+    bundle: DataBundle,
+    full_hparams: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The run's configuration (``config.json``) from :func:`train`'s arguments by name."""
     opt_hparams = {
-        "lr": float(lr),
-        "momentum": float(momentum),
-        "weight_decay": float(weight_decay),
-        "base": base_optimizer,
+        "lr": float(args["lr"]),
+        "momentum": float(args["momentum"]),
+        "weight_decay": float(args["weight_decay"]),
+        "base": args["base_optimizer"],
         **full_hparams,
     }
-    config = _json_ready(
+    return _json_ready(
         {
             "model": mspec,
             "data": bundle.spec,
-            "optimizer": optimizer,
+            "optimizer": args["optimizer"],
             "hparams": opt_hparams,
-            "epochs": int(epochs),
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-            "amp": bool(amp),
-            "augment": bool(augment),
-            "save_every": int(save_every),
+            "epochs": int(args["epochs"]),
+            "batch_size": int(args["batch_size"]),
+            "seed": int(args["seed"]),
+            "amp": bool(args["amp"]),
+            "augment": bool(args["augment"]),
+            "save_every": int(args["save_every"]),
             "version": __version__,
         }
     )
 
-    ctx = init_distributed(device=device)
-    try:
-        if ctx.world_size > 1 and batch_size % ctx.world_size:
-            raise ValueError(
-                f"Invalid batch_size: {batch_size} is not divisible by the {ctx.world_size} "
-                "processes"
-            )
-        config["world_size"] = ctx.world_size
-        with _rng_scope(ctx.device):
-            opts = {
-                "out": out,
-                "resume": resume,
-                "eval_batch_size": int(eval_batch_size),
-                "progress": progress,
-                "stop_after_epoch": stop_after_epoch,
-                "max_device_bytes": int(max_device_bytes),
-                "nonfinite": nonfinite,
-            }
-            return _train(model, mspec, bundle, config, ctx, opts)
-    finally:
-        cleanup_distributed(ctx)
+
+def _run_options(args: Mapping[str, Any]) -> dict[str, Any]:
+    """How :func:`_train` runs (not part of the configuration), from :func:`train`'s arguments."""
+    return {
+        "out": args["out"],
+        "resume": args["resume"],
+        "eval_batch_size": int(args["eval_batch_size"]),
+        "progress": args["progress"],
+        "stop_after_epoch": args["stop_after_epoch"],
+        "max_device_bytes": int(args["max_device_bytes"]),
+        "nonfinite": args["nonfinite"],
+    }
 
 
 def _train(

@@ -885,10 +885,52 @@ def surface_from_checkpoint(
             (:func:`~landscape.params.select_parameters`); not with ``interpolate`` or
             ``pca``.
     """
-    from landscape.checkpoint import file_sha256, load_checkpoint
-    from landscape.directions import interpolation_directions, pca_directions
+    dim, xg, yg = _check_checkpoint_arguments(
+        checkpoint, dim, x, y, split, interpolate, pca, params, data_dir
+    )
+    ctx = init_distributed(device=device)
+    try:
+        model, train, test, attrs = _checkpoint_and_data(checkpoint, split, data_dir, ctx)
+        directions = _checkpoint_directions(model, interpolate, pca, ignore, attrs)
+        return compute_surface(
+            model,
+            train,
+            test_data=test,
+            x=xg,
+            y=yg,
+            directions=directions,
+            norm=norm,
+            ignore=ignore,
+            states=states,
+            orthogonalize=orthogonalize,
+            seed=seed,
+            out=out,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            device=ctx.device,
+            evaluation=evaluation,
+            progress=progress,
+            attrs=attrs,
+            dist=ctx,
+            params=params,
+        )
+    finally:
+        cleanup_distributed(ctx)
 
-    # Everything about the arguments is checked before any work.
+
+def _check_checkpoint_arguments(
+    checkpoint: str | Path | UserModel,
+    dim: int,
+    x: str | GridSpec,
+    y: str | GridSpec | None,
+    split: str,
+    interpolate: str | Path | None,
+    pca: str | Path | None,
+    params: ParamSelection,
+    data_dir: str | Path | None,
+) -> tuple[int, GridSpec, GridSpec | None]:
+    """Check everything about the arguments before any work; the dimension and grids."""
     if dim not in (1, 2):
         raise ValueError(f"Invalid dim: {dim} (expected 1 or 2)")
     if split not in SPLITS:
@@ -916,62 +958,61 @@ def surface_from_checkpoint(
     for p, what in ((ckpt_path, "checkpoint"), (interpolate, "checkpoint"), (pca, "run folder")):
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{p}: no such {what}")
+    return dim, xg, yg
 
-    ctx = init_distributed(device=device)
-    try:
-        if isinstance(checkpoint, UserModel):
-            ckpt = checkpoint.open(map_location="cpu")
-            bundle = ckpt.load_data()
-        else:
-            ckpt = load_checkpoint(checkpoint, map_location="cpu")
-            bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
-        model = ckpt.model.to(ctx.device)
-        train = bundle.train if split in ("train", "both") else None
-        test = bundle.test if split in ("test", "both") else None
-        if split != "train" and bundle.test is None:
-            raise ValueError(f"Invalid split: {split!r} but the dataset has no test split")
-        if split != "test" and bundle.train is None:
-            raise ValueError(f"Invalid split: {split!r} but the data has no train split")
-        attrs: dict[str, Any] = {
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": ckpt.sha256,
-            "model_spec": ckpt.model_spec,
-            "data_spec": ckpt.data_spec,
-            "dataset": bundle.name,
-            "split": split,
-        }
-        if isinstance(ckpt, UserCheckpoint):
-            attrs.update(ckpt.attrs())
-        directions: Directions | None = None
-        if interpolate is not None:
-            directions = interpolation_directions(model, interpolate)
-            attrs["other_checkpoint"] = str(interpolate)
-            attrs["other_checkpoint_sha256"] = file_sha256(interpolate)
-        elif pca is not None:
-            directions = pca_directions(model, pca, ignore=ignore)
-            attrs["pca_run"] = str(pca)
-        return compute_surface(
-            model,
-            train,
-            test_data=test,
-            x=xg,
-            y=yg,
-            directions=directions,
-            norm=norm,
-            ignore=ignore,
-            states=states,
-            orthogonalize=orthogonalize,
-            seed=seed,
-            out=out,
-            overwrite=overwrite,
-            batch_size=batch_size,
-            max_samples=max_samples,
-            device=ctx.device,
-            evaluation=evaluation,
-            progress=progress,
-            attrs=attrs,
-            dist=ctx,
-            params=params,
-        )
-    finally:
-        cleanup_distributed(ctx)
+
+def _checkpoint_and_data(
+    checkpoint: str | Path | UserModel,
+    split: str,
+    data_dir: str | Path | None,
+    ctx: DistContext,
+) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
+    """The checkpoint's model (on the device), its train and test data, the file's attrs."""
+    from landscape.checkpoint import load_checkpoint
+
+    if isinstance(checkpoint, UserModel):
+        ckpt = checkpoint.open(map_location="cpu")
+        bundle = ckpt.load_data()
+    else:
+        ckpt = load_checkpoint(checkpoint, map_location="cpu")
+        bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
+    model = ckpt.model.to(ctx.device)
+    train = bundle.train if split in ("train", "both") else None
+    test = bundle.test if split in ("test", "both") else None
+    if split != "train" and bundle.test is None:
+        raise ValueError(f"Invalid split: {split!r} but the dataset has no test split")
+    if split != "test" and bundle.train is None:
+        raise ValueError(f"Invalid split: {split!r} but the data has no train split")
+    attrs: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": ckpt.sha256,
+        "model_spec": ckpt.model_spec,
+        "data_spec": ckpt.data_spec,
+        "dataset": bundle.name,
+        "split": split,
+    }
+    if isinstance(ckpt, UserCheckpoint):
+        attrs.update(ckpt.attrs())
+    return model, train, test, attrs
+
+
+def _checkpoint_directions(
+    model: nn.Module,
+    interpolate: str | Path | None,
+    pca: str | Path | None,
+    ignore: str | None,
+    attrs: dict[str, Any],
+) -> Directions | None:
+    """The line to a second checkpoint or a run's PCA plane (noted in ``attrs``); else None."""
+    from landscape.checkpoint import file_sha256
+    from landscape.directions import interpolation_directions, pca_directions
+
+    directions: Directions | None = None
+    if interpolate is not None:
+        directions = interpolation_directions(model, interpolate)
+        attrs["other_checkpoint"] = str(interpolate)
+        attrs["other_checkpoint_sha256"] = file_sha256(interpolate)
+    elif pca is not None:
+        directions = pca_directions(model, pca, ignore=ignore)
+        attrs["pca_run"] = str(pca)
+    return directions

@@ -569,19 +569,49 @@ def compare_checkpoints(
         CompareInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says how
             many rows the file holds.
     """
-    from landscape._device import resolve_device
-    from landscape.checkpoint import check_readable, load_checkpoint, run_checkpoints
+    args = dict(locals())  # this call's arguments by name (the settings, the measuring)
+    files = _expand_paths(paths)
+    names = _check_common(metrics, options, per_metric, labels, len(files))
+    record_names = _recorded_names(recorded, names)
+    out_path, kind = _check_inputs(files, split, out)
+    settings = _settings_of(args, record_names)
+    row_labels = list(labels) if labels is not None else _labels_of(files)
+    table = _Table([*names, *record_names], settings, files, row_labels, out_path)
+    todo = table.reuse(kind, resume)
+    measure = _Measure(args, names, record_names)
+    try:
+        for i in progress_bar(todo, desc="checkpoints", progress=progress):
+            table.set(i, measure.row(files[i], row_labels[i]))
+        if out_path is not None and not todo:
+            table.save()  # every row reused: this call's labels and order
+    except KeyboardInterrupt as exc:
+        if out_path is None:
+            raise
+        raise CompareInterrupted(table.saved, len(files), out_path) from exc
+    measure.warn_unrecorded(table.rows)
+    return table.comparison()
+
+
+def _expand_paths(paths: Sequence[str | os.PathLike[str] | UserModel]) -> list[Path | UserModel]:
+    """The checkpoints to compare: a run folder stands for its checkpoints, by epoch."""
+    from landscape.checkpoint import run_checkpoints
 
     files: list[Path | UserModel] = []
-    for item in paths:  # a run folder stands for its checkpoints, by epoch
+    for item in paths:
         if isinstance(item, UserModel):
             files.append(item)
             continue
         p = Path(item)
         files += run_checkpoints(p) if p.is_dir() else [p]
-    names = _check_common(metrics, options, per_metric, labels, len(files))
-    record_names = _recorded_names(recorded, names)
-    columns = [*names, *record_names]
+    return files
+
+
+def _check_inputs(
+    files: Sequence[Path | UserModel], split: str, out: str | os.PathLike[str] | None
+) -> tuple[Path | None, str | None]:
+    """Check the split, ``out`` and every checkpoint before any work; ``out``'s path and kind."""
+    from landscape.checkpoint import check_readable
+
     if split not in SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")
     out_path = None if out is None else Path(out)
@@ -598,116 +628,170 @@ def compare_checkpoints(
                 check_readable(p.weights)
         else:
             check_readable(p)
+    return out_path, kind
+
+
+def _settings_of(args: Mapping[str, Any], record_names: list[str]) -> dict[str, Any]:
+    """The settings a comparison file records (and resuming compares), from the arguments."""
     settings = {
-        "split": split if data is None else None,
-        "max_samples": max_samples,
-        "options": options,
-        "per_metric": per_metric or {},
+        "split": args["split"] if args["data"] is None else None,
+        "max_samples": args["max_samples"],
+        "options": args["options"],
+        "per_metric": args["per_metric"] or {},
     }
     if record_names:  # (only then: files written before this option resume as they were)
         settings["recorded"] = record_names
-    if params is not None:  # (likewise)
-        settings["params"] = selection_text(params)
+    if args["params"] is not None:  # (likewise)
+        settings["params"] = selection_text(args["params"])
     # Exactly what the file holds after a JSON round trip (tuples become lists, ...).
-    settings = json.loads(json.dumps(_plain(settings), allow_nan=False))
-    row_labels = list(labels) if labels is not None else _labels_of(files)
+    return json.loads(json.dumps(_plain(settings), allow_nan=False))
 
-    reused: dict[int, dict[str, Any]] = {}
-    if out_path is not None:
-        if kind == "json" and resume and out_path.is_file():
-            previous = _previous_rows(out_path, columns, settings)
-            reused = _reusable_rows(previous, files, columns)
-            logger.info("resuming %s: %d of %d rows reused", out_path, len(reused), len(files))
-        elif out_path.exists():
-            why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
-            logger.info("%s exists: overwriting it%s", out_path, why)
-    rows: list[dict[str, Any] | None] = [None] * len(files)
-    for i, row in reused.items():
-        rows[i] = {**row, "checkpoint": _where(files[i]), "label": row_labels[i]}
-    todo = [i for i, row in enumerate(rows) if row is None]
-    saved = len(reused)  # rows of this call that the file on disk holds
 
-    def save() -> None:
-        nonlocal saved
-        assert out_path is not None
-        done = Comparison(columns, [r for r in rows if r is not None], settings)
-        done.save(out_path)
-        saved = len(done.rows)
+class _Table:
+    """The rows of a comparison in the order of the files, saved to ``out`` as they come."""
 
-    dev = resolve_device(device)
-    bundles: dict[str, Any] = {}
-    record_keys: set[str] = set()  # what the measured checkpoints' records hold
-    try:
-        for i in progress_bar(todo, desc="checkpoints", progress=progress):
-            path, label = files[i], row_labels[i]
-            if isinstance(path, UserModel):
-                ckpt = path.open(map_location=dev)
-                key = json.dumps(["user", path.data, path.seed])
-            else:
-                target = model() if callable(model) and not isinstance(model, nn.Module) else model
-                ckpt = load_checkpoint(path, target, map_location=dev)
-                key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
-            if data is not None:
-                measured_on = data
-            else:
-                if key not in bundles:
-                    bundles[key] = ckpt.load_data()
-                measured_on = getattr(bundles[key], split)
-                if measured_on is None:
-                    raise ValueError(f"{path}: its data has no {split!r} split")
-            logger.info("measuring %s (%s)", path, label)
-            measure = {
-                "loss_fn": loss_fn,
-                "batch_size": batch_size,
-                "max_samples": max_samples,
-                "progress": progress,
-                "params": params,
-            }
-            why = _nonfinite_reason(ckpt)
-            results = None
+    def __init__(
+        self,
+        columns: list[str],
+        settings: dict[str, Any],
+        files: Sequence[Path | UserModel],
+        labels: Sequence[str],
+        out_path: Path | None,
+    ) -> None:
+        """No rows yet, none saved."""
+        self.columns, self.settings, self.files, self.labels = columns, settings, files, labels
+        self.out_path = out_path
+        self.rows: list[dict[str, Any] | None] = [None] * len(files)
+        self.saved = 0  # rows of this call that the file on disk holds
+
+    def reuse(self, kind: str | None, resume: bool) -> list[int]:
+        """Take the rows of unchanged checkpoints from ``out`` (a ``.json`` one resumed).
+
+        Returns:
+            The indices of the files still to measure.
+        """
+        out_path, reused = self.out_path, {}
+        if out_path is not None:
+            if kind == "json" and resume and out_path.is_file():
+                previous = _previous_rows(out_path, self.columns, self.settings)
+                reused = _reusable_rows(previous, self.files, self.columns)
+                logger.info(
+                    "resuming %s: %d of %d rows reused", out_path, len(reused), len(self.files)
+                )
+            elif out_path.exists():
+                why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
+                logger.info("%s exists: overwriting it%s", out_path, why)
+        for i, row in reused.items():
+            self.rows[i] = {**row, "checkpoint": _where(self.files[i]), "label": self.labels[i]}
+        self.saved = len(reused)
+        return [i for i, row in enumerate(self.rows) if row is None]
+
+    def set(self, i: int, row: dict[str, Any]) -> None:
+        """Fill in row ``i``, and save the table when there is an ``out``."""
+        self.rows[i] = row
+        if self.out_path is not None:
+            self.save()
+
+    def save(self) -> None:
+        """Write the finished rows to ``out`` (atomically)."""
+        assert self.out_path is not None
+        done = self.comparison()
+        done.save(self.out_path)
+        self.saved = len(done.rows)
+
+    def comparison(self) -> Comparison:
+        """The finished rows as a :class:`Comparison`."""
+        return Comparison(self.columns, [r for r in self.rows if r is not None], self.settings)
+
+
+class _Measure:
+    """Measures a checkpoint into a row: opens it, finds its data, computes the metrics."""
+
+    def __init__(self, args: Mapping[str, Any], names: list[str], record_names: list[str]) -> None:
+        """Take :func:`compare_checkpoints`'s arguments by name; resolve the device."""
+        from landscape._device import resolve_device
+
+        self.names, self.record_names = names, record_names
+        self.model, self.data, self.split = args["model"], args["data"], args["split"]
+        self.per_metric, self.options = args["per_metric"], args["options"]
+        keys = ("loss_fn", "batch_size", "max_samples", "progress", "params")
+        self.measure = {k: args[k] for k in keys}  # compute_metrics' options
+        self.dev = resolve_device(args["device"])
+        self.bundles: dict[str, Any] = {}  # data spec -> its data, loaded once
+        self.record_keys: set[str] = set()  # what the measured checkpoints' records hold
+
+    def open(self, path: Path | UserModel) -> tuple[Any, Any]:
+        """The loaded checkpoint and the data to measure it on."""
+        from landscape.checkpoint import load_checkpoint
+
+        if isinstance(path, UserModel):
+            ckpt = path.open(map_location=self.dev)
+            key = json.dumps(["user", path.data, path.seed])
+        else:
+            model = self.model
+            target = model() if callable(model) and not isinstance(model, nn.Module) else model
+            ckpt = load_checkpoint(path, target, map_location=self.dev)
+            key = json.dumps(ckpt.data_spec, sort_keys=True, default=str)
+        if self.data is not None:
+            return ckpt, self.data
+        if key not in self.bundles:
+            self.bundles[key] = ckpt.load_data()
+        measured_on = getattr(self.bundles[key], self.split)
+        if measured_on is None:
+            raise ValueError(f"{path}: its data has no {self.split!r} split")
+        return ckpt, measured_on
+
+    def results(
+        self, ckpt: Any, measured_on: Any
+    ) -> tuple[Mapping[str, MetricResult] | None, str | None]:
+        """The metrics at the checkpoint, or why its row is nan (weights or loss not finite)."""
+        why = _nonfinite_reason(ckpt)
+        if why is not None:
+            return None, why
+        try:
+            results = compute_metrics(
+                ckpt.model,
+                measured_on,
+                self.names,
+                per_metric=self.per_metric,
+                **self.measure,
+                **self.options,
+            )
+        except (ValueError, ArithmeticError):
+            # Metrics fail on non-finite values (e.g. "array must not contain infs
+            # or NaNs"): a nan row when the loss itself is not finite there.
+            why = _nonfinite_loss(ckpt.model, measured_on, self.measure)
             if why is None:
-                try:
-                    results = compute_metrics(
-                        ckpt.model,
-                        measured_on,
-                        names,
-                        per_metric=per_metric,
-                        **measure,
-                        **options,
-                    )
-                except (ValueError, ArithmeticError):
-                    # Metrics fail on non-finite values (e.g. "array must not contain infs
-                    # or NaNs"): a nan row when the loss itself is not finite there.
-                    why = _nonfinite_loss(ckpt.model, measured_on, measure)
-                    if why is None:
-                        raise
-            if results is None:
-                logger.warning("%s: %s; its row is nan", path, why)
-                row = _nan_row(label, _where(path), names, str(why))
-            else:
-                row = _row(label, _where(path), results)
-            if isinstance(ckpt, UserCheckpoint):
-                row.update(ckpt.attrs())
-            for name in record_names:
-                row[name] = _recorded_cell(ckpt.meta, name)
-            if isinstance(ckpt.meta.get("metrics"), Mapping):
-                record_keys.update(ckpt.meta["metrics"])
-            row["sha256"] = ckpt.sha256
-            row["epoch"] = ckpt.epoch
-            rows[i] = row
-            if out_path is not None:
-                save()
-        if out_path is not None and not todo:
-            save()  # every row reused: this call's labels and order
-    except KeyboardInterrupt as exc:
-        if out_path is None:
-            raise
-        raise CompareInterrupted(saved, len(files), out_path) from exc
-    missing = [n for n in record_names if all(r[n]["value"] is None for r in rows if r)]
-    if missing:
-        logger.warning(
-            "recorded %s: in no checkpoint's training record (they hold: %s)",
-            ", ".join(missing),
-            ", ".join(sorted(record_keys)) or "no record",
-        )
-    return Comparison(columns, [r for r in rows if r is not None], settings)
+                raise
+            return None, why
+        return results, None
+
+    def row(self, path: Path | UserModel, label: str) -> dict[str, Any]:
+        """The row of one checkpoint: metrics (or nan), training record, sha256, epoch."""
+        ckpt, measured_on = self.open(path)
+        logger.info("measuring %s (%s)", path, label)
+        results, why = self.results(ckpt, measured_on)
+        if results is None:
+            logger.warning("%s: %s; its row is nan", path, why)
+            row = _nan_row(label, _where(path), self.names, str(why))
+        else:
+            row = _row(label, _where(path), results)
+        if isinstance(ckpt, UserCheckpoint):
+            row.update(ckpt.attrs())
+        for name in self.record_names:
+            row[name] = _recorded_cell(ckpt.meta, name)
+        if isinstance(ckpt.meta.get("metrics"), Mapping):
+            self.record_keys.update(ckpt.meta["metrics"])
+        row["sha256"] = ckpt.sha256
+        row["epoch"] = ckpt.epoch
+        return row
+
+    def warn_unrecorded(self, rows: Sequence[dict[str, Any] | None]) -> None:
+        """Warn about ``recorded`` names that no checkpoint's training record holds."""
+        missing = [n for n in self.record_names if all(r[n]["value"] is None for r in rows if r)]
+        if missing:
+            logger.warning(
+                "recorded %s: in no checkpoint's training record (they hold: %s)",
+                ", ".join(missing),
+                ", ".join(sorted(self.record_keys)) or "no record",
+            )

@@ -11,13 +11,14 @@ exactly as given (weights, buffers and train/eval modes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -320,181 +321,356 @@ def compute_surface(
     Returns:
         The surface (on every rank).
     """
+    args = dict(locals())  # this call's arguments by name, grouped by the specs below
+    _check_evaluation(evaluation, points_per_batch)
+    reading, loading = _BatchReading.of(args), _Loading.of(args)
+    base, model, params = _objective_argument(model, data, test_data, reading, params)
+    grid = _grid(x, y)
+    directions = _resolve_directions(model, directions, grid, _RandomSpec.of(args), params)
+    placed = _Placed.on(model, directions, grid)
+    with _dist_context(dist, device) as ctx:
+        objectives = _objectives(model, base, data, test_data, reading, loading)
+        file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs)
+        run = _SurfaceRun(grid, file_kw, _Output.of(args), ctx)  # checks (resumes) the file
+        with placed.restored(), run:
+            _run_points(run, placed.evaluator(model, objectives), evaluation, points_per_batch, ctx)
+        return run.finish()
+
+
+# --------------------------------------------------------------------------- stages
+_S = TypeVar("_S", bound="_Spec")
+
+
+class _Spec:
+    """A group of :func:`compute_surface`'s arguments: a frozen dataclass, fields by name."""
+
+    @classmethod
+    def of(cls: type[_S], args: Mapping[str, Any]) -> _S:
+        """The group's values from a call's arguments by name."""
+        return cls(**{f.name: args[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+    def kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments (values as given, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _BatchReading(_Spec):
+    """How batches are read (the batch options of :class:`Objective`)."""
+
+    loss_fn: Callable[[Any, Any], Tensor] | None
+    forward: Callable[[nn.Module, Any], Any] | None
+    compute_loss: Callable[[nn.Module, Any], Any] | None
+    count_items: Callable[[Any], Any] | None
+    input_key: str | None
+    target_key: str | None
+
+
+@dataclass(frozen=True)
+class _Loading(_Spec):
+    """Where and how much of the data is evaluated, and the extra metrics."""
+
+    device: str | torch.device | None
+    batch_size: int
+    max_samples: int | None
+    max_cache_bytes: int
+    metrics: Mapping[str, Callable[[Any, Any], Any]] | None
+
+
+@dataclass(frozen=True)
+class _RandomSpec(_Spec):
+    """How random directions are drawn (:func:`random_directions`)."""
+
+    norm: str
+    ignore: str | None
+    states: bool
+    orthogonalize: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Output(_Spec):
+    """Where results go: the file, how often it is written, the progress bar."""
+
+    out: str | Path | None
+    overwrite: bool
+    flush_seconds: float
+    progress: bool | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Grid:
+    """The grid's coordinates (``ys`` None for a line) and their text for the file."""
+
+    xs: np.ndarray
+    xspec: str
+    ys: np.ndarray | None
+    yspec: str | None
+
+    @property
+    def ndim(self) -> int:
+        """1 for a line, 2 for a plane."""
+        return 1 if self.ys is None else 2
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the value arrays: ``(nx,)`` or ``(ny, nx)``."""
+        return (len(self.xs),) if self.ys is None else (len(self.ys), len(self.xs))
+
+    def coords(self, flat: int) -> tuple[float, float]:
+        """``(α, β)`` of the point at flat index ``flat`` (β is 0 on a line)."""
+        if self.ys is None:
+            return float(self.xs[flat]), 0.0
+        iy, ix = divmod(flat, len(self.xs))
+        return float(self.xs[ix]), float(self.ys[iy])
+
+
+def _check_evaluation(evaluation: str, points_per_batch: int) -> None:
+    """Refuse an unknown evaluation mode or fewer than one point per batch."""
     if evaluation not in EVALUATION_MODES:
         raise ValueError(f"Invalid evaluation: {evaluation!r}; expected one of {EVALUATION_MODES}")
     if points_per_batch < 1:
         raise ValueError(f"Invalid points_per_batch: {points_per_batch}")
-    base: Objective | None = None
+
+
+def _objective_argument(
+    model: nn.Module | Objective,
+    data: Any,
+    test_data: Any,
+    reading: _BatchReading,
+    params: ParamSelection,
+) -> tuple[Objective | None, nn.Module, ParamSelection]:
+    """A given :class:`Objective` (checked), and the model and parameters it moves."""
     if isinstance(model, Objective):
-        base = make_objective(
-            model,
-            data,
-            loss_fn,
-            forward=forward,
-            compute_loss=compute_loss,
-            count_items=count_items,
-            input_key=input_key,
-            target_key=target_key,
-            params=params,
-        )
+        base = make_objective(model, data, **reading.kwargs(), params=params)
         if base.distributed:
             raise ValueError(
                 "Invalid objective: its processes share the data (dist=), but surfaces share "
                 "the grid points among processes; pass an Objective without dist"
             )
-        model, params = base.model, base.param_selection
-    elif data is None and test_data is None:
+        return base, base.model, base.param_selection
+    if data is None and test_data is None:
         raise ValueError("Invalid data: give data, test_data or both")
+    return None, model, params
+
+
+def _grid(x: Any, y: Any) -> _Grid:
+    """The grid of ``x`` and (for a plane) ``y``, checked."""
     xs, xspec = _coords(x, "x")
     ys, yspec = (None, None) if y is None else _coords(y, "y")
+    return _Grid(xs, xspec, ys, yspec)
 
-    # Directions ---------------------------------------------------------------
+
+def _resolve_directions(
+    model: nn.Module,
+    directions: Directions | Sequence[Any] | None,
+    grid: _Grid,
+    randoms: _RandomSpec,
+    params: ParamSelection,
+) -> Directions:
+    """The directions given (tensor lists made a :class:`Directions`), or random ones."""
     if directions is None:
-        directions = random_directions(
-            model,
-            ndim=1 if ys is None else 2,
-            norm=norm,
-            ignore=ignore,
-            states=states,
-            orthogonalize=orthogonalize,
-            seed=seed,
-            params=params,
-        )
+        directions = random_directions(model, ndim=grid.ndim, **randoms.kwargs(), params=params)
     elif not isinstance(directions, Directions):
         seq = list(directions)
         if len(seq) == 2 and all(isinstance(d, list | tuple) for d in seq):
             directions = custom_directions(model, seq[0], seq[1], params=params)
         else:
             directions = custom_directions(model, seq, params=params)
-    if ys is not None and directions.y is None:
+    if grid.ys is not None and directions.y is None:
         raise ValueError("Invalid directions: a 2-D grid (y given) needs two directions")
-    if ys is None and directions.y is not None:
+    if grid.ys is None and directions.y is not None:
         log.info("1-D grid: the second direction is not used")
+    return directions
 
-    names, targets = direction_targets(model, directions.states)
-    if names != list(directions.names):
-        raise ValueError("Invalid directions: they do not match the model's parameters")
 
-    def place(ts: Sequence[Tensor]) -> list[Tensor]:
-        return [
-            d.detach().to(device=t.device, dtype=t.dtype) for d, t in zip(ts, targets, strict=True)
-        ]
+@dataclass
+class _Placed:
+    """The tensors the directions move, their saved values, and δ, η, θ* placed like them."""
 
-    dx = place(directions.x)
-    dy = place(directions.y) if (ys is not None and directions.y is not None) else None
-    saved = tl_clone(targets)
-    origin = place(directions.origin) if directions.origin is not None else saved
+    directions: Directions
+    names: list[str]
+    targets: list[Tensor]
+    dx: list[Tensor]
+    dy: list[Tensor] | None
+    origin: list[Tensor]
+    saved: list[Tensor]
 
-    own_ctx = dist is None
-    ctx = init_distributed(device=device) if own_ctx else dist
+    @classmethod
+    def on(cls, model: nn.Module, directions: Directions, grid: _Grid) -> _Placed:
+        """Match ``directions`` to ``model``'s tensors and move them to their devices."""
+        names, targets = direction_targets(model, directions.states)
+        if names != list(directions.names):
+            raise ValueError("Invalid directions: they do not match the model's parameters")
+
+        def place(ts: Sequence[Tensor]) -> list[Tensor]:
+            return [
+                d.detach().to(device=t.device, dtype=t.dtype)
+                for d, t in zip(ts, targets, strict=True)
+            ]
+
+        dx = place(directions.x)
+        two_d = grid.ys is not None and directions.y is not None
+        dy = place(directions.y) if two_d else None  # type: ignore[arg-type]
+        saved = tl_clone(targets)
+        origin = place(directions.origin) if directions.origin is not None else saved
+        return cls(directions, names, targets, dx, dy, origin, saved)
+
+    def evaluator(self, model: nn.Module, objectives: Mapping[str, Objective]) -> _Evaluator:
+        """An evaluator of grid points around the origin."""
+        return _Evaluator(
+            model, self.targets, self.names, self.origin, self.dx, self.dy, objectives
+        )
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """Give the model its own weights back at the end (θ ← the saved θ*)."""
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                tl_copy_(self.targets, self.saved)
+
+
+@contextlib.contextmanager
+def _dist_context(dist: DistContext | None, device: Any) -> Iterator[DistContext]:
+    """The context given, or one from ``torchrun``'s environment, cleaned up at the end."""
+    if dist is not None:
+        yield dist
+        return
+    ctx = init_distributed(device=device)
     try:
-        # Evaluation data -------------------------------------------------------
-        okw = {
-            "device": device,
-            "batch_size": batch_size,
-            "max_samples": max_samples,
-            "max_cache_bytes": max_cache_bytes,
-            "metrics": metrics,
-        }
-        objectives: dict[str, Objective] = {}
-        if base is not None:
-            objectives["train"] = base
-            if test_data is not None:
-                objectives["test"] = base.derive(test_data, **okw)
-        else:
-            bkw = {
-                "loss_fn": loss_fn,
-                "forward": forward,
-                "compute_loss": compute_loss,
-                "count_items": count_items,
-                "input_key": input_key,
-                "target_key": target_key,
-            }
-            if data is not None:
-                objectives["train"] = Objective(model, data, **okw, **bkw)
-            if test_data is not None:
-                objectives["test"] = Objective(model, test_data, **okw, **bkw)
-        shape = (len(xs),) if ys is None else (len(ys), len(xs))
+        yield ctx
+    finally:
+        cleanup_distributed(ctx)
 
-        identity = {
-            "origin_sha256": _tensor_sha256(origin),
-            "directions_sha256": directions.sha256()
-            if dy is not None
-            else directions_sha256(dx, [*names, "ndim=1"]),
-            "n_samples": {s: o.n_samples for s, o in objectives.items()},
-            "states": bool(directions.states),
-            "splits": list(objectives),
-            "metrics": sorted(metrics or {}),
-        }
-        if attrs and "checkpoint_sha256" in attrs:
-            identity["checkpoint_sha256"] = attrs["checkpoint_sha256"]
-        from landscape._version import __version__
 
-        meta = {
-            **{k: v for k, v in directions.attrs.items()},
-            "grid_x": xspec,
-            "grid_y": yspec,
-            "ndim": 1 if ys is None else 2,
-            "n_samples": {s: o.n_samples for s, o in objectives.items()},
-            "batch_size": batch_size,
-            "max_samples": max_samples,
-            "package_version": __version__,
-            "evaluation": evaluation,
-            "param_names": names,
-            **dict(attrs or {}),
-        }
+def _objectives(
+    model: nn.Module,
+    base: Objective | None,
+    data: Any,
+    test_data: Any,
+    reading: _BatchReading,
+    loading: _Loading,
+) -> dict[str, Objective]:
+    """The objective of each split (``train``: ``data``, ``test``: ``test_data``)."""
+    okw = loading.kwargs()
+    objectives: dict[str, Objective] = {}
+    if base is not None:
+        objectives["train"] = base
+        if test_data is not None:
+            objectives["test"] = base.derive(test_data, **okw)
+    else:
+        if data is not None:
+            objectives["train"] = Objective(model, data, **okw, **reading.kwargs())
+        if test_data is not None:
+            objectives["test"] = Objective(model, test_data, **okw, **reading.kwargs())
+    return objectives
 
-        # The file (rank 0) and the points still to do ---------------------------
-        # An existing file is checked (and resumed) before any work; a new one is created
-        # when the first results arrive (their keys are its fields).
-        writer: SurfaceWriter | None = None
-        err = None
-        done = np.zeros(shape, dtype=bool)
-        file_kw: dict[str, Any] = {
-            "x": xs,
-            "y": ys,
-            "identity": identity,
-            "attrs": meta,
-            "x_direction": dx,
-            "y_direction": dy,
-            "names": names,
-            "trajectory": directions.trajectory,
-        }
-        if ctx.is_main and out is not None and Path(out).exists() and not overwrite:
-            try:
-                writer = open_surface_file(out, fields=None, **file_kw)
-                done = writer.done.copy()
-            except (ValueError, OSError) as exc:
-                err = exc
-        if ctx.distributed:
-            err_msg = broadcast_object(None if err is None else str(err), ctx)
-            if err is None and err_msg is not None:
-                err = ValueError(err_msg)
-            done = broadcast_object(done, ctx)
-        if err is not None:
-            raise err if isinstance(err, ValueError) else ValueError(str(err))
 
-        fields: list[str] = list(writer.fields) if writer is not None else []
-        values: dict[str, np.ndarray] = {}
-        pending = [int(i) for i in np.flatnonzero(~done.ravel())]
-        mine = shard(pending, ctx)
+def _file_header(
+    grid: _Grid,
+    placed: _Placed,
+    objectives: Mapping[str, Objective],
+    loading: _Loading,
+    evaluation: str,
+    attrs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What the file holds besides the values: the identity resuming compares, metadata."""
+    from landscape._version import __version__
 
-        def coords_of(flat: int) -> tuple[float, float]:
-            if ys is None:
-                return float(xs[flat]), 0.0
-            iy, ix = divmod(flat, len(xs))
-            return float(xs[ix]), float(ys[iy])
+    directions, dx, dy, names = placed.directions, placed.dx, placed.dy, placed.names
+    identity = {
+        "origin_sha256": _tensor_sha256(placed.origin),
+        "directions_sha256": directions.sha256()
+        if dy is not None
+        else directions_sha256(dx, [*names, "ndim=1"]),
+        "n_samples": {s: o.n_samples for s, o in objectives.items()},
+        "states": bool(directions.states),
+        "splits": list(objectives),
+        "metrics": sorted(loading.metrics or {}),
+    }
+    if attrs and "checkpoint_sha256" in attrs:
+        identity["checkpoint_sha256"] = attrs["checkpoint_sha256"]
+    meta = {
+        **{k: v for k, v in directions.attrs.items()},
+        "grid_x": grid.xspec,
+        "grid_y": grid.yspec,
+        "ndim": grid.ndim,
+        "n_samples": {s: o.n_samples for s, o in objectives.items()},
+        "batch_size": loading.batch_size,
+        "max_samples": loading.max_samples,
+        "package_version": __version__,
+        "evaluation": evaluation,
+        "param_names": names,
+        **dict(attrs or {}),
+    }
+    return {
+        "x": grid.xs,
+        "y": grid.ys,
+        "identity": identity,
+        "attrs": meta,
+        "x_direction": dx,
+        "y_direction": dy,
+        "names": names,
+        "trajectory": directions.trajectory,
+    }
 
-        ev = _Evaluator(model, targets, names, origin, dx, dy, objectives)
-        mode = evaluation
-        nonfinite = 0
+
+def _open_existing(
+    output: _Output, file_kw: Mapping[str, Any], shape: tuple[int, ...], ctx: DistContext
+) -> tuple[SurfaceWriter | None, np.ndarray]:
+    """Rank 0 checks (and resumes) an existing file; every rank learns the points done."""
+    writer: SurfaceWriter | None = None
+    err = None
+    done = np.zeros(shape, dtype=bool)
+    out = output.out
+    if ctx.is_main and out is not None and Path(out).exists() and not output.overwrite:
+        try:
+            writer = open_surface_file(out, fields=None, **file_kw)
+            done = writer.done.copy()
+        except (ValueError, OSError) as exc:
+            err = exc
+    if ctx.distributed:
+        err_msg = broadcast_object(None if err is None else str(err), ctx)
+        if err is None and err_msg is not None:
+            err = ValueError(err_msg)
+        done = broadcast_object(done, ctx)
+    if err is not None:
+        raise err if isinstance(err, ValueError) else ValueError(str(err))
+    return writer, done
+
+
+_Items = list[tuple[int, dict[str, float]]]  # (flat index, results) of evaluated points
+
+
+class _SurfaceRun:
+    """The results of one run: in memory, on the progress bar and (rank 0) in the file.
+
+    An existing file is checked (and resumed) on opening, before any work; a new one is
+    created when the first results arrive (their keys are its fields). As a context
+    manager it writes what is buffered and closes the file on the way out, so the finished
+    points of an interrupted run are kept.
+    """
+
+    def __init__(
+        self, grid: _Grid, file_kw: Mapping[str, Any], output: _Output, ctx: DistContext
+    ) -> None:
+        """Open (resume) the file; the points still to do, this rank's share of them."""
         from tqdm.auto import tqdm
 
-        if not ctx.is_main or progress is False:
+        self.grid, self.file_kw, self.output, self.ctx = grid, file_kw, output, ctx
+        self.writer, done = _open_existing(output, file_kw, grid.shape, ctx)
+        self.fields: list[str] = list(self.writer.fields) if self.writer is not None else []
+        self.values: dict[str, np.ndarray] = {}
+        self.pending = [int(i) for i in np.flatnonzero(~done.ravel())]
+        self.mine = shard(self.pending, ctx)
+        self.nonfinite = 0
+        if not ctx.is_main or output.progress is False:
             disable: bool | None = True
         else:
-            disable = None if progress is None else False
-        bar = tqdm(
+            disable = None if output.progress is None else False
+        self.bar = tqdm(
             total=done.size,
             initial=int(done.sum()),
             unit="pt",
@@ -502,97 +678,117 @@ def compute_surface(
             disable=disable,
             smoothing=0.1,
         )
-        buffer: list[tuple[int, dict[str, float]]] = []
-        last_flush = time.perf_counter()
+        self.buffer: _Items = []
+        self.last_flush = time.perf_counter()
 
-        def record(items: list[tuple[int, dict[str, float]]]) -> None:
-            nonlocal nonfinite, last_flush
-            if items and not fields:
-                fields.extend(items[0][1])
-            for flat, res in items:
-                idx = np.unravel_index(flat, shape)
-                for f in fields:
-                    if f not in values:
-                        values[f] = np.full(shape, np.nan)
-                    values[f][idx] = res.get(f, math.nan)
-                if not math.isfinite(res.get(fields[0], math.nan)):
-                    nonfinite += 1
-            buffer.extend(items)
-            bar.update(len(items))
+    def record(self, items: _Items) -> None:
+        """Keep the results of evaluated points (every rank's, under torchrun)."""
+        shape = self.grid.shape
+        if items and not self.fields:
+            self.fields.extend(items[0][1])
+        for flat, res in items:
+            idx = np.unravel_index(flat, shape)
+            for f in self.fields:
+                if f not in self.values:
+                    self.values[f] = np.full(shape, np.nan)
+                self.values[f][idx] = res.get(f, math.nan)
+            if not math.isfinite(res.get(self.fields[0], math.nan)):
+                self.nonfinite += 1
+        self.buffer.extend(items)
+        self.bar.update(len(items))
 
-        def flush(force: bool = False) -> None:
-            nonlocal last_flush, writer
-            if writer is None and buffer and out is not None and ctx.is_main:
-                writer = open_surface_file(out, fields=fields, overwrite=True, **file_kw)
-            if (
-                writer is not None
-                and buffer
-                and (force or time.perf_counter() - last_flush >= flush_seconds)
-            ):
-                writer.write([i for i, _ in buffer], [r for _, r in buffer])
-                buffer.clear()
-                last_flush = time.perf_counter()
-            elif writer is None:
-                buffer.clear()
+    def flush(self, force: bool = False) -> None:
+        """Write the buffered results when ``flush_seconds`` have passed (or ``force``)."""
+        out = self.output.out
+        if self.writer is None and self.buffer and out is not None and self.ctx.is_main:
+            self.writer = open_surface_file(out, fields=self.fields, overwrite=True, **self.file_kw)
+        if (
+            self.writer is not None
+            and self.buffer
+            and (force or time.perf_counter() - self.last_flush >= self.output.flush_seconds)
+        ):
+            self.writer.write([i for i, _ in self.buffer], [r for _, r in self.buffer])
+            self.buffer.clear()
+            self.last_flush = time.perf_counter()
+        elif self.writer is None:
+            self.buffer.clear()
 
-        def run(batch_idx: list[int], how: str) -> list[tuple[int, dict[str, float]]]:
-            pts = [coords_of(i) for i in batch_idx]
-            res = ev.vmap(pts) if how == "vmap" else ev.loop(pts)
-            return list(zip(batch_idx, res, strict=True))
+    def __enter__(self) -> _SurfaceRun:
+        return self
 
-        try:
-            pos = 0
-            if mode == "auto":
-                mode, pos, items = _choose_mode(mine, run, points_per_batch, ctx)
-                gathered = all_gather_object(items, ctx)
-                record([it for part in gathered for it in part])
-                flush()
-            if ctx.distributed:
-                left = max(all_gather_object(len(mine) - pos, ctx))
-                rounds = math.ceil(left / points_per_batch)
-                for r in range(rounds):
-                    chunk = mine[pos + r * points_per_batch : pos + (r + 1) * points_per_batch]
-                    items = run(chunk, mode) if chunk else []
-                    gathered = all_gather_object(items, ctx)
-                    record([it for part in gathered for it in part])
-                    flush()
-            else:
-                step = points_per_batch if mode == "vmap" else 1
-                while pos < len(mine):
-                    record(run(mine[pos : pos + step], mode))
-                    pos += step
-                    flush()
-            flush(force=True)
-        finally:
-            bar.close()
-            if writer is not None:
-                if buffer:  # finished points of an interrupted run are kept
-                    writer.write([i for i, _ in buffer], [r for _, r in buffer])
-                writer.close()
-            with torch.no_grad():
-                tl_copy_(targets, saved)
-        if nonfinite:
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            if self.buffer:  # finished points of an interrupted run are kept
+                self.writer.write([i for i, _ in self.buffer], [r for _, r in self.buffer])
+            self.writer.close()
+
+    def finish(self) -> Surface:
+        """Warn about non-finite points; the surface (read back from the file), every rank."""
+        if self.nonfinite:
             log.warning(
                 "%d of %d grid points gave a non-finite loss (stored as NaN)",
-                nonfinite,
-                len(pending),
+                self.nonfinite,
+                len(self.pending),
             )
         surface: Surface | None = None
-        if ctx.is_main:
-            if out is not None:
-                surface = read_surface(out)
+        if self.ctx.is_main:
+            if self.output.out is not None:
+                surface = read_surface(self.output.out)
             else:
-                d = np.ones(shape, dtype=bool)
                 surface = Surface(
-                    x=xs, y=ys, values=values, done=d, attrs=meta, trajectory=directions.trajectory
+                    x=self.grid.xs,
+                    y=self.grid.ys,
+                    values=self.values,
+                    done=np.ones(self.grid.shape, dtype=bool),
+                    attrs=self.file_kw["attrs"],
+                    trajectory=self.file_kw["trajectory"],
                 )
-        if ctx.distributed:
-            surface = broadcast_object(surface, ctx)
+        if self.ctx.distributed:
+            surface = broadcast_object(surface, self.ctx)
         assert surface is not None
         return surface
-    finally:
-        if own_ctx:
-            cleanup_distributed(ctx)
+
+
+def _gathered(items: _Items, ctx: DistContext) -> _Items:
+    """Every rank's items, in rank order."""
+    return [it for part in all_gather_object(items, ctx) for it in part]
+
+
+def _run_points(
+    run: _SurfaceRun, ev: _Evaluator, mode: str, points_per_batch: int, ctx: DistContext
+) -> None:
+    """Evaluate this rank's points (``auto`` first times both modes) and record them.
+
+    Under torchrun every rank runs the same number of rounds and all record every result.
+    """
+
+    def evaluate(batch_idx: list[int], how: str) -> _Items:
+        pts = [run.grid.coords(i) for i in batch_idx]
+        res = ev.vmap(pts) if how == "vmap" else ev.loop(pts)
+        return list(zip(batch_idx, res, strict=True))
+
+    mine = run.mine
+    pos = 0
+    if mode == "auto":
+        mode, pos, items = _choose_mode(mine, evaluate, points_per_batch, ctx)
+        run.record(_gathered(items, ctx))
+        run.flush()
+    if ctx.distributed:
+        left = max(all_gather_object(len(mine) - pos, ctx))
+        rounds = math.ceil(left / points_per_batch)
+        for r in range(rounds):
+            chunk = mine[pos + r * points_per_batch : pos + (r + 1) * points_per_batch]
+            items = evaluate(chunk, mode) if chunk else []
+            run.record(_gathered(items, ctx))
+            run.flush()
+    else:
+        step = points_per_batch if mode == "vmap" else 1
+        while pos < len(mine):
+            run.record(evaluate(mine[pos : pos + step], mode))
+            pos += step
+            run.flush()
+    run.flush(force=True)
 
 
 def _choose_mode(
@@ -694,10 +890,52 @@ def surface_from_checkpoint(
             (:func:`~landscape.params.select_parameters`); not with ``interpolate`` or
             ``pca``.
     """
-    from landscape.checkpoint import file_sha256, load_checkpoint
-    from landscape.directions import interpolation_directions, pca_directions
+    dim, xg, yg = _check_checkpoint_arguments(
+        checkpoint, dim, x, y, split, interpolate, pca, params, data_dir
+    )
+    ctx = init_distributed(device=device)
+    try:
+        model, train, test, attrs = _checkpoint_and_data(checkpoint, split, data_dir, ctx)
+        directions = _checkpoint_directions(model, interpolate, pca, ignore, attrs)
+        return compute_surface(
+            model,
+            train,
+            test_data=test,
+            x=xg,
+            y=yg,
+            directions=directions,
+            norm=norm,
+            ignore=ignore,
+            states=states,
+            orthogonalize=orthogonalize,
+            seed=seed,
+            out=out,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            device=ctx.device,
+            evaluation=evaluation,
+            progress=progress,
+            attrs=attrs,
+            dist=ctx,
+            params=params,
+        )
+    finally:
+        cleanup_distributed(ctx)
 
-    # Everything about the arguments is checked before any work.
+
+def _check_checkpoint_arguments(
+    checkpoint: str | Path | UserModel,
+    dim: int,
+    x: str | GridSpec,
+    y: str | GridSpec | None,
+    split: str,
+    interpolate: str | Path | None,
+    pca: str | Path | None,
+    params: ParamSelection,
+    data_dir: str | Path | None,
+) -> tuple[int, GridSpec, GridSpec | None]:
+    """Check everything about the arguments before any work; the dimension and grids."""
     if dim not in (1, 2):
         raise ValueError(f"Invalid dim: {dim} (expected 1 or 2)")
     if split not in SPLITS:
@@ -725,62 +963,61 @@ def surface_from_checkpoint(
     for p, what in ((ckpt_path, "checkpoint"), (interpolate, "checkpoint"), (pca, "run folder")):
         if p is not None and not Path(p).exists():
             raise FileNotFoundError(f"{p}: no such {what}")
+    return dim, xg, yg
 
-    ctx = init_distributed(device=device)
-    try:
-        if isinstance(checkpoint, UserModel):
-            ckpt = checkpoint.open(map_location="cpu")
-            bundle = ckpt.load_data()
-        else:
-            ckpt = load_checkpoint(checkpoint, map_location="cpu")
-            bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
-        model = ckpt.model.to(ctx.device)
-        train = bundle.train if split in ("train", "both") else None
-        test = bundle.test if split in ("test", "both") else None
-        if split != "train" and bundle.test is None:
-            raise ValueError(f"Invalid split: {split!r} but the dataset has no test split")
-        if split != "test" and bundle.train is None:
-            raise ValueError(f"Invalid split: {split!r} but the data has no train split")
-        attrs: dict[str, Any] = {
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": ckpt.sha256,
-            "model_spec": ckpt.model_spec,
-            "data_spec": ckpt.data_spec,
-            "dataset": bundle.name,
-            "split": split,
-        }
-        if isinstance(ckpt, UserCheckpoint):
-            attrs.update(ckpt.attrs())
-        directions: Directions | None = None
-        if interpolate is not None:
-            directions = interpolation_directions(model, interpolate)
-            attrs["other_checkpoint"] = str(interpolate)
-            attrs["other_checkpoint_sha256"] = file_sha256(interpolate)
-        elif pca is not None:
-            directions = pca_directions(model, pca, ignore=ignore)
-            attrs["pca_run"] = str(pca)
-        return compute_surface(
-            model,
-            train,
-            test_data=test,
-            x=xg,
-            y=yg,
-            directions=directions,
-            norm=norm,
-            ignore=ignore,
-            states=states,
-            orthogonalize=orthogonalize,
-            seed=seed,
-            out=out,
-            overwrite=overwrite,
-            batch_size=batch_size,
-            max_samples=max_samples,
-            device=ctx.device,
-            evaluation=evaluation,
-            progress=progress,
-            attrs=attrs,
-            dist=ctx,
-            params=params,
-        )
-    finally:
-        cleanup_distributed(ctx)
+
+def _checkpoint_and_data(
+    checkpoint: str | Path | UserModel,
+    split: str,
+    data_dir: str | Path | None,
+    ctx: DistContext,
+) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
+    """The checkpoint's model (on the device), its train and test data, the file's attrs."""
+    from landscape.checkpoint import load_checkpoint
+
+    if isinstance(checkpoint, UserModel):
+        ckpt = checkpoint.open(map_location="cpu")
+        bundle = ckpt.load_data()
+    else:
+        ckpt = load_checkpoint(checkpoint, map_location="cpu")
+        bundle = ckpt.load_data(**({"data_dir": str(data_dir)} if data_dir is not None else {}))
+    model = ckpt.model.to(ctx.device)
+    train = bundle.train if split in ("train", "both") else None
+    test = bundle.test if split in ("test", "both") else None
+    if split != "train" and bundle.test is None:
+        raise ValueError(f"Invalid split: {split!r} but the dataset has no test split")
+    if split != "test" and bundle.train is None:
+        raise ValueError(f"Invalid split: {split!r} but the data has no train split")
+    attrs: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": ckpt.sha256,
+        "model_spec": ckpt.model_spec,
+        "data_spec": ckpt.data_spec,
+        "dataset": bundle.name,
+        "split": split,
+    }
+    if isinstance(ckpt, UserCheckpoint):
+        attrs.update(ckpt.attrs())
+    return model, train, test, attrs
+
+
+def _checkpoint_directions(
+    model: nn.Module,
+    interpolate: str | Path | None,
+    pca: str | Path | None,
+    ignore: str | None,
+    attrs: dict[str, Any],
+) -> Directions | None:
+    """The line to a second checkpoint or a run's PCA plane (noted in ``attrs``); else None."""
+    from landscape.checkpoint import file_sha256
+    from landscape.directions import interpolation_directions, pca_directions
+
+    directions: Directions | None = None
+    if interpolate is not None:
+        directions = interpolation_directions(model, interpolate)
+        attrs["other_checkpoint"] = str(interpolate)
+        attrs["other_checkpoint_sha256"] = file_sha256(interpolate)
+    elif pca is not None:
+        directions = pca_directions(model, pca, ignore=ignore)
+        attrs["pca_run"] = str(pca)
+    return directions

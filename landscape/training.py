@@ -486,6 +486,38 @@ def train(
             before any work).
         NonFiniteLoss: a non-finite loss with ``nonfinite="stop"``.
     """
+    args = dict(locals())  # this call's arguments by name (the configuration, the options)
+    _check_train_arguments(epochs, batch_size, save_every, lr, weight_decay, nonfinite, out)
+    full_hparams = _resolve_hparams(optimizer, hparams)
+    bundle = _train_data(
+        data, augment, data_dir, seed, label_noise, n_per_class, val_fraction, data_kwargs
+    )
+    mspec = _model_spec_of(model, bundle, model_kwargs)
+    config = _run_config(args, mspec, bundle, full_hparams)
+    ctx = init_distributed(device=device)
+    try:
+        if ctx.world_size > 1 and batch_size % ctx.world_size:
+            raise ValueError(
+                f"Invalid batch_size: {batch_size} is not divisible by the {ctx.world_size} "
+                "processes"
+            )
+        config["world_size"] = ctx.world_size
+        with _rng_scope(ctx.device):
+            return _train(model, mspec, bundle, config, ctx, _run_options(args))
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _check_train_arguments(
+    epochs: int,
+    batch_size: int,
+    save_every: int,
+    lr: float,
+    weight_decay: float,
+    nonfinite: str,
+    out: str | Path | None,
+) -> None:
+    """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
         if int(value) < 1:
             raise ValueError(f"Invalid {pname}: {value} (at least 1)")
@@ -499,9 +531,19 @@ def train(
         raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected 'stop' or 'continue')")
     if out is not None:
         check_output(out, folder=True)
-    full_hparams = _resolve_hparams(optimizer, hparams)
 
-    # ---- data ------------------------------------------------------------------------
+
+def _train_data(
+    data: str | DataBundle | Any,
+    augment: bool,
+    data_dir: str | None,
+    seed: int,
+    label_noise: float,
+    n_per_class: int | None,
+    val_fraction: float,
+    data_kwargs: Mapping[str, Any] | None,
+) -> DataBundle:
+    """The data to train on: a built-in dataset by name (with its options) or the user's."""
     if isinstance(data, str):
         bundle = load_data(
             data,
@@ -519,68 +561,69 @@ def train(
                 "data_kwargs apply to built-in dataset names only"
             )
         bundle = as_bundle(data)
-
     if augment and len(bundle.input_shape) != 3:
         raise ValueError(
             f"Invalid augment: random crop and flip need images (C, H, W), not inputs of "
             f"shape {bundle.input_shape}"
         )
+    return bundle
 
-    # ---- configuration ---------------------------------------------------------------
+
+def _model_spec_of(
+    model: Any, bundle: DataBundle, model_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The spec of a built-in model (by name, for the data); None for the user's module."""
     if isinstance(model, str):
-        mspec: dict[str, Any] | None = model_spec(
-            model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {})
-        )
-    elif isinstance(model, nn.Module):
+        return model_spec(model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {}))
+    if isinstance(model, nn.Module):
         if model_kwargs:
             raise ValueError("Invalid model_kwargs: they apply to built-in model names only")
-        mspec = None
-    else:
-        raise ValueError(f"Invalid model: expected a name or an nn.Module, got {model!r}")
+        return None
+    raise ValueError(f"Invalid model: expected a name or an nn.Module, got {model!r}")
+
+
+def _run_config(
+    args: Mapping[str, Any],
+    mspec: dict[str, Any] | None,
+    bundle: DataBundle,
+    full_hparams: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The run's configuration (``config.json``) from :func:`train`'s arguments by name."""
     opt_hparams = {
-        "lr": float(lr),
-        "momentum": float(momentum),
-        "weight_decay": float(weight_decay),
-        "base": base_optimizer,
+        "lr": float(args["lr"]),
+        "momentum": float(args["momentum"]),
+        "weight_decay": float(args["weight_decay"]),
+        "base": args["base_optimizer"],
         **full_hparams,
     }
-    config = _json_ready(
+    return _json_ready(
         {
             "model": mspec,
             "data": bundle.spec,
-            "optimizer": optimizer,
+            "optimizer": args["optimizer"],
             "hparams": opt_hparams,
-            "epochs": int(epochs),
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-            "amp": bool(amp),
-            "augment": bool(augment),
-            "save_every": int(save_every),
+            "epochs": int(args["epochs"]),
+            "batch_size": int(args["batch_size"]),
+            "seed": int(args["seed"]),
+            "amp": bool(args["amp"]),
+            "augment": bool(args["augment"]),
+            "save_every": int(args["save_every"]),
             "version": __version__,
         }
     )
 
-    ctx = init_distributed(device=device)
-    try:
-        if ctx.world_size > 1 and batch_size % ctx.world_size:
-            raise ValueError(
-                f"Invalid batch_size: {batch_size} is not divisible by the {ctx.world_size} "
-                "processes"
-            )
-        config["world_size"] = ctx.world_size
-        with _rng_scope(ctx.device):
-            opts = {
-                "out": out,
-                "resume": resume,
-                "eval_batch_size": int(eval_batch_size),
-                "progress": progress,
-                "stop_after_epoch": stop_after_epoch,
-                "max_device_bytes": int(max_device_bytes),
-                "nonfinite": nonfinite,
-            }
-            return _train(model, mspec, bundle, config, ctx, opts)
-    finally:
-        cleanup_distributed(ctx)
+
+def _run_options(args: Mapping[str, Any]) -> dict[str, Any]:
+    """How :func:`_train` runs (not part of the configuration), from :func:`train`'s arguments."""
+    return {
+        "out": args["out"],
+        "resume": args["resume"],
+        "eval_batch_size": int(args["eval_batch_size"]),
+        "progress": args["progress"],
+        "stop_after_epoch": args["stop_after_epoch"],
+        "max_device_bytes": int(args["max_device_bytes"]),
+        "nonfinite": args["nonfinite"],
+    }
 
 
 def _train(
@@ -591,19 +634,68 @@ def _train(
     ctx: DistContext,
     opts: dict[str, Any],
 ) -> TrainResult:
-    out = opts["out"]
-    seed = config["seed"]
-    epochs = config["epochs"]
-    dev = ctx.device
-    run_dir = None if out is None else Path(out)
-    use_amp = bool(config["amp"]) and dev.type == "cuda"
+    """Train in this process (rank 0 evaluates and writes files): :func:`train`'s stages."""
+    epochs, stop_after = config["epochs"], opts["stop_after_epoch"]
+    run_dir = None if opts["out"] is None else Path(opts["out"])
+    use_amp = bool(config["amp"]) and ctx.device.type == "cuda"
     if config["amp"] and not use_amp:
-        log.warning("amp: bf16 autocast applies on CUDA only; training in float32 on %s", dev)
+        log.warning(
+            "amp: bf16 autocast applies on CUDA only; training in float32 on %s", ctx.device
+        )
+    resume_path = _prepare_run_dir(run_dir, config, opts["resume"], ctx)
+    _seed_all(config["seed"])
+    run = _Trainer(model_in, mspec, bundle, config, ctx, opts, run_dir, use_amp)
+    start_epoch = run.start(resume_path)
+    train_ds = _train_set_on_device(bundle.train, ctx.device, opts["max_device_bytes"])
 
-    # ---- resume decision (rank 0 decides, everyone follows) ---------------------------
+    completed = start_epoch >= epochs
+    epoch_bar = tqdm(
+        range(start_epoch + 1, epochs + 1),
+        desc="epochs",
+        unit="epoch",
+        disable=run.disable,
+        initial=start_epoch,
+        total=epochs,
+    )
+    for epoch in epoch_bar:
+        t_epoch = time.perf_counter()
+        stats = run.train_epoch(epoch, train_ds)
+        if ctx.world_size > 1:
+            _sync_buffers(run.net_module)
+        run.end_epoch(epoch, stats, t_epoch, epoch_bar)
+        if epoch == epochs:
+            completed = True
+        if stop_after is not None and epoch >= stop_after and epoch < epochs:
+            break
+    epoch_bar.close()
+
+    if start_epoch >= epochs and ctx.is_main and run_dir is not None:
+        log.info("%s: already complete (%d epochs)", run_dir, epochs)
+    run.net_module.eval()
+    final = None if run_dir is None else run_dir / "final.pt"
+    return TrainResult(
+        model=run.net_module,
+        metrics=run.metrics,
+        data=bundle,
+        run_dir=run_dir,
+        final_checkpoint=final if (final is not None and completed) else None,
+        resumed_from=None if resume_path is None else start_epoch,
+        completed=completed,
+        config=copy.deepcopy(config),
+        rank=ctx.rank,
+    )
+
+
+def _prepare_run_dir(
+    run_dir: Path | None, config: Mapping[str, Any], resume: bool, ctx: DistContext
+) -> Path | None:
+    """Check (or clear) the run folder and write its config; the checkpoint to resume from.
+
+    Rank 0 decides, every rank follows.
+    """
     resume_path: Path | None = None
     if run_dir is not None and ctx.is_main:
-        if opts["resume"]:
+        if resume:
             _check_config(run_dir, config)
             resume_path = _latest_resumable(run_dir)
         else:
@@ -612,24 +704,34 @@ def _train(
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     resume_path = broadcast_object(resume_path, ctx)
     barrier(ctx)
+    return resume_path
 
-    # ---- model, optimizer, schedule ---------------------------------------------------
-    _seed_all(seed)
+
+def _build_net(
+    model_in: str | nn.Module, mspec: dict[str, Any] | None, ctx: DistContext
+) -> tuple[nn.Module, nn.Module]:
+    """The model on the device (built from its spec for a name), and what trains it (DDP)."""
     if isinstance(model_in, str):
         assert mspec is not None
         spec = dict(mspec)
         net_module = build_model(spec.pop("name"), **spec)
     else:
         net_module = model_in
-    net_module.to(dev)
+    net_module.to(ctx.device)
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net: nn.Module = DDP(net_module, device_ids=[dev] if dev.type == "cuda" else None)
-    else:
-        net = net_module
+        dev = ctx.device
+        return net_module, DDP(net_module, device_ids=[dev] if dev.type == "cuda" else None)
+    return net_module, net_module
+
+
+def _optimizer_of(
+    config: Mapping[str, Any], net_module: nn.Module, net: nn.Module
+) -> torch.optim.Optimizer:
+    """The configured optimizer of ``net_module``'s parameters (``net`` for its closures)."""
     hp = dict(config["hparams"])
-    opt = _build_optimizer(
+    return _build_optimizer(
         config["optimizer"],
         net_module.parameters(),
         model=net,
@@ -639,197 +741,263 @@ def _train(
         weight_decay=hp.pop("weight_decay"),
         **hp,
     )
-    n_train = len(bundle.train)  # type: ignore[arg-type]
-    data_gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = len(_batches_of_epoch(n_train, config["batch_size"], data_gen, ctx))
-    data_gen.manual_seed(seed)
-    aug_gen = torch.Generator().manual_seed(seed + 7919)
-    gens = {"data": data_gen, "augment": aug_gen}
-    total_steps = steps_per_epoch * epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_factor(step, total_steps))
 
-    # ---- evaluation (rank 0) -----------------------------------------------------------
-    evals: dict[str, Any] = {}
-    if ctx.is_main:
-        from landscape.objective import Objective
 
-        splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
-        if bundle.clean_targets is not None:
-            splits["train_clean"] = bundle.clean_train()
-        evals = {
-            k: Objective(net_module, ds, device=dev, batch_size=opts["eval_batch_size"])
-            for k, ds in splits.items()
-            if ds is not None
-        }
+def _evaluators(
+    net_module: nn.Module, bundle: DataBundle, ctx: DistContext, batch_size: int
+) -> dict[str, Any]:
+    """The objective of each split evaluated after every epoch (rank 0 only; none elsewhere)."""
+    if not ctx.is_main:
+        return {}
+    from landscape.objective import Objective
 
-    def evaluate(epoch: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test}
+    if bundle.clean_targets is not None:
+        splits["train_clean"] = bundle.clean_train()
+    return {
+        k: Objective(net_module, ds, device=ctx.device, batch_size=batch_size)
+        for k, ds in splits.items()
+        if ds is not None
+    }
+
+
+def _train_set_on_device(train_ds: Any, dev: torch.device, max_bytes: int) -> Any:
+    """On CUDA, a small enough tensor training set moved to the GPU once (else as given)."""
+    if dev.type == "cuda" and isinstance(train_ds, TensorDataset):
+        nbytes = sum(t.numel() * t.element_size() for t in train_ds.tensors)
+        if nbytes <= max_bytes:  # index on the GPU, no host copies per step
+            return TensorDataset(*(t.to(dev) for t in train_ds.tensors))
+    return train_ds
+
+
+@dataclass
+class _EpochStats:
+    """What the training steps of an epoch saw (sums over this rank's batches)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    steps: int
+
+
+class _Trainer:
+    """One process's run: model, optimizer, schedule, evaluation, checkpoints and metrics.
+
+    Built in the order the seeded RNGs are drawn from (model, optimizer, data order), so
+    that a resumed run continues bit-identically.
+    """
+
+    def __init__(
+        self,
+        model_in: str | nn.Module,
+        mspec: dict[str, Any] | None,
+        bundle: DataBundle,
+        config: dict[str, Any],
+        ctx: DistContext,
+        opts: Mapping[str, Any],
+        run_dir: Path | None,
+        use_amp: bool,
+    ) -> None:
+        """Build the model, optimizer, LR schedule, generators and evaluators."""
+        self.mspec, self.bundle, self.config, self.ctx = mspec, bundle, config, ctx
+        self.run_dir, self.use_amp, self.dev = run_dir, use_amp, ctx.device
+        seed = config["seed"]
+        self.net_module, self.net = _build_net(model_in, mspec, ctx)
+        self.opt = _optimizer_of(config, self.net_module, self.net)
+        self.n_train = len(bundle.train)  # type: ignore[arg-type]
+        self.data_gen = torch.Generator().manual_seed(seed)
+        steps_per_epoch = len(
+            _batches_of_epoch(self.n_train, config["batch_size"], self.data_gen, ctx)
+        )
+        self.data_gen.manual_seed(seed)
+        self.aug_gen = torch.Generator().manual_seed(seed + 7919)
+        self.gens = {"data": self.data_gen, "augment": self.aug_gen}
+        total_steps = steps_per_epoch * config["epochs"]
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda step: cosine_factor(step, total_steps)
+        )
+        self.evals = _evaluators(self.net_module, bundle, ctx, opts["eval_batch_size"])
+        self.written: list[Path] = []  # the checkpoints this run folder holds, newest last
+        self.metrics: list[dict[str, Any]] = []
+        self.elapsed0 = 0.0
+        self.t_start = 0.0  # (start() sets it)
+        show = opts["progress"]
+        self.disable = (None if show is None else not show) if ctx.is_main else True
+        self.stop_nonfinite = opts["nonfinite"] == "stop"
+        self.warned_nonfinite = False
+
+    # ---- evaluation and checkpoints ----------------------------------------------------
+    def evaluate(self, epoch: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """The metrics row of an epoch: loss (and accuracy) of each split, the LR, ``extra``."""
         row: dict[str, Any] = {"epoch": epoch}
-        for split, obj in evals.items():
+        for split, obj in self.evals.items():
             res = obj.evaluate()
             row[f"{split}_loss"] = res["loss"]
             if "acc" in res:
                 row[f"{split}_acc"] = res["acc"]
-        row["lr"] = float(opt.param_groups[0]["lr"])
+        row["lr"] = float(self.opt.param_groups[0]["lr"])
         row.update(extra)
         return row
 
-    meta_base = {"optimizer": config["optimizer"], "hparams": config["hparams"], "seed": seed}
-    written: list[Path] = []  # the checkpoints this run folder holds, newest last
-
-    def save(path: Path, epoch: int, row: Mapping[str, Any], elapsed: float) -> None:
+    def save(self, path: Path, epoch: int, row: Mapping[str, Any], elapsed: float) -> None:
+        """Write a checkpoint with everything resuming needs (optimizer, schedule, RNGs)."""
+        config = self.config
         state = {
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": _rng_state(dev, gens),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(self.dev, self.gens),
             "elapsed": float(elapsed),
+        }
+        meta = {
+            "optimizer": config["optimizer"],
+            "hparams": config["hparams"],
+            "seed": config["seed"],
+            "epoch": epoch,
+            "metrics": dict(row),
+            "epochs": config["epochs"],
         }
         save_checkpoint(
             path,
-            net_module,
-            model_spec=mspec,
-            data_spec=bundle.spec,
-            meta={**meta_base, "epoch": epoch, "metrics": dict(row), "epochs": epochs},
+            self.net_module,
+            model_spec=self.mspec,
+            data_spec=self.bundle.spec,
+            meta=meta,
             training_state=state,
         )
-        written.append(path)
+        self.written.append(path)
 
-    # ---- start or resume ---------------------------------------------------------------
-    metrics: list[dict[str, Any]] = []
-    start_epoch = 0
-    elapsed0 = 0.0
-    t_start = time.perf_counter()
-    if resume_path is not None:
-        ck = read_checkpoint(resume_path, map_location="cpu")
-        if not isinstance(ck, Mapping) or "training_state" not in ck:
-            raise ValueError(f"{resume_path}: has no training state to resume from")
-        load_state_dict_strict(net_module, ck["state_dict"], resume_path)
-        ts = ck["training_state"]
-        opt.load_state_dict(ts["optimizer"])
-        sched.load_state_dict(ts["scheduler"])
-        _set_rng_state(ts["rng"], dev, gens)
-        start_epoch = int(ck["meta"]["epoch"])
-        elapsed0 = float(ts.get("elapsed", 0.0))
-        if run_dir is not None and ctx.is_main:
-            metrics = _read_metrics(run_dir / "metrics.jsonl", start_epoch)
-        written.append(resume_path)
-        log.info("resuming %s from epoch %d (%s)", run_dir, start_epoch, resume_path)
-    elif ctx.is_main:
-        row = evaluate(0, {"time": 0.0, "epoch_time": 0.0})
-        metrics.append(row)
-        if run_dir is not None:
-            _write_metrics(run_dir / "metrics.jsonl", metrics)
-            save(run_dir / "checkpoints" / "epoch_0000.pt", 0, row, 0.0)
-    if ctx.is_main and run_dir is not None and resume_path is not None:
-        _write_metrics(run_dir / "metrics.jsonl", metrics)
-    barrier(ctx)
-
-    # ---- the loop ---------------------------------------------------------------------
-    train_ds = bundle.train
-    if dev.type == "cuda" and isinstance(train_ds, TensorDataset):
-        nbytes = sum(t.numel() * t.element_size() for t in train_ds.tensors)
-        if nbytes <= opts["max_device_bytes"]:  # index on the GPU, no host copies per step
-            train_ds = TensorDataset(*(t.to(dev) for t in train_ds.tensors))
-    show = opts["progress"]
-    disable = (None if show is None else not show) if ctx.is_main else True
-    autocast = (
-        (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16))
-        if use_amp
-        else contextlib.nullcontext
-    )
-    stop_after = opts["stop_after_epoch"]
-    stop_nonfinite = opts["nonfinite"] == "stop"
-    warned_nonfinite = False
-
-    def nonfinite(epoch: int, step: int | None, steps: int, value: Any) -> None:
+    def nonfinite(self, epoch: int, step: int | None, steps: int, value: Any) -> None:
         """Stop (raise) or warn once about a non-finite loss."""
-        nonlocal warned_nonfinite
         value = float(value)
-        if stop_nonfinite:
-            last = written[-1] if written else None
-            raise NonFiniteLoss(epoch, step, steps, value, run_dir, last)
-        if not warned_nonfinite:
+        if self.stop_nonfinite:
+            last = self.written[-1] if self.written else None
+            raise NonFiniteLoss(epoch, step, steps, value, self.run_dir, last)
+        if not self.warned_nonfinite:
             where = f"step {step} of epoch {epoch}" if step else f"the evaluation of epoch {epoch}"
             log.warning(
                 "non-finite training loss (%s) at %s; training on (nonfinite='continue')",
                 value,
                 where,
             )
-            warned_nonfinite = True
+            self.warned_nonfinite = True
 
-    completed = start_epoch >= epochs
-    epoch_bar = tqdm(
-        range(start_epoch + 1, epochs + 1),
-        desc="epochs",
-        unit="epoch",
-        disable=disable,
-        initial=start_epoch,
-        total=epochs,
-    )
-    for epoch in epoch_bar:
-        t_epoch = time.perf_counter()
-        net.train()
+    # ---- start or resume ---------------------------------------------------------------
+    def start(self, resume_path: Path | None) -> int:
+        """Resume from ``resume_path``, or evaluate (and save) epoch 0; the epoch reached."""
+        ctx, run_dir = self.ctx, self.run_dir
+        start_epoch = 0
+        self.t_start = time.perf_counter()
+        if resume_path is not None:
+            start_epoch = self._resume(resume_path)
+        elif ctx.is_main:
+            row = self.evaluate(0, {"time": 0.0, "epoch_time": 0.0})
+            self.metrics.append(row)
+            if run_dir is not None:
+                _write_metrics(run_dir / "metrics.jsonl", self.metrics)
+                self.save(run_dir / "checkpoints" / "epoch_0000.pt", 0, row, 0.0)
+        if ctx.is_main and run_dir is not None and resume_path is not None:
+            _write_metrics(run_dir / "metrics.jsonl", self.metrics)
+        barrier(ctx)
+        return start_epoch
+
+    def _resume(self, resume_path: Path) -> int:
+        """Load the model, optimizer, schedule and RNG states of a checkpoint; its epoch."""
+        ck = read_checkpoint(resume_path, map_location="cpu")
+        if not isinstance(ck, Mapping) or "training_state" not in ck:
+            raise ValueError(f"{resume_path}: has no training state to resume from")
+        load_state_dict_strict(self.net_module, ck["state_dict"], resume_path)
+        ts = ck["training_state"]
+        self.opt.load_state_dict(ts["optimizer"])
+        self.sched.load_state_dict(ts["scheduler"])
+        _set_rng_state(ts["rng"], self.dev, self.gens)
+        start_epoch = int(ck["meta"]["epoch"])
+        self.elapsed0 = float(ts.get("elapsed", 0.0))
+        if self.run_dir is not None and self.ctx.is_main:
+            self.metrics = _read_metrics(self.run_dir / "metrics.jsonl", start_epoch)
+        self.written.append(resume_path)
+        log.info("resuming %s from epoch %d (%s)", self.run_dir, start_epoch, resume_path)
+        return start_epoch
+
+    # ---- an epoch ----------------------------------------------------------------------
+    def training_step(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One optimizer step on a batch: its loss and the correct predictions of its first pass."""
+        first: dict[str, torch.Tensor] = {}
+
+        def closure(part: Any = None) -> torch.Tensor:
+            self.opt.zero_grad(set_to_none=True)
+            xb, yb = (x, y) if part is None else (x[part], y[part])
+            with self._autocast():
+                outputs = self.net(xb)
+            loss = F.cross_entropy(outputs.float(), yb)
+            if part is None and "correct" not in first:
+                first["correct"] = (outputs.detach().argmax(-1) == yb).sum()
+            loss.backward()
+            return loss
+
+        loss = self.opt.step(closure)
+        self.sched.step()
+        return loss, first.get("correct")
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast of the forward pass with ``amp`` on CUDA, else nothing."""
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_epoch(self, epoch: int, train_ds: Any) -> _EpochStats:
+        """The training steps of one epoch over this rank's share of the seeded order."""
+        dev, ctx = self.dev, self.ctx
+        self.net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.float64, device=dev)
         seen = 0
-        batches = _batches_of_epoch(n_train, config["batch_size"], data_gen, ctx)
-        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="batch", disable=disable)
+        batches = _batches_of_epoch(self.n_train, self.config["batch_size"], self.data_gen, ctx)
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, unit="batch", disable=self.disable)
         for i, idx in enumerate(bar):
             x, y = take_batch(train_ds, idx)
             x = x.to(dev, non_blocking=True).float()
             y = y.to(dev, non_blocking=True)
-            if config["augment"]:
-                x = random_crop_flip(x, aug_gen)
-            first: dict[str, torch.Tensor] = {}
-
-            def closure(
-                part: Any = None,
-                x: torch.Tensor = x,
-                y: torch.Tensor = y,
-                first: dict[str, torch.Tensor] = first,
-            ) -> torch.Tensor:
-                opt.zero_grad(set_to_none=True)
-                xb, yb = (x, y) if part is None else (x[part], y[part])
-                with autocast():
-                    outputs = net(xb)
-                loss = F.cross_entropy(outputs.float(), yb)
-                if part is None and "correct" not in first:
-                    first["correct"] = (outputs.detach().argmax(-1) == yb).sum()
-                loss.backward()
-                return loss
-
-            loss = opt.step(closure)
-            sched.step()
+            if self.config["augment"]:
+                x = random_crop_flip(x, self.aug_gen)
+            loss, first_correct = self.training_step(x, y)
             n_b = len(idx)
             if loss is not None:
                 loss_sum += loss.detach().double() * n_b
-                if (stop_nonfinite or not warned_nonfinite) and not _all_finite(loss, ctx):
-                    nonfinite(epoch, i + 1, len(batches), loss.detach().float().max())
-            if "correct" in first:
-                correct += first["correct"].double()
+                check = self.stop_nonfinite or not self.warned_nonfinite
+                if check and not _all_finite(loss, ctx):
+                    self.nonfinite(epoch, i + 1, len(batches), loss.detach().float().max())
+            if first_correct is not None:
+                correct += first_correct.double()
             seen += n_b
-            if not disable and (i % 10 == 0 or i == len(batches) - 1):
+            if not self.disable and (i % 10 == 0 or i == len(batches) - 1):
                 bar.set_postfix(
                     loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * float(correct) / seen:.1f}"
                 )
         bar.close()
-        if ctx.world_size > 1:
-            _sync_buffers(net_module)
+        return _EpochStats(loss_sum, correct, seen, len(batches))
+
+    def end_epoch(self, epoch: int, stats: _EpochStats, t_epoch: float, epoch_bar: Any) -> None:
+        """Evaluate (rank 0), stop on a non-finite loss (every rank), log, write and save."""
+        ctx, run_dir, epochs = self.ctx, self.run_dir, self.config["epochs"]
+        row: dict[str, Any] = {}
         if ctx.is_main:
             t_trained = time.perf_counter()
             extra = {
-                "batch_loss": float(loss_sum) / max(seen, 1),
-                "batch_acc": 100.0 * float(correct) / max(seen, 1),
+                "batch_loss": float(stats.loss_sum) / max(stats.seen, 1),
+                "batch_acc": 100.0 * float(stats.correct) / max(stats.seen, 1),
             }
-            row = evaluate(epoch, extra)
+            row = self.evaluate(epoch, extra)
             row["epoch_time"] = t_trained - t_epoch  # the training steps of this epoch
-            row["time"] = elapsed0 + time.perf_counter() - t_start  # wall time of the run
+            row["time"] = self.elapsed0 + time.perf_counter() - self.t_start  # of the run
         # (rank 0 evaluates; every rank learns the verdict, so all stop together)
         bad = row["train_loss"] if ctx.is_main and not math.isfinite(row["train_loss"]) else None
         bad = broadcast_object(bad, ctx)
         if bad is not None:
-            nonfinite(epoch, None, len(batches), bad)
+            self.nonfinite(epoch, None, stats.steps, bad)
         if ctx.is_main:
-            metrics.append(row)
+            self.metrics.append(row)
             epoch_bar.set_postfix(
                 loss=f"{row['train_loss']:.4f}", acc=f"{row.get('train_acc', float('nan')):.1f}"
             )
@@ -840,30 +1008,10 @@ def _train(
                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
             )
             if run_dir is not None:
-                _write_metrics(run_dir / "metrics.jsonl", metrics)
-                if epoch % config["save_every"] == 0:
-                    save(run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt", epoch, row, row["time"])
+                _write_metrics(run_dir / "metrics.jsonl", self.metrics)
+                if epoch % self.config["save_every"] == 0:
+                    path = run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
+                    self.save(path, epoch, row, row["time"])
                 if epoch == epochs:
-                    save(run_dir / "final.pt", epoch, row, row["time"])
+                    self.save(run_dir / "final.pt", epoch, row, row["time"])
         barrier(ctx)
-        if epoch == epochs:
-            completed = True
-        if stop_after is not None and epoch >= stop_after and epoch < epochs:
-            break
-    epoch_bar.close()
-
-    if start_epoch >= epochs and ctx.is_main and run_dir is not None:
-        log.info("%s: already complete (%d epochs)", run_dir, epochs)
-    net_module.eval()
-    final = None if run_dir is None else run_dir / "final.pt"
-    return TrainResult(
-        model=net_module,
-        metrics=metrics,
-        data=bundle,
-        run_dir=run_dir,
-        final_checkpoint=final if (final is not None and completed) else None,
-        resumed_from=None if resume_path is None else start_epoch,
-        completed=completed,
-        config=copy.deepcopy(config),
-        rank=ctx.rank,
-    )

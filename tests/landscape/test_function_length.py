@@ -1,0 +1,30 @@
+"""Functions a reader can hold: none on the surface and training paths exceeds 120 lines.
+
+Issue 17: ``compute_surface``, ``training._train`` and ``compare_checkpoints`` read
+top-down as named stages. A function's length is its whole ``def`` (signature and
+docstring included), as ``ast`` counts it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_LINES = 120
+FILES = ("landscape/surface.py", "landscape/training.py", "landscape/compare.py")
+
+
+@pytest.mark.parametrize("path", FILES)
+def test_no_function_longer_than_120_lines(path: str) -> None:
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    too_long = [
+        f"{node.name} (line {node.lineno}: {node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_LINES
+    ]
+    assert not too_long, f"{path}: split into named stages: {', '.join(too_long)}"

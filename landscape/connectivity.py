@@ -71,7 +71,6 @@ __all__ = [
 CURVE_KINDS = ("bezier", "polychain")
 _PATH_KINDS = ("line", *CURVE_KINDS)
 _SCHEDULES = ("cosine", "constant")
-_SPLITS = ("train", "test")
 
 
 @dataclass
@@ -332,9 +331,10 @@ def linear_barrier(
     ts = np.linspace(0.0, 1.0, num)
     with _left_as_found(net):
         path = _Path(net, other)
-        return _profile({"train": obj}, path, "line", ts, recompute=recompute, progress=progress)[
-            "train"
-        ]
+        profiles = _profile(
+            {"train": obj}, path, "line", ts, recompute=recompute, progress=progress
+        )
+    return profiles["train"]
 
 
 # --------------------------------------------------------------------------- curves
@@ -378,6 +378,14 @@ class CurveResult:
     def line_barrier(self) -> float:
         """The straight line's loss barrier (train)."""
         return self.line.barrier
+
+    def profiles(self) -> Iterator[tuple[str, str, BarrierResult]]:
+        """``(path, split, profile)`` for each profile present: path is the kind or "line"."""
+        for split, pair in (("train", (self.curve, self.line)),
+                            ("test", (self.test_curve, self.test_line))):  # fmt: skip
+            for name, prof in zip((self.kind, "line"), pair, strict=True):
+                if prof is not None:
+                    yield name, split, prof
 
     def bend_state(self) -> dict[str, Tensor]:
         """θ_C as a state dict (name to tensor), e.g. for ``plane_directions``."""
@@ -752,9 +760,8 @@ def curve_profile(
     ts = np.linspace(0.0, 1.0, num)
     with _left_as_found(net):
         path = _Path(net, other, bend)
-        return _profile({"train": obj}, path, kind, ts, recompute=recompute, progress=progress)[
-            "train"
-        ]
+        profiles = _profile({"train": obj}, path, kind, ts, recompute=recompute, progress=progress)
+    return profiles["train"]
 
 
 # --------------------------------------------------------------------------- storage
@@ -769,16 +776,16 @@ def _check_out(path: Path, overwrite: bool) -> None:
         )
 
 
+def _prefix(name: str) -> str:
+    return "line_" if name == "line" else ""
+
+
 def _fields(result: CurveResult) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    for prefix, profiles in (("", (result.curve, result.test_curve)),
-                             ("line_", (result.line, result.test_line))):  # fmt: skip
-        for split, prof in zip(_SPLITS, profiles, strict=True):
-            if prof is None:
-                continue
-            out[f"{prefix}{split}_loss"] = prof.loss
-            if prof.acc is not None:
-                out[f"{prefix}{split}_acc"] = prof.acc
+    for name, split, prof in result.profiles():
+        out[f"{_prefix(name)}{split}_loss"] = prof.loss
+        if prof.acc is not None:
+            out[f"{_prefix(name)}{split}_acc"] = prof.acc
     return out
 
 
@@ -797,13 +804,11 @@ def _write_curve(result: CurveResult, path: Path, *, overwrite: bool) -> Path:
         _CURVE_ATTR: result.kind,
         "fields": list(fields),
     }
-    for prefix, profiles in (("", (result.curve, result.test_curve)),
-                             ("line_", (result.line, result.test_line))):  # fmt: skip
-        for split, prof in zip(_SPLITS, profiles, strict=True):
-            if prof is not None:
-                attrs[f"{prefix}{split}_barrier"] = prof.barrier
-                attrs[f"{prefix}{split}_t_max"] = prof.alpha_max
-                attrs[f"{prefix}{split}_error_barrier"] = prof.error_barrier
+    for name, split, prof in result.profiles():
+        key = f"{_prefix(name)}{split}"
+        attrs[f"{key}_barrier"] = prof.barrier
+        attrs[f"{key}_t_max"] = prof.alpha_max
+        attrs[f"{key}_error_barrier"] = prof.error_barrier
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w", libver="earliest") as f:

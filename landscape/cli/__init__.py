@@ -24,7 +24,7 @@ from typing import NoReturn
 from landscape._version import __version__
 
 # The order `landscape --help` lists subcommands in; modules not named here follow.
-_ORDER = ("demo", "train", "surface", "hessian", "compare", "plot", "report")
+_ORDER = ("demo", "train", "surface", "hessian", "compare", "connect", "plot", "report")
 
 
 class _Parser(argparse.ArgumentParser):

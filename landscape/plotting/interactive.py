@@ -469,31 +469,27 @@ def interactive_connectivity(
         source = res.info.get("path")
         label = labels[i] if labels is not None else (Path(source).stem if source else "curve")
         color = _PALETTE[i % len(_PALETTE)]
-        pairs = (("train", (res.curve, res.line)), ("test", (res.test_curve, res.test_line)))
-        for split, profiles in pairs:
-            for name, prof in zip((res.kind, "line"), profiles, strict=True):
-                if prof is None:
-                    continue
-                width = 2.0 if split == "train" else 1.0
-                dash = ("dash", "dashdot") if name == "line" else ("solid", "dot")
-                series = [("loss", prof.loss, "y", dash[0], prof.barrier)]
-                if prof.acc is not None:
-                    any_acc = True
-                    err = 100.0 - prof.acc
-                    series.append(("error %", err, "y2", dash[1], prof.error_barrier))
-                for what, y, axis, style, barrier in series:
-                    text = html.escape(f"{label}: {name} {split} {what} (barrier {barrier:.3g})")
-                    fig.add_trace(
-                        go.Scatter(
-                            x=prof.alphas,
-                            y=y,
-                            mode="lines",
-                            name=text,
-                            yaxis=axis,
-                            line={"color": color, "dash": style, "width": width},
-                            hovertemplate="t: %{x:.3f}<br>%{y:.4g}",
-                        )
+        for name, split, prof in res.profiles():
+            width = 2.0 if split == "train" else 1.0
+            dash = ("dash", "dashdot") if name == "line" else ("solid", "dot")
+            series = [("loss", prof.loss, "y", dash[0], prof.barrier)]
+            if prof.acc is not None:
+                any_acc = True
+                err = 100.0 - prof.acc
+                series.append(("error %", err, "y2", dash[1], prof.error_barrier))
+            for what, y, axis, style, barrier in series:
+                text = html.escape(f"{label}: {name} {split} {what} (barrier {barrier:.3g})")
+                fig.add_trace(
+                    go.Scatter(
+                        x=prof.alphas,
+                        y=y,
+                        mode="lines",
+                        name=text,
+                        yaxis=axis,
+                        line={"color": color, "dash": style, "width": width},
+                        hovertemplate="t: %{x:.3f}<br>%{y:.4g}",
                     )
+                )
     layout: dict[str, Any] = {
         "title": {"text": html.escape(title or "")},
         "xaxis": {"title": {"text": "t (0: network A, 1: network B)"}},

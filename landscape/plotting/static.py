@@ -169,15 +169,7 @@ def plot_connectivity(
     from landscape.connectivity import as_curve
 
     res = as_curve(curve)
-    rows = [
-        (split, name, prof)
-        for split, pair in (
-            ("train", (res.curve, res.line)),
-            ("test", (res.test_curve, res.test_line)),
-        )
-        for name, prof in zip((res.kind, "line"), pair, strict=True)
-        if prof is not None
-    ]
+    rows = [(split, name, prof) for name, split, prof in res.profiles()]
     with_error = error and all(prof.acc is not None for _, _, prof in rows)
     fig = Figure(figsize=(10.0 if with_error else 6.0, 4.2), layout="constrained")
     axes = fig.subplots(1, 2 if with_error else 1, squeeze=False)[0]

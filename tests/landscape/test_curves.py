@@ -160,6 +160,7 @@ def test_curve_file_round_trip_plot_and_report(minima, tmp_path):
     fig = plot_connectivity(out)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4
     assert plot_file(out, tmp_path / "curve.png").stat().st_size > 0
+    assert "line test loss" in plot_file(out, tmp_path / "curve.html").read_text()
     page = build_report([out], tmp_path / "report.html").read_text()
     assert "Mode connectivity" in page and "curve barrier" in page
     with pytest.raises(ValueError, match="curve file"):
@@ -211,3 +212,34 @@ def test_invalid_options():
     ):
         with pytest.raises(ValueError, match=match):
             fit_curve(a, b, xy, **kw)
+
+
+def test_cli_connect(tmp_path, capsys):
+    from landscape.cli import main
+
+    common = [
+        *("--data", "synthetic", "--data-arg", "n_train=48", "--data-arg", "n_test=16"),
+        *("--data-arg", "dim=5", "--model", "mlp", "--model-arg", "hidden=[4]"),
+        *("--batch-size", "16", "--epochs", "1", "--no-progress"),
+    ]
+    for seed in (0, 1):
+        assert (
+            main(["train", *common, "--seed", str(seed), "--out", str(tmp_path / f"r{seed}")]) == 0
+        )
+    a, b = tmp_path / "r0" / "final.pt", tmp_path / "r1" / "final.pt"
+    out = tmp_path / "curve.h5"
+    args = ["connect", str(a), str(b), "--out", str(out), "--epochs", "1", "--num", "3"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "bezier curve, barrier" in capsys.readouterr().out
+    res = read_curve(out)
+    assert res.test_curve is not None and len(res.t) == 3
+    assert res.info["checkpoint_a"] == str(a) and len(res.info["checkpoint_b_sha256"]) == 64
+    # refused before any work: an existing --out, a wrong suffix, a bad option
+    for bad in (
+        [*args],
+        [*args[:4], str(tmp_path / "c.png")],
+        [*args, "--overwrite", "--momentum", "1.5"],
+    ):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("landscape connect: error:") and "\n" not in err

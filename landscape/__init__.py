@@ -20,6 +20,10 @@ _LAZY: dict[str, str] = {
     "select_parameters": "landscape.params",
     "linear_barrier": "landscape.connectivity",
     "BarrierResult": "landscape.connectivity",
+    "fit_curve": "landscape.connectivity",
+    "curve_profile": "landscape.connectivity",
+    "read_curve": "landscape.connectivity",
+    "CurveResult": "landscape.connectivity",
     # --- data, models, training, checkpoints (issue: training) ----------------
     "DATA_NAMES": "landscape.data",
     "DataBundle": "landscape.data",
@@ -70,6 +74,7 @@ _LAZY: dict[str, str] = {
     "plot_contour": "landscape.plotting.static",
     "plot_trajectory": "landscape.plotting.static",
     "plot_spectrum": "landscape.plotting.static",
+    "plot_connectivity": "landscape.plotting.static",
     "plot_surface_grid": "landscape.plotting.static",
     "plot_training_curves": "landscape.plotting.static",
     "plot_metric_curves": "landscape.plotting.static",

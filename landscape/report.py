@@ -7,7 +7,9 @@
   names are passed; a comparison of one run's checkpoints at two or more epochs also
   gets its metrics drawn against the epoch under its table;
 - surfaces: HDF5 files in the layout of ``analysis.md`` (2-D ones as interactive 3-D
-  landscapes, plus one togglable scene when there are several; 1-D ones as curves);
+  landscapes, plus one togglable scene when there are several; 1-D ones as curves;
+  mode-connectivity curves of :func:`landscape.connectivity.fit_curve` as the loss and
+  error along the curve and the line, with a table of their barriers);
 - spectra: spectral density JSON (``landscape hessian --out``) on a log axis;
 - training curves: run folders' ``metrics.jsonl``.
 
@@ -30,7 +32,13 @@ from typing import Any
 
 from landscape._version import __version__
 
-__all__ = ["ReportInputs", "build_report", "collect_report_inputs", "comparison_table_html"]
+__all__ = [
+    "ReportInputs",
+    "build_report",
+    "collect_report_inputs",
+    "comparison_table_html",
+    "connectivity_table_html",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +183,38 @@ def comparison_table_html(comparison: Mapping[str, Any]) -> str:
     return (
         '<table class="comparison"><thead><tr><th>checkpoint</th>'
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def connectivity_table_html(curves: Sequence[Any]) -> str:
+    """An escaped HTML table of curve files' barriers: line vs fitted curve (train, test)."""
+    head = (
+        "<tr><th>curve</th><th>kind</th><th>line barrier</th><th>curve barrier</th>"
+        "<th>line error barrier (pp)</th><th>curve error barrier (pp)</th>"
+        "<th>test: line / curve barrier</th><th>fit</th></tr>"
+    )
+    body = []
+    for s in curves:
+        a = s.attrs
+        test = ""
+        if a.get("test_barrier") is not None:
+            test = f"{_fmt(a.get('line_test_barrier'))} / {_fmt(a.get('test_barrier'))}"
+        fit = f"{a.get('epochs')} epochs, lr {_fmt(a.get('lr'))}, seed {a.get('seed')}"
+        cells = [
+            Path(str(s.path)).stem if s.path else "curve",
+            a.get("connectivity"),
+            _fmt(a.get("line_train_barrier")),
+            _fmt(a.get("train_barrier")),
+            _fmt(a.get("line_train_error_barrier")),
+            _fmt(a.get("train_error_barrier")),
+            test,
+            fit,
+        ]
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return (
+        "<p>The barrier of a path is its highest loss above the straight interpolation of "
+        "its two ends' losses (Garipov et al. 2018; Frankle et al. 2020).</p>"
+        f'<table class="comparison"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
     )
 
 
@@ -331,8 +371,17 @@ def build_report(
                 "PCA directions, the same plane the contours are evaluated on.</p>"
             )
         sections.append((heading, [note, *figs]))
+    from landscape.connectivity import is_curve_file
+
+    curves = [s for s in lines if is_curve_file(s)]
+    lines = [s for s in lines if not is_curve_file(s)]
     if lines:
         sections.append(("1-D loss curves", [ia.interactive_line(lines, log=log)]))
+    if curves:
+        table = connectivity_table_html(curves)
+        sections.append(
+            ("Mode connectivity", [table, ia.interactive_connectivity(curves, log=log)])
+        )
     if collected.spectra:
         labels = [name for name, _ in collected.spectra]
         fig = ia.interactive_spectrum([d for _, d in collected.spectra], labels=labels)

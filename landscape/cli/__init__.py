@@ -24,7 +24,17 @@ from typing import NoReturn
 from landscape._version import __version__
 
 # The order `landscape --help` lists subcommands in; modules not named here follow.
-_ORDER = ("demo", "train", "surface", "hessian", "compare", "correlate", "plot", "report")
+_ORDER = (
+    "demo",
+    "train",
+    "surface",
+    "hessian",
+    "compare",
+    "correlate",
+    "connect",
+    "plot",
+    "report",
+)
 
 
 class _Parser(argparse.ArgumentParser):

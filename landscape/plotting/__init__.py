@@ -22,6 +22,7 @@ from typing import Any
 _NAMES = {
     # static (matplotlib)
     "PLOT_KINDS": "static",
+    "plot_connectivity": "static",
     "plot_contour": "static",
     "plot_correlation": "static",
     "plot_heatmap": "static",
@@ -36,6 +37,7 @@ _NAMES = {
     "save_figure": "static",
     # interactive (plotly)
     "figures_to_html": "interactive",
+    "interactive_connectivity": "interactive",
     "interactive_contours": "interactive",
     "interactive_correlation": "interactive",
     "interactive_line": "interactive",

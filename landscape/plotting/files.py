@@ -46,6 +46,10 @@ def plot_file(
     - ``.html``: an offline plotly page (3-D surface for 2-D, curves for 1-D);
     - ``.vtp .vtu .vtk .obj .stl .ply .off``: a mesh of the 2-D surface.
 
+    A mode-connectivity curve (:func:`landscape.connectivity.fit_curve`) is drawn with
+    :func:`~landscape.plotting.static.plot_connectivity` (loss and error along the curve
+    and the line) unless ``kind`` or ``metric`` asks for a plain 1-D plot.
+
     Args:
         surface: a surface or its HDF5 file.
         out: output path.
@@ -58,12 +62,15 @@ def plot_file(
         scale: height scale of mesh exports.
         dpi: resolution of raster images.
     """
+    from landscape.connectivity import is_curve_file
     from landscape.plotting.export import MESH_FORMATS, export_surface
 
     surface = as_surface(surface)
     out = Path(out)
     ext = out.suffix.lower()
     two_d = surface_ndim(surface) == 2
+    if is_curve_file(surface) and kind in (None, "line") and metric is None:
+        return _plot_curve_file(surface, out, log=log, dpi=dpi)
     if kind is None:
         kind = "contour" if two_d else "line"
     if ext in MESH_FORMATS:
@@ -93,6 +100,19 @@ def plot_file(
     raise ValueError(
         f"--out must end in one of {(*STATIC_FORMATS, '.html', *MESH_FORMATS)}, got {out.name!r}"
     )
+
+
+def _plot_curve_file(surface: Any, out: Path, *, log: bool, dpi: int) -> Path:
+    ext = out.suffix.lower()
+    if ext in (".html", ".htm"):
+        from landscape.plotting.interactive import interactive_connectivity, write_html
+
+        return write_html(interactive_connectivity(surface, log=log), out, title=out.stem)
+    if ext in STATIC_FORMATS:
+        from landscape.plotting.static import plot_connectivity, save_figure
+
+        return save_figure(plot_connectivity(surface, log=log), out, dpi=dpi)
+    raise ValueError(f"--out must end in one of {(*STATIC_FORMATS, '.html')}, got {out.name!r}")
 
 
 def _check_suffix(out: Path, what: str, allowed: tuple[str, ...]) -> str:

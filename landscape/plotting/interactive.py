@@ -38,6 +38,7 @@ from landscape.plotting._common import (
 
 __all__ = [
     "figures_to_html",
+    "interactive_connectivity",
     "interactive_contours",
     "interactive_correlation",
     "interactive_line",
@@ -434,6 +435,70 @@ def interactive_line(
     }
     if any_acc:
         layout["yaxis2"] = {"title": {"text": "accuracy (%)"}, "overlaying": "y", "side": "right"}
+    fig.update_layout(**layout)
+    return fig
+
+
+def interactive_connectivity(
+    curves: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    log: bool = False,
+    title: str | None = "Mode connectivity: loss along the fitted curve and the line",
+) -> Any:
+    """Loss (left axis) and error rate (right axis, dotted) over t, curve and line.
+
+    The plotly twin of :func:`landscape.plotting.static.plot_connectivity`, for one or
+    several curves: the curve solid, the line dashed, one colour per file; hover gives t.
+
+    Args:
+        curves: a :class:`landscape.connectivity.CurveResult` or curve file, or a list.
+        labels: one legend label per curve; default the file stems.
+        log: log-scale loss axis.
+        title: figure title.
+    """
+    from landscape.connectivity import as_curve
+
+    go = _go()
+    items = list(curves) if isinstance(curves, list | tuple) else [curves]
+    loaded = [as_curve(c) for c in items]
+    if labels is not None and len(labels) != len(loaded):
+        raise ValueError(f"labels has {len(labels)} entries for {len(loaded)} curves")
+    fig = go.Figure()
+    any_acc = False
+    for i, res in enumerate(loaded):
+        source = res.info.get("path")
+        label = labels[i] if labels is not None else (Path(source).stem if source else "curve")
+        color = _PALETTE[i % len(_PALETTE)]
+        for name, split, prof in res.profiles():
+            width = 2.0 if split == "train" else 1.0
+            dash = ("dash", "dashdot") if name == "line" else ("solid", "dot")
+            series = [("loss", prof.loss, "y", dash[0], prof.barrier)]
+            if prof.acc is not None:
+                any_acc = True
+                err = 100.0 - prof.acc
+                series.append(("error %", err, "y2", dash[1], prof.error_barrier))
+            for what, y, axis, style, barrier in series:
+                text = html.escape(f"{label}: {name} {split} {what} (barrier {barrier:.3g})")
+                fig.add_trace(
+                    go.Scatter(
+                        x=prof.alphas,
+                        y=y,
+                        mode="lines",
+                        name=text,
+                        yaxis=axis,
+                        line={"color": color, "dash": style, "width": width},
+                        hovertemplate="t: %{x:.3f}<br>%{y:.4g}",
+                    )
+                )
+    layout: dict[str, Any] = {
+        "title": {"text": html.escape(title or "")},
+        "xaxis": {"title": {"text": "t (0: network A, 1: network B)"}},
+        "yaxis": {"title": {"text": "loss"}, "type": "log" if log else "linear"},
+        "height": 480,
+    }
+    if any_acc:
+        layout["yaxis2"] = {"title": {"text": "error (%)"}, "overlaying": "y", "side": "right"}
     fig.update_layout(**layout)
     return fig
 

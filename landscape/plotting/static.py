@@ -48,6 +48,7 @@ from landscape.plotting._common import (
 
 __all__ = [
     "PLOT_KINDS",
+    "plot_connectivity",
     "plot_contour",
     "plot_correlation",
     "plot_heatmap",
@@ -145,6 +146,59 @@ def plot_line(
     ax.set_xlabel(axis_labels(surface)[0])
     ax.legend(handles=handles, loc="best", fontsize="small")
     _title(ax, surface, names[0] if len(names) == 1 else "1-D slice", title)
+    return fig
+
+
+def plot_connectivity(
+    curve: Any,
+    *,
+    error: bool = True,
+    log: bool = False,
+    title: str | None = None,
+) -> Figure:
+    """The loss (and error) along a fitted curve and along the straight line, over t.
+
+    One panel of the loss and, when the accuracy was measured and ``error`` is set, one of
+    the error rate ``100 − acc``; the curve solid, the line dashed, train in one colour
+    and test in another; the legend gives each path's barrier.
+
+    Args:
+        curve: a :class:`landscape.connectivity.CurveResult` or its HDF5 file.
+        error: add the error-rate panel.
+        log: log scale for the loss axis.
+        title: figure title; default the kind of curve and the file name.
+    """
+    from landscape.connectivity import as_curve
+
+    res = as_curve(curve)
+    rows = [(split, name, prof) for name, split, prof in res.profiles()]
+    with_error = error and all(prof.acc is not None for _, _, prof in rows)
+    fig = Figure(figsize=(10.0 if with_error else 6.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2 if with_error else 1, squeeze=False)[0]
+    for split, name, prof in rows:
+        style = {"color": "C0" if split == "train" else "C1"}
+        style["linestyle"] = "--" if name == "line" else "-"
+        axes[0].plot(
+            prof.alphas, prof.loss, label=f"{name}, {split} (barrier {prof.barrier:.3g})", **style
+        )
+        if with_error:
+            axes[1].plot(
+                prof.alphas,
+                100.0 - prof.acc,
+                label=f"{name}, {split} (barrier {prof.error_barrier:.3g} pp)",
+                **style,
+            )
+    axes[0].set_ylabel("loss")
+    if log:
+        axes[0].set_yscale("log")
+    if with_error:
+        axes[1].set_ylabel("error (%)")
+    for ax in axes:
+        ax.set_xlabel("t (0: network A, 1: network B)")
+        ax.legend(loc="best", fontsize="small")
+    source = res.info.get("path")
+    default = f"{res.kind} curve vs line" + (f": {Path(source).stem}" if source else "")
+    fig.suptitle(title if title is not None else default)
     return fig
 
 

@@ -31,6 +31,7 @@ _ORDER = (
     "hessian",
     "compare",
     "correlate",
+    "sweep",
     "connect",
     "plot",
     "report",

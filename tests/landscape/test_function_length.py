@@ -14,7 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 120
-FILES = ("landscape/surface.py", "landscape/training.py", "landscape/compare.py")
+FILES = (
+    "landscape/surface.py",
+    "landscape/training.py",
+    "landscape/compare.py",
+    "landscape/sweep.py",
+)
 
 
 @pytest.mark.parametrize("path", FILES)

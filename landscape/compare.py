@@ -39,6 +39,14 @@ from landscape._io import (
     read_json_to_resume,
     write_atomically,
 )
+from landscape.distributed import (
+    DistContext,
+    all_gather_object,
+    broadcast_object,
+    is_main_process,
+    joined,
+)
+from landscape.distributed import shard as shard_items
 from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
@@ -56,6 +64,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SHARDS = ("checkpoints", "data")  # what torchrun's processes share out
 
 
 def check_output_path(path: str | os.PathLike[str]) -> str:
@@ -501,6 +510,8 @@ def compare_checkpoints(
     resume: bool = True,
     recorded: str | Iterable[str] = (),
     params: ParamSelection = None,
+    dist: DistContext | None = None,
+    shard: str = "checkpoints",
     **options: Any,
 ) -> Comparison:
     """Compute metrics for each checkpoint, one row each.
@@ -555,11 +566,15 @@ def compare_checkpoints(
         params: the parameters measured: those with ``requires_grad=True`` (default) or
             a selection by name, module prefix or glob, the same for every checkpoint
             (:func:`~landscape.params.select_parameters`); recorded in the settings.
+        dist: the processes taking part (:class:`~landscape.distributed.DistContext`);
+            default: ``torchrun``'s, joined here, else this process alone.
+        shard: what the processes share out: ``"checkpoints"`` (round-robin) or
+            ``"data"`` (each checkpoint's batches). Nothing to share in one process.
         **options: metric options shared by the metrics that take them (``rho``,
             ``steps``, ``num_products``, ``sigma``, ``num_samples``, ``seed``, ...).
 
     Raises:
-        ValueError: unknown metric/option/split, bad labels or recorded names, an ``out``
+        ValueError: unknown metric/option/split/shard, bad labels or recorded names, an ``out``
             that is neither ``.json`` nor ``.csv``, or an existing ``.json`` ``out`` to
             resume that is not a comparison or holds other metrics or settings, an
             ``out`` that cannot be written, or a checkpoint that is corrupt, truncated or
@@ -573,22 +588,22 @@ def compare_checkpoints(
     files = _expand_paths(paths)
     names = _check_common(metrics, options, per_metric, labels, len(files))
     record_names = _recorded_names(recorded, names)
-    out_path, kind = _check_inputs(files, split, out)
+    main = dist.is_main if dist is not None else is_main_process()
+    out_path, kind = _check_inputs(files, split, out, shard, writes=main)
     settings = _settings_of(args, record_names)
     row_labels = list(labels) if labels is not None else _labels_of(files)
-    table = _Table([*names, *record_names], settings, files, row_labels, out_path)
-    todo = table.reuse(kind, resume)
-    measure = _Measure(args, names, record_names)
-    try:
-        for i in progress_bar(todo, desc="checkpoints", progress=progress):
-            table.set(i, measure.row(files[i], row_labels[i]))
-        if out_path is not None and not todo:
-            table.save()  # every row reused: this call's labels and order
-    except KeyboardInterrupt as exc:
-        if out_path is None:
-            raise
-        raise CompareInterrupted(table.saved, len(files), out_path) from exc
-    measure.warn_unrecorded(table.rows)
+    with joined(dist, device) as ctx:
+        written = out_path if ctx.is_main else None  # one writer: process 0
+        table = _Table([*names, *record_names], settings, files, row_labels, written)
+        todo = table.reuse(kind, resume, ctx)
+        measure = _Measure(args, names, record_names, ctx)
+        try:
+            _measure_all(table, measure, todo, progress)
+        except KeyboardInterrupt as exc:
+            if written is None:
+                raise
+            raise CompareInterrupted(table.saved, len(files), written) from exc
+        measure.warn_unrecorded(table.rows)
     return table.comparison()
 
 
@@ -607,16 +622,29 @@ def _expand_paths(paths: Sequence[str | os.PathLike[str] | UserModel]) -> list[P
 
 
 def _check_inputs(
-    files: Sequence[Path | UserModel], split: str, out: str | os.PathLike[str] | None
+    files: Sequence[Path | UserModel],
+    split: str,
+    out: str | os.PathLike[str] | None,
+    shard: str,
+    writes: bool = True,
 ) -> tuple[Path | None, str | None]:
-    """Check the split, ``out`` and every checkpoint before any work; ``out``'s path and kind."""
+    """Check the split, shard, ``out`` and every checkpoint before any work.
+
+    ``out`` is probed only by the process that ``writes`` it (under torchrun, process 0:
+    another node may not even see its folder).
+
+    Returns:
+        ``out``'s path and kind (``"json"``, ``"csv"`` or ``None``).
+    """
     from landscape.checkpoint import check_readable
 
     if split not in SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {', '.join(SPLITS)})")
+    if shard not in SHARDS:
+        raise ValueError(f"Invalid shard: {shard!r} (expected one of {', '.join(SHARDS)})")
     out_path = None if out is None else Path(out)
     kind = None if out is None else check_output_path(out)
-    if out is not None:
+    if out is not None and writes:
         check_output(out, suffixes=(".json", ".csv"), what="out")
     missing = [os.fspath(p) for p in files if isinstance(p, Path) and not p.is_file()]
     if missing:
@@ -664,32 +692,56 @@ class _Table:
         self.rows: list[dict[str, Any] | None] = [None] * len(files)
         self.saved = 0  # rows of this call that the file on disk holds
 
-    def reuse(self, kind: str | None, resume: bool) -> list[int]:
+    def reuse(self, kind: str | None, resume: bool, ctx: DistContext) -> list[int]:
         """Take the rows of unchanged checkpoints from ``out`` (a ``.json`` one resumed).
+
+        Process 0 reads the file (the only one given ``out``) and tells the others what
+        it reuses, or why it cannot resume (raised on every process).
 
         Returns:
             The indices of the files still to measure.
         """
-        out_path, reused = self.out_path, {}
-        if out_path is not None:
-            if kind == "json" and resume and out_path.is_file():
-                previous = _previous_rows(out_path, self.columns, self.settings)
-                reused = _reusable_rows(previous, self.files, self.columns)
-                logger.info(
-                    "resuming %s: %d of %d rows reused", out_path, len(reused), len(self.files)
-                )
-            elif out_path.exists():
-                why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
-                logger.info("%s exists: overwriting it%s", out_path, why)
+        reused: dict[int, dict[str, Any]] = {}
+        error: ValueError | None = None
+        try:
+            reused = self._previous(kind, resume)
+        except ValueError as exc:
+            error = exc
+        if ctx.distributed:
+            why, reused = broadcast_object((None if error is None else str(error), reused), ctx)
+            if error is None and why is not None:
+                error = ValueError(why)
+        if error is not None:
+            raise error
         for i, row in reused.items():
             self.rows[i] = {**row, "checkpoint": _where(self.files[i]), "label": self.labels[i]}
         self.saved = len(reused)
         return [i for i, row in enumerate(self.rows) if row is None]
 
+    def _previous(self, kind: str | None, resume: bool) -> dict[int, dict[str, Any]]:
+        """``index -> row`` of ``out``'s rows to reuse (none without a ``.json`` to resume)."""
+        out_path = self.out_path
+        if out_path is None:
+            return {}
+        if kind == "json" and resume and out_path.is_file():
+            previous = _previous_rows(out_path, self.columns, self.settings)
+            reused = _reusable_rows(previous, self.files, self.columns)
+            logger.info("resuming %s: %d of %d rows reused", out_path, len(reused), len(self.files))
+            return reused
+        if out_path.exists():
+            why = " (CSV files are not resumed from)" if kind == "csv" and resume else ""
+            logger.info("%s exists: overwriting it%s", out_path, why)
+        return {}
+
     def set(self, i: int, row: dict[str, Any]) -> None:
         """Fill in row ``i``, and save the table when there is an ``out``."""
-        self.rows[i] = row
-        if self.out_path is not None:
+        self.set_many([(i, row)])
+
+    def set_many(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Fill in rows (``(index, row)``), then save the table once when there is an ``out``."""
+        for i, row in rows:
+            self.rows[i] = row
+        if self.out_path is not None and rows:
             self.save()
 
     def save(self) -> None:
@@ -707,16 +759,32 @@ class _Table:
 class _Measure:
     """Measures a checkpoint into a row: opens it, finds its data, computes the metrics."""
 
-    def __init__(self, args: Mapping[str, Any], names: list[str], record_names: list[str]) -> None:
-        """Take :func:`compare_checkpoints`'s arguments by name; resolve the device."""
+    def __init__(
+        self,
+        args: Mapping[str, Any],
+        names: list[str],
+        record_names: list[str],
+        ctx: DistContext,
+    ) -> None:
+        """Take :func:`compare_checkpoints`'s arguments by name; resolve the device.
+
+        Under torchrun each process computes on its own device (``ctx.device``). With
+        ``shard="data"`` the metrics share each checkpoint's batches among the processes
+        (``dist=ctx``); otherwise each process measures alone: ``compute_metrics`` gets
+        a single-process context and never touches the process group.
+        """
         from landscape._device import resolve_device
 
-        self.names, self.record_names = names, record_names
+        self.names, self.record_names, self.ctx = names, record_names, ctx
         self.model, self.data, self.split = args["model"], args["data"], args["split"]
         self.per_metric, self.options = args["per_metric"], args["options"]
         keys = ("loss_fn", "batch_size", "max_samples", "progress", "params")
         self.measure = {k: args[k] for k in keys}  # compute_metrics' options
-        self.dev = resolve_device(args["device"])
+        if not ctx.is_main:
+            self.measure["progress"] = False
+        self.dev = ctx.device if ctx.distributed else resolve_device(args["device"])
+        self.share_data = ctx.distributed and args["shard"] == "data"
+        self.measure["dist"] = ctx if self.share_data else DistContext(device=self.dev)
         self.bundles: dict[str, Any] = {}  # data spec -> its data, loaded once
         self.record_keys: set[str] = set()  # what the measured checkpoints' records hold
 
@@ -787,11 +855,67 @@ class _Measure:
         return row
 
     def warn_unrecorded(self, rows: Sequence[dict[str, Any] | None]) -> None:
-        """Warn about ``recorded`` names that no checkpoint's training record holds."""
+        """Warn about ``recorded`` names that no checkpoint's training record holds.
+
+        Under torchrun the processes pool what their checkpoints' records hold; process
+        0 warns.
+        """
+        if self.ctx.distributed and not self.share_data:
+            self.record_keys = set().union(*all_gather_object(self.record_keys, self.ctx))
         missing = [n for n in self.record_names if all(r[n]["value"] is None for r in rows if r)]
-        if missing:
+        if missing and self.ctx.is_main:
             logger.warning(
                 "recorded %s: in no checkpoint's training record (they hold: %s)",
                 ", ".join(missing),
                 ", ".join(sorted(self.record_keys)) or "no record",
             )
+
+
+def _measure_all(table: _Table, measure: _Measure, todo: list[int], progress: bool | None) -> None:
+    """Measure the checkpoints ``todo`` into ``table`` (saved as the rows come).
+
+    In one process, or with ``shard="data"``, one checkpoint after the other (every
+    process measures each, on its share of the data). Otherwise in rounds: each process
+    measures its next checkpoint of a round-robin share, and every process gathers the
+    round's rows (process 0 then saves them). A checkpoint that fails is raised on every
+    process after the round's other rows are saved.
+    """
+    ctx = measure.ctx
+    shown = progress if ctx.is_main else False
+    if not ctx.distributed or measure.share_data:
+        for i in progress_bar(todo, desc="checkpoints", progress=shown):
+            table.set(i, measure.row(table.files[i], table.labels[i]))
+    else:
+        mine = shard_items(todo, ctx)
+        rounds = math.ceil(len(todo) / ctx.world_size)
+        with progress_bar(total=len(todo), desc="checkpoints", progress=shown) as bar:
+            for r in range(rounds):
+                sent, error = [], None  # this process's (index, row, failure) of the round
+                if r < len(mine):
+                    row, error = _attempt(measure, table, mine[r])
+                    sent = [(mine[r], row, _why(error))]
+                done = [item for part in all_gather_object(sent, ctx) for item in part]
+                table.set_many([(i, row) for i, row, _ in done if row is not None])
+                bar.update(len(done))
+                if error is not None:
+                    raise error
+                failed = [(i, why) for i, _, why in done if why is not None]
+                if failed:
+                    raise RuntimeError(f"{_where(table.files[failed[0][0]])}: {failed[0][1]}")
+    if table.out_path is not None and not todo:
+        table.save()  # every row reused: this call's labels and order
+
+
+def _attempt(
+    measure: _Measure, table: _Table, i: int
+) -> tuple[dict[str, Any] | None, Exception | None]:
+    """``(row, None)`` for checkpoint ``i``, or ``(None, error)`` when measuring it failed."""
+    try:
+        return measure.row(table.files[i], table.labels[i]), None
+    except Exception as exc:  # raised on every process after the round (see _measure_all)
+        return None, exc
+
+
+def _why(error: Exception | None) -> str | None:
+    """An error as text another process can raise (exceptions may not pickle)."""
+    return None if error is None else f"{type(error).__name__}: {error}"

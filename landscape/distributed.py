@@ -6,9 +6,10 @@ so every caller can use the same code path with or without distribution.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "cleanup_distributed",
     "init_distributed",
     "is_main_process",
+    "joined",
     "shard",
 ]
 
@@ -99,6 +101,26 @@ def cleanup_distributed(ctx: DistContext) -> None:
     """Destroy the process group if :func:`init_distributed` created it."""
     if ctx.initialized_here and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(
+    dist: DistContext | None = None, device: str | torch.device | None = None
+) -> Iterator[DistContext]:
+    """The context given, or one :func:`init_distributed` joins (and leaves at the end).
+
+    Args:
+        dist: a context the caller already holds (used as is, never cleaned up).
+        device: the device type when joining (see :func:`init_distributed`).
+    """
+    if dist is not None:
+        yield dist
+        return
+    ctx = init_distributed(device=device)
+    try:
+        yield ctx
+    finally:
+        cleanup_distributed(ctx)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -31,6 +31,7 @@ from landscape.distributed import (
     broadcast_object,
     cleanup_distributed,
     init_distributed,
+    joined,
     shard,
 )
 from landscape.objective import Objective, make_objective
@@ -328,7 +329,7 @@ def compute_surface(
     grid = _grid(x, y)
     directions = _resolve_directions(model, directions, grid, _RandomSpec.of(args), params)
     placed = _Placed.on(model, directions, grid)
-    with _dist_context(dist, device) as ctx:
+    with joined(dist, device) as ctx:
         objectives = _objectives(model, base, data, test_data, reading, loading)
         file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs)
         run = _SurfaceRun(grid, file_kw, _Output.of(args), ctx)  # checks (resumes) the file
@@ -530,19 +531,6 @@ class _Placed:
         finally:
             with torch.no_grad():
                 tl_copy_(self.targets, self.saved)
-
-
-@contextlib.contextmanager
-def _dist_context(dist: DistContext | None, device: Any) -> Iterator[DistContext]:
-    """The context given, or one from ``torchrun``'s environment, cleaned up at the end."""
-    if dist is not None:
-        yield dist
-        return
-    ctx = init_distributed(device=device)
-    try:
-        yield ctx
-    finally:
-        cleanup_distributed(ctx)
 
 
 def _objectives(

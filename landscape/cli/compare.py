@@ -91,6 +91,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="[METRIC.]KEY=VALUE",
         help="any metric option, e.g. --set sam_sharpness.steps=5 --set scale=filter",
     )
+    p.add_argument(
+        "--shard",
+        default="checkpoints",
+        choices=("checkpoints", "data"),
+        help="under torchrun: deal the checkpoints round-robin to the processes, each "
+        "measuring its own on the whole data (default: scales with many checkpoints), or "
+        "measure each checkpoint with every process reading a share of its data (one big "
+        "model); process 0 alone writes --out",
+    )
     p.add_argument("--list-metrics", action="store_true", help="list the metrics and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_user_arguments(p, several_weights=True)
@@ -112,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``landscape compare``."""
     from landscape._io import check_output
     from landscape.compare import CompareInterrupted, compare_checkpoints
+    from landscape.distributed import is_main_process
     from landscape.metrics import parse_option_assignments
 
     if args.list_metrics:
@@ -120,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     users = user_models(args, args.checkpoints)
     if not args.checkpoints and not users:
         raise ValueError(f"no checkpoints given (landscape compare A.pt B.pt ..., or {USAGE})")
-    if args.out is not None:  # (compare_checkpoints checks it too; here before the metrics)
+    main = is_main_process()  # under torchrun: process 0 writes and reports
+    if args.out is not None and main:  # (compare_checkpoints checks it too; here first)
         check_output(args.out, suffixes=(".json", ".csv"))
     options, per_metric = parse_option_assignments(args.assignments)
     for _, dest, _, _ in _OPTION_FLAGS:
@@ -142,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             recorded=args.recorded,
             params=args.params,
+            shard=args.shard,
             **options,
         )
     except CompareInterrupted as exc:
@@ -149,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         # print "interrupted").
         print(f"landscape compare: {exc}", file=sys.stderr)
         return 130
+    if not main:
+        return 0
     print(comparison.format_table())
     if args.out is not None:
         print(f"wrote {args.out}")

@@ -124,9 +124,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute the surface the arguments describe."""
     from landscape._io import check_output
+    from landscape.distributed import is_main_process
     from landscape.surface import surface_from_checkpoint
 
-    check_output(args.out, suffixes=SURFACE_SUFFIXES)
+    if is_main_process():  # under torchrun process 0 alone writes (on its node)
+        check_output(args.out, suffixes=SURFACE_SUFFIXES)
     users = user_models(args, args.checkpoint)
     if not users and args.checkpoint is None:
         raise ValueError(f"no checkpoint given ({USAGE})")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape._compile import CompileSpec, parse_compile
 from landscape.directions import Directions, custom_directions, direction_targets, random_directions
 from landscape.distributed import (
     DistContext,
@@ -143,6 +144,17 @@ class _Evaluator:
         if b != 0.0 and self.dy is not None:
             tl_add_(self.targets, self.dy, b)
 
+    def prepare_compile(self, points: int) -> dict[str, Any] | None:
+        """Compile (or, ``compile="auto"``, decide) each split's forward for ``points`` points.
+
+        Returns what was decided, per split (None when ``compile`` is off).
+        """
+        reports = {}
+        for split, obj in self.objectives.items():
+            if obj.compile_spec.enabled:
+                reports[split] = obj.prepare_compile(points)
+        return reports or None
+
     def loop(self, points: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
         out = []
         for a, b in points:
@@ -260,6 +272,7 @@ def compute_surface(
     progress: bool | None = None,
     attrs: Mapping[str, Any] | None = None,
     dist: DistContext | None = None,
+    compile: bool | str | CompileSpec = False,
 ) -> Surface:
     """Evaluate the loss (and accuracy, metrics, test split) on a 1-D or 2-D grid.
 
@@ -316,6 +329,11 @@ def compute_surface(
         attrs: extra metadata stored in the file (checkpoint path and hash, data spec…).
         dist: a :class:`~landscape.distributed.DistContext`; default from ``torchrun``'s
             environment (a single process otherwise).
+        compile: compile the model's forward with ``torch.compile`` (loop evaluation):
+            ``False`` (default), ``True``, ``"auto"`` (only when the points to evaluate
+            pay for the compile time) or a :class:`~landscape._compile.CompileSpec`; the
+            decision and the compile time are logged and stored in the attribute
+            ``compile``. With an :class:`Objective`, pass ``compile`` to it instead.
 
     Returns:
         The surface (on every rank).
@@ -324,6 +342,11 @@ def compute_surface(
         raise ValueError(f"Invalid evaluation: {evaluation!r}; expected one of {EVALUATION_MODES}")
     if points_per_batch < 1:
         raise ValueError(f"Invalid points_per_batch: {points_per_batch}")
+    compile_spec = parse_compile(compile)
+    if compile_spec.enabled and evaluation == "vmap":
+        raise ValueError("Invalid compile: the compiled forward serves evaluation='loop'")
+    if compile_spec.enabled and isinstance(model, Objective):
+        raise ValueError("Invalid compile: pass compile= to the Objective")
     base: Objective | None = None
     if isinstance(model, Objective):
         base = make_objective(
@@ -397,6 +420,8 @@ def compute_surface(
             "metrics": metrics,
         }
         objectives: dict[str, Objective] = {}
+        if compile_spec.enabled:
+            okw["compile"] = compile_spec
         if base is not None:
             objectives["train"] = base
             if test_data is not None:
@@ -486,6 +511,10 @@ def compute_surface(
             return float(xs[ix]), float(ys[iy])
 
         ev = _Evaluator(model, targets, names, origin, dx, dy, objectives)
+        if mine:
+            compiled = ev.prepare_compile(len(mine))
+            if compiled is not None:
+                meta["compile"] = compiled  # a new file is created with the first results
         mode = evaluation
         nonfinite = 0
         from tqdm.auto import tqdm
@@ -661,6 +690,7 @@ def surface_from_checkpoint(
     overwrite: bool = False,
     progress: bool | None = None,
     params: ParamSelection = None,
+    compile: bool | str = False,
 ) -> Surface:
     """The surface of a saved checkpoint on its own data (what ``landscape surface`` runs).
 
@@ -693,6 +723,8 @@ def surface_from_checkpoint(
             (default) or a selection by name, module prefix or glob
             (:func:`~landscape.params.select_parameters`); not with ``interpolate`` or
             ``pca``.
+        compile: compile the forward (``False``, ``True`` or ``"auto"``: only when the
+            grid pays for the compile time); see :func:`compute_surface`.
     """
     from landscape.checkpoint import file_sha256, load_checkpoint
     from landscape.directions import interpolation_directions, pca_directions
@@ -781,6 +813,7 @@ def surface_from_checkpoint(
             attrs=attrs,
             dist=ctx,
             params=params,
+            compile=compile,
         )
     finally:
         cleanup_distributed(ctx)

@@ -697,7 +697,7 @@ class Objective:
 
         The first batch is run eager (timed) and, when compiling, compiled (the compile
         time) and run compiled again (timed). ``"auto"`` compiles when ``passes × batches ×
-        (eager batch time) × 0.4`` (the saving expected) exceeds the estimated compile
+        (eager batch time) × 0.25`` (the saving expected) exceeds the estimated compile
         time, or with ``passes=None`` when the eager evaluations already run would have
         paid for it; it keeps eager when the compiled batch is not faster. A no-op when
         ``compile`` is off or already decided.

@@ -9,10 +9,10 @@ from landscape.objective import Objective
 from landscape.surface import compute_surface
 
 
-def _cnn():
+def _cnn(channels=1):
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Conv2d(channels, 4, 3, padding=1),
         nn.BatchNorm2d(4),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(2),
@@ -21,9 +21,9 @@ def _cnn():
     ).eval()
 
 
-def _data(n=10):
+def _data(n=10, channels=1):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return torch.randn(n, channels, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
 class _Counting:
@@ -113,15 +113,15 @@ def test_surface_compile_equals_eager_and_is_stored(tmp_path):
 
 @pytest.mark.slow
 def test_inductor_values_equal_eager():
-    """The real thing (inductor, C++ code generation): about 20-60 s on a CPU."""
-    model, data = _cnn(), _data(12)
+    """The real thing (inductor, C++ code generation, channels-last inputs): 20-60 s."""
+    model, data = _cnn(3), _data(12, 3)
     eager = Objective(model, data, batch_size=4)
     comp = Objective(model, data, batch_size=4, compile=True)
     assert comp.evaluate() == pytest.approx(eager.evaluate(), rel=1e-5, abs=1e-6)
     with torch.no_grad():
         model[0].weight.mul_(1.5)
     assert comp.evaluate() == pytest.approx(eager.evaluate(), rel=1e-5, abs=1e-6)
-    assert comp.compile_report["compiled"]
+    assert comp.compile_report["compiled"] and comp.compile_report["channels_last"]
 
 
 def test_cli_compile_auto_declines_a_small_grid_and_says_so(tmp_path):
@@ -142,3 +142,27 @@ def test_cli_compile_auto_declines_a_small_grid_and_says_so(tmp_path):
     decision = read_surface(out).attrs["compile"]["train"]
     assert decision["compile"] == "auto" and decision["compiled"] is False
     assert decision["reason"].startswith("not compiled: 6 passes")
+
+
+class _Viewing(nn.Module):
+    """``x.view(n, -1)`` of a 4-D input: fails on a channels-last tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(72, 3)
+
+    def forward(self, x):
+        return self.fc(x.view(x.shape[0], -1))
+
+
+def test_channels_last_inputs_and_the_fallback_for_models_that_reject_them():
+    data = _data()
+    conv = Objective(_cnn(), data, compile=CompileSpec("on", backend="eager"))
+    conv.evaluate()
+    assert conv.compile_report["channels_last"] is True
+    torch.manual_seed(0)
+    viewing = _Viewing()
+    data = (torch.randn(10, 2, 6, 6), data[1])  # two channels: channels-last is not a view
+    obj = Objective(viewing, data, compile=CompileSpec("on", backend="eager"))
+    assert obj.evaluate() == pytest.approx(Objective(viewing, data).evaluate(), rel=1e-6)
+    assert obj.compile_report["channels_last"] is False and obj.compile_report["compiled"]

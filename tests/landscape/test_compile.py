@@ -166,3 +166,13 @@ def test_channels_last_inputs_and_the_fallback_for_models_that_reject_them():
     obj = Objective(viewing, data, compile=CompileSpec("on", backend="eager"))
     assert obj.evaluate() == pytest.approx(Objective(viewing, data).evaluate(), rel=1e-6)
     assert obj.compile_report["channels_last"] is False and obj.compile_report["compiled"]
+
+
+def test_compute_metrics_passes_compile_through():
+    from landscape.metrics import compute_metrics
+
+    model, data = _cnn(), _data()
+    spec = CompileSpec("on", backend="eager")
+    ref = compute_metrics(model, data, "sam_sharpness", progress=False)
+    got = compute_metrics(model, data, "sam_sharpness", progress=False, compile=spec)
+    assert got["sam_sharpness"].value == pytest.approx(ref["sam_sharpness"].value, rel=1e-5)

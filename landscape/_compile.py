@@ -2,9 +2,10 @@
 
 A surface evaluates the same model, at different weights, on the same batches hundreds
 of times; ``torch.compile`` turns its forward into fused kernels once (about 20 s for a
-ResNet-20 on one CPU thread) and each later forward runs in about half the eager time.
-:class:`CompiledForward` holds that compiled module for one :class:`~landscape.objective.
-Objective` and decides when to use it:
+ResNet-20 on one CPU thread) and each later forward runs faster (a ResNet-20 batch:
+0.75–0.89× the eager time on a 2-core AVX2 CPU, ``benchmarks/compiled_forward.py``).
+:class:`CompiledForward` holds that compiled module for one
+:class:`~landscape.objective.Objective` and decides when to use it:
 
 - the *module itself* is compiled (``torch.compile(model, dynamic=False)``, inductor's
   default mode, no ``freezing``): its parameters stay inputs of the compiled graph, so
@@ -12,8 +13,8 @@ Objective` and decides when to use it:
   call without recompiling. ``freezing`` (weights folded in as constants) would be faster
   on a CPU but would silently keep the weights it first saw, so it is never used;
 - image inputs (4-D floating tensors) are given to the compiled module in the
-  channels-last memory format, which oneDNN's CPU convolutions prefer (ResNet-20: 0.75×
-  eager per batch instead of 0.89× with the inputs as given);
+  channels-last memory format, which oneDNN's CPU convolutions prefer (ResNet-20: 0.75–0.81×
+  eager per batch against 0.86–0.89× with the inputs as given, in two loaded runs);
 - one input shape is compiled (that of the first full batch): batches of another shape
   (the last, smaller batch) run eager, so nothing is recompiled and no padding changes
   what a model sees;
@@ -52,8 +53,8 @@ COMPILE_CHOICES = ("off", "on", "auto")
 # The cost model of compile="auto" (2-core AMD EPYC, AVX2, torch 2.13, one thread): inductor
 # compiled a ResNet-20 (39 leaf modules) in 17-24 s in a process that had compiled before
 # (21 s in the issue's own measurement; the first compile of a process also imports
-# inductor: 68 s on the loaded machine), and its forward then took 0.75x the eager time
-# per batch of 256 with channels-last inputs (0.89x without).
+# inductor: 68 s on the loaded machine), and its forward then took 0.75-0.81x the eager
+# time per batch of 256 with channels-last inputs (0.86-0.89x without).
 _COMPILE_SECONDS_BASE = 3.0
 _COMPILE_SECONDS_PER_MODULE = 0.45
 _EXPECTED_SAVING = 0.25  # fraction of an eager forward that compiling is expected to save

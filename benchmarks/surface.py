@@ -8,6 +8,12 @@ thread per process. Per repeat (interleaved), each candidate evaluates the same 
   can go below;
 - sharpscape loop / vmap: ``compute_surface`` (directions, foreach point setting, loss and
   accuracy, HDF5 writes with flushes: everything, setup included) divided by the points;
+- sharpscape compiled: the loop with ``compile=True`` (``torch.compile`` of the model,
+  inductor, on-disk caches disabled so that the first run compiles cold); its figure per
+  point is a run's time without its one-off costs, divided by the points, plus the cold
+  compile (and the two timed batches of the decision) divided by 441: the cost per point
+  of a 21×21 grid; "compiled, NCHW" is the same with the images as given instead of in
+  the channels-last memory format;
 - loss-landscapes: ``random_plane`` over the same batches, with a metric giving it the
   same advantages (no_grad, eval mode, cached batches). Its ``filter`` normalisation
   crashes on ResNet-20 (ZeroDivisionError: a zero BatchNorm bias zeroes the 1-D direction,
@@ -16,14 +22,19 @@ thread per process. Per repeat (interleaved), each candidate evaluates the same 
 
 Then the 2-process ``torchrun`` speed-up of the same surface (wall time of 1 vs 2 ranks).
 
-Run: ``.venv/bin/python benchmarks/surface.py`` (``--quick`` for a smoke run).
+Run: ``.venv/bin/python benchmarks/surface.py`` (``--quick`` for a smoke run,
+``--no-torchrun`` to skip the 2-process part, ``--no-vmap`` to skip vmap).
 """
 
 from __future__ import annotations
 
+import os
+
+# Every compile of the "compiled" candidate is a cold one (no inductor cache on disk).
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _timing import interleaved, median, ratio_to
 
+from landscape._compile import CompileSpec
 from landscape.models import build_model
 from landscape.surface import compute_surface
 
@@ -149,6 +161,11 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--flush-only", action="store_true")
     parser.add_argument("--torchrun-only", action="store_true")
+    parser.add_argument("--no-torchrun", action="store_true", help="skip the 2-process part")
+    parser.add_argument("--no-vmap", action="store_true", help="skip the vmap candidate")
+    parser.add_argument(
+        "--amortise-over", type=int, default=441, help="grid points the compile is spread over"
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -209,21 +226,63 @@ def main() -> None:
             deepcopy_model=True,
         )
 
+    compiles: dict[str, list[dict]] = {"sharpscape compiled": [], "compiled, NCHW": []}
+
+    def compiled(name: str, channels_last: bool) -> None:
+        surface = compute_surface(
+            model,
+            (x, y),
+            x=f"-1:1:{args.steps}",
+            y=f"-1:1:{args.steps}",
+            batch_size=256,
+            out=tmp / "compiled.h5",
+            overwrite=True,
+            compile=CompileSpec("on", channels_last=channels_last),
+            progress=False,
+        )
+        compiles[name].append(surface.attrs["compile"]["train"])
+
     cands = {
         "floor": floor,
         "sharpscape loop": lambda: ours("loop"),
+        "sharpscape compiled": lambda: compiled("sharpscape compiled", True),
+        "compiled, NCHW": lambda: compiled("compiled, NCHW", False),
         "sharpscape vmap": lambda: ours("vmap"),
         "loss-landscapes": peer,
     }
+    if args.no_vmap:
+        del cands["sharpscape vmap"]
     times = interleaved(cands, repeats=args.repeats, warmup=0 if args.quick else 1)
+
+    # The compiled candidate: the first run compiles cold (caches disabled); later runs of
+    # the same model reuse dynamo's compiled code. Each run's own one-off cost (its compile,
+    # if any, and the two timed batches of prepare_compile) is replaced by the cold one
+    # spread over a 21x21 grid: the cost per point of a whole 441-point surface.
+    def one_off(c: dict) -> float:
+        return c["compile_seconds"] + c["eager_batch_seconds"] + c["compiled_batch_seconds"]
+
+    for name, reports in compiles.items():
+        cold = one_off(reports[0])
+        times[name] = [
+            t - one_off(c) + cold * npts / args.amortise_over
+            for t, c in zip(times[name], reports[-args.repeats :], strict=True)
+        ]
     ratios = ratio_to(times, "floor")
     print(
         f"ResNet-20, {args.samples} images (batch 256), {args.steps}x{args.steps} grid, "
         f"CPU, 1 thread, median of {args.repeats}"
     )
-    print(f"{'candidate':<18} {'s/point':>9} {'x floor':>8}")
+    print(f"{'candidate':<20} {'s/point':>9} {'x floor':>8}")
     for name, ts in times.items():
-        print(f"{name:<18} {median(ts) / npts:9.4f} {ratios[name]:8.3f}")
+        print(f"{name:<20} {median(ts) / npts:9.4f} {ratios[name]:8.3f}")
+    for name, reports in compiles.items():
+        c_ratio = median([c["compiled_over_eager"] for c in reports])
+        print(
+            f"{name}: {reports[0]['compile_seconds']:.1f} s to compile (cold), amortised over "
+            f"{args.amortise_over} points; a compiled batch took {c_ratio:.3f}x an eager one "
+            "(prepare_compile's check, median of the runs)"
+        )
+    print(f"load average at the end: {os.getloadavg()}")
     peer_vs_ours = median(
         [p / o for p, o in zip(times["loss-landscapes"], times["sharpscape loop"])]
     )
@@ -231,7 +290,8 @@ def main() -> None:
     point_s = median(times["sharpscape loop"]) / npts
     print(f"writing a point costs {100 * write_s / point_s:.3f}% of evaluating it")
 
-    torchrun_speedup(args)
+    if not args.no_torchrun:
+        torchrun_speedup(args)
 
 
 if __name__ == "__main__":

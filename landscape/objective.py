@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from landscape._compile import CompiledForward, CompileSpec, parse_compile
 from landscape.batches import (
     BatchAdapter,
     BatchParts,
@@ -224,6 +226,14 @@ class Objective:
             this process reads all the data (also under ``torchrun``).
         sharded: with ``dist``: ``data`` is already this process's share (no round-robin;
             ``max_samples`` is then refused); the totals are still summed over processes.
+        compile: compile the model's forward for :meth:`evaluate` (losses, accuracy and
+            metrics at given weights; gradients stay eager): ``False`` (default), ``True``
+            (compiled at the first evaluation), ``"auto"`` (compiled when the passes to
+            come pay for the compile time; see :meth:`prepare_compile`) or a
+            :class:`~landscape._compile.CompileSpec` (backend, mode). Values equal eager
+            ones to float rounding; batches of another shape than the first (the last,
+            smaller one) run eager, so nothing recompiles. :attr:`compile_report` says
+            what was decided and what it cost.
     """
 
     def __init__(
@@ -246,6 +256,7 @@ class Objective:
         params: ParamSelection = None,
         dist: DistContext | None = None,
         sharded: bool = False,
+        compile: bool | str | CompileSpec = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: a {type(model).__name__}, expected a nn.Module")
@@ -279,6 +290,8 @@ class Objective:
         self.max_samples = max_samples
         self.accuracy = accuracy
         self.param_selection = params
+        self.compile_spec = parse_compile(compile)
+        self._compiled = CompiledForward(model, self.compile_spec)
 
         model_device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device) if device is not None else model_device
@@ -408,6 +421,7 @@ class Objective:
             "accuracy": self.accuracy,
             "metrics": self.metrics,
             "dist": self.dist,
+            "compile": self.compile_spec,
         }
         if data is None and self.cached:
             data = [b.data for b in self.batches()]
@@ -652,17 +666,64 @@ class Objective:
     def evaluate(self) -> dict[str, float]:
         """Loss, accuracy (percent, when it applies) and user metrics over all the data.
 
-        Runs under ``torch.inference_mode()`` in eval mode. A non-finite loss is returned
-        as NaN, never raised.
+        Runs under ``torch.inference_mode()`` in eval mode, with the compiled forward when
+        ``compile`` asks for it. A non-finite loss is returned as NaN, never raised.
         """
         sums: dict[str, Tensor] = {}
+        compiled = self._compiled
+        if compiled.spec.when == "on":
+            self.prepare_compile()
+        start = time.perf_counter()
         with self.eval_mode(), torch.inference_mode():
             for batch in self.batches():
+                model = compiled.module_for(batch.inputs)
                 if self.adapter.compute_loss is not None:
-                    self.accumulate(sums, None, batch, loss=self.batch_loss(batch))
+                    loss = self.batch_loss(batch, model)
+                    self.accumulate(sums, None, batch, loss=loss)
                 else:
-                    self.accumulate(sums, self.batch_outputs(batch), batch)
+                    self.accumulate(sums, self.batch_outputs(batch, model), batch)
+        if not compiled.decided:  # "auto" without a plan: compile once it has paid
+            if compiled.count_eager(time.perf_counter() - start):
+                self.prepare_compile()
         return self.finalize(self.reduce_sums(sums))
+
+    @property
+    def compile_report(self) -> dict[str, Any]:
+        """What ``compile`` decided and cost: ``compiled``, ``compile_seconds``, timings."""
+        return dict(self._compiled.report)
+
+    def prepare_compile(self, passes: int | None = None) -> dict[str, Any]:
+        """Decide whether to compile (``compile="auto"``) and compile now, once.
+
+        The first batch is run eager (timed) and, when compiling, compiled (the compile
+        time) and run compiled again (timed). ``"auto"`` compiles when ``passes × batches ×
+        (eager batch time) × 0.25`` (the saving expected) exceeds the estimated compile
+        time, or with ``passes=None`` when the eager evaluations already run would have
+        paid for it; it keeps eager when the compiled batch is not faster. A no-op when
+        ``compile`` is off or already decided.
+
+        Args:
+            passes: the :meth:`evaluate` calls still to come (None: unknown).
+
+        Returns:
+            :attr:`compile_report`.
+        """
+        compiled = self._compiled
+        if compiled.decided:
+            return self.compile_report
+        batch = next(iter(self.batches()), None)
+        if batch is None:  # a process without batches
+            compiled.decided = True
+            return self.compile_report
+
+        def run(model: nn.Module) -> Any:
+            if self.adapter.compute_loss is not None:
+                return self.batch_loss(batch, model)
+            return self.batch_outputs(batch, model)
+
+        with self.eval_mode(), torch.inference_mode():
+            compiled.plan(run, batch.inputs, passes, max(len(self._counts), 1))
+        return self.compile_report
 
     def reduce_sums(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
         """:meth:`accumulate`'s per-process sums summed over the processes (one all-reduce).

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape._compile import CompileSpec, parse_compile
 from landscape.directions import Directions, custom_directions, direction_targets, random_directions
 from landscape.distributed import (
     DistContext,
@@ -145,6 +146,17 @@ class _Evaluator:
         if b != 0.0 and self.dy is not None:
             tl_add_(self.targets, self.dy, b)
 
+    def prepare_compile(self, points: int) -> dict[str, Any] | None:
+        """Compile (or, ``compile="auto"``, decide) each split's forward for ``points`` points.
+
+        Returns what was decided, per split (None when ``compile`` is off).
+        """
+        reports = {}
+        for split, obj in self.objectives.items():
+            if obj.compile_spec.enabled:
+                reports[split] = obj.prepare_compile(points)
+        return reports or None
+
     def loop(self, points: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
         out = []
         for a, b in points:
@@ -262,6 +274,7 @@ def compute_surface(
     progress: bool | None = None,
     attrs: Mapping[str, Any] | None = None,
     dist: DistContext | None = None,
+    compile: bool | str | CompileSpec = False,
 ) -> Surface:
     """Evaluate the loss (and accuracy, metrics, test split) on a 1-D or 2-D grid.
 
@@ -318,23 +331,30 @@ def compute_surface(
         attrs: extra metadata stored in the file (checkpoint path and hash, data spec…).
         dist: a :class:`~landscape.distributed.DistContext`; default from ``torchrun``'s
             environment (a single process otherwise).
+        compile: compile the forward with ``torch.compile`` (loop evaluation): ``False``,
+            ``True``, ``"auto"`` (only when the points pay for the compile time) or a
+            :class:`~landscape._compile.CompileSpec`; the decision is stored in the
+            attribute ``compile``. With an :class:`Objective`, pass it to the Objective.
 
     Returns:
         The surface (on every rank).
     """
     args = dict(locals())  # this call's arguments by name, grouped by the specs below
     _check_evaluation(evaluation, points_per_batch)
+    compile_spec = _compile_spec(compile, evaluation, model)
     reading, loading = _BatchReading.of(args), _Loading.of(args)
     base, model, params = _objective_argument(model, data, test_data, reading, params)
     grid = _grid(x, y)
     directions = _resolve_directions(model, directions, grid, _RandomSpec.of(args), params)
     placed = _Placed.on(model, directions, grid)
     with joined(dist, device) as ctx:
-        objectives = _objectives(model, base, data, test_data, reading, loading)
+        objectives = _objectives(model, base, data, test_data, reading, loading, compile_spec)
         file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs)
         run = _SurfaceRun(grid, file_kw, _Output.of(args), ctx)  # checks (resumes) the file
+        ev = placed.evaluator(model, objectives)
         with placed.restored(), run:
-            _run_points(run, placed.evaluator(model, objectives), evaluation, points_per_batch, ctx)
+            _prepare_compile(ev, run)
+            _run_points(run, ev, evaluation, points_per_batch, ctx)
         return run.finish()
 
 
@@ -533,6 +553,24 @@ class _Placed:
                 tl_copy_(self.targets, self.saved)
 
 
+def _compile_spec(compile: Any, evaluation: str, model: Any) -> CompileSpec:
+    """The ``compile`` option, checked (the compiled forward serves the loop)."""
+    spec = parse_compile(compile)
+    if spec.enabled and evaluation == "vmap":
+        raise ValueError("Invalid compile: the compiled forward serves evaluation='loop'")
+    if spec.enabled and isinstance(model, Objective):
+        raise ValueError("Invalid compile: pass compile= to the Objective")
+    return spec
+
+
+def _prepare_compile(ev: _Evaluator, run: _SurfaceRun) -> None:
+    """Compile (or decide to) for this rank's points; a new file records the decision."""
+    if run.mine:
+        compiled = ev.prepare_compile(len(run.mine))
+        if compiled is not None:
+            run.file_kw["attrs"]["compile"] = compiled  # the file is created with the results
+
+
 def _objectives(
     model: nn.Module,
     base: Objective | None,
@@ -540,9 +578,12 @@ def _objectives(
     test_data: Any,
     reading: _BatchReading,
     loading: _Loading,
+    compile_spec: CompileSpec,
 ) -> dict[str, Objective]:
     """The objective of each split (``train``: ``data``, ``test``: ``test_data``)."""
     okw = loading.kwargs()
+    if compile_spec.enabled:
+        okw["compile"] = compile_spec
     objectives: dict[str, Objective] = {}
     if base is not None:
         objectives["train"] = base
@@ -845,6 +886,7 @@ def surface_from_checkpoint(
     overwrite: bool = False,
     progress: bool | None = None,
     params: ParamSelection = None,
+    compile: bool | str = False,
 ) -> Surface:
     """The surface of a saved checkpoint on its own data (what ``landscape surface`` runs).
 
@@ -877,6 +919,8 @@ def surface_from_checkpoint(
             (default) or a selection by name, module prefix or glob
             (:func:`~landscape.params.select_parameters`); not with ``interpolate`` or
             ``pca``.
+        compile: compile the forward (``False``, ``True`` or ``"auto"``: only when the
+            grid pays for the compile time); see :func:`compute_surface`.
     """
     dim, xg, yg = _check_checkpoint_arguments(
         checkpoint, dim, x, y, split, interpolate, pca, params, data_dir
@@ -907,6 +951,7 @@ def surface_from_checkpoint(
             attrs=attrs,
             dist=ctx,
             params=params,
+            compile=compile,
         )
     finally:
         cleanup_distributed(ctx)

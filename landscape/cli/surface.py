@@ -112,6 +112,13 @@ def register(subparsers: Any) -> None:
         help="loop (default), vmap (batched grid points) or auto (measure both)",
     )
     p.add_argument(
+        "--compile",
+        choices=("off", "on", "auto"),
+        default="off",
+        help="torch.compile the forward: off (default), on, or auto (only when the grid "
+        "pays for the compile time; the decision is logged and stored in the file)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing --out file from a different computation",
@@ -155,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=False if args.no_progress else None,
         params=args.params,
+        compile=args.compile,
     )
     if os.environ.get("RANK", "0") == "0":
         first = next(iter(surface.values))

@@ -185,6 +185,7 @@ def compute_metrics(
     params: ParamSelection = None,
     progress: bool | None = None,
     dist: DistContext | None = None,
+    compile: bool | str = False,
     **options: Any,
 ) -> dict[str, MetricResult]:
     """Compute the named metrics of a model at its current weights.
@@ -216,6 +217,12 @@ def compute_metrics(
             same on every process. Default: ``torchrun``'s processes when run under it
             (the process group is joined here), else this process alone. With a ready
             ``Objective`` its own ``dist`` is used.
+        compile: compile the model's forward for the loss evaluations at perturbed
+            weights (``sam_sharpness``, ``random_sharpness``, ...; gradients and Hessian
+            products stay eager): ``False``, ``True`` or ``"auto"`` (compiled once the
+            evaluations run would have paid for it); see
+            :class:`~landscape.objective.Objective`. With a ready ``Objective``, pass it
+            there.
         **options: options shared by every selected metric that accepts them (``rho``,
             ``steps``, ``sigma``, ``num_samples``, ``seed``, ...); an option that no
             selected metric takes is an error (except ``seed``). See
@@ -248,6 +255,7 @@ def compute_metrics(
             target_key=target_key,
             params=params,
             dist=dist,
+            compile=None if compile in (False, "off") else compile,
         )
         return _compute(objective, selected, routed, progress)
     finally:

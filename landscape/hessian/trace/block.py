@@ -134,6 +134,7 @@ def block_trace(
     alloc = _allocate(np.sqrt([v.dim for v in views]), num_products, 3, caps)
     per: dict[str, tuple[float, float]] = {}
     dofs: list[float] = []
+    cumulant3 = 0.0  # third cumulants of independent blocks add
     used = 0
     for i, (view, n) in enumerate(zip(views, alloc, strict=True)):
         sub_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
@@ -154,6 +155,7 @@ def block_trace(
             )
             value, se = res.value, res.stderr
         per[view.name] = (value, se)
+        cumulant3 += res.third_cumulant if se > 0 else 0.0
         dofs.append(res.degrees_of_freedom if se > 0 else np.inf)
         used += res.products
         alloc[i] = res.products
@@ -166,6 +168,7 @@ def block_trace(
         samples=values,
         blocks=per,
         dof=satterthwaite([(se, nu) for (_, se), nu in zip(per.values(), dofs, strict=True)]),
+        cumulant3=cumulant3,
         info={
             "method": f"block_{estimator}",
             "sketch": sketch,

@@ -35,7 +35,12 @@ from torch.utils._pytree import tree_map
 from landscape.hessian._blocks import group_blocks, validate_grouping
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import HessianOperator, _cast_floating
-from landscape.hessian.trace._result import TraceResult, mean_stderr, satterthwaite
+from landscape.hessian.trace._result import (
+    TraceResult,
+    mean_cumulant3,
+    mean_stderr,
+    satterthwaite,
+)
 from landscape.hessian.trace.block import _allocate, _BlockView, exact_block_trace
 from landscape.objective import Objective
 
@@ -646,6 +651,7 @@ def ggn_trace(
         converged=None if target_rel_stderr is None else stderr <= target_rel_stderr * abs(value),
         # the Gauss–Newton part's variance sums over every sample's probes: many dof
         dof=satterthwaite([*res["dof"], (g_se, math.inf)]),
+        cumulant3=res["cumulant3"],  # the residual probes' (the Gauss–Newton part: many)
         info={
             "method": "ggn",
             "grouping": blocks,
@@ -743,6 +749,9 @@ def _residual_blocks(
         "value": float(sum(v for v, _ in per)),
         "stderr": math.sqrt(sum(se**2 for _, se in per)),
         "dof": [(se, nu) for (_, se), nu in zip(per, dofs, strict=True)],
+        "cumulant3": sum(
+            mean_cumulant3(np.asarray(samples[i])) for i in range(len(views)) if i not in exact
+        ),
         "blocks": per,
         "zero_blocks": zero_blocks,
         "allocation": {view.name: n for view, n in zip(views, used, strict=True)},

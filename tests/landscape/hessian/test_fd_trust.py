@@ -142,7 +142,7 @@ def test_fd_trace_right_on_relu_in_float64_and_says_so_otherwise(relu):
 def test_interval_uses_student_t_with_the_right_dof():
     samples = np.array([1.0, 2.0, 4.0])
     res = TraceResult(value=7 / 3, stderr=0.5, products=3, samples=samples)
-    lo, hi = res.interval(0.95)
+    lo, hi = res.interval(0.95, skew=False)
     assert (hi - lo) / 2 == pytest.approx(student_t.ppf(0.975, 2) * 0.5)
     assert TraceResult(1.0, 0.0, 3, samples, dof=math.inf).interval() == (1.0, 1.0)
     # Welch–Satterthwaite: two equal parts of 2 dof each give 4; exact parts do not count
@@ -162,7 +162,7 @@ def test_block_trace_interval_covers_with_few_probes_per_block():
     r0 = runs[0]
     stochastic = [(se, n) for (_, se), n in zip(r0.blocks.values(), [3, 3, 3, 3]) if se > 0]
     assert stochastic and r0.degrees_of_freedom < 10  # blocks of three products: few dof
-    lo, hi = r0.interval()
+    lo, hi = r0.interval(skew=False)
     q = student_t.ppf(0.975, r0.degrees_of_freedom)
     assert (hi - lo) / 2 == pytest.approx(q * r0.stderr)
     covered = np.mean([lo <= exact <= hi for lo, hi in (r.interval() for r in runs)])

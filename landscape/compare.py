@@ -107,6 +107,19 @@ def _fmt(value: float | None, stderr: float | None, digits: int) -> str:
     return text
 
 
+def text_table(header: list[str], body: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in body)])
+
+
 @dataclass
 class Comparison:
     """Metrics of several checkpoints, one row each.
@@ -201,16 +214,7 @@ class Comparison:
 
     def format_table(self, digits: int = 4) -> str:
         """A plain-text table: one row per checkpoint, ``mean ± stderr`` per metric."""
-        header, body = self._cells(digits)
-        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-        def line(cells: list[str]) -> str:
-            first = cells[0].ljust(widths[0])
-            rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-            return "  ".join([first, *rest]).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        return "\n".join([line(header), rule, *(line(r) for r in body)])
+        return text_table(*self._cells(digits))
 
     def __str__(self) -> str:
         return self.format_table()

@@ -565,16 +565,9 @@ class Correlation:
 
     def format_table(self, digits: int = 2) -> str:
         """A plain-text table: one row per metric, τ, its interval, ψ per axis, Ψ."""
-        header, body = self._cells(digits)
-        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        from landscape.compare import text_table
 
-        def line(cells: list[str]) -> str:
-            first = cells[0].ljust(widths[0])
-            rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-            return "  ".join([first, *rest]).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        return "\n".join([line(header), rule, *(line(r) for r in body)])
+        return text_table(*self._cells(digits))
 
     def __str__(self) -> str:
         return f"{self.summary()}\n{self.format_table()}"

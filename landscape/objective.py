@@ -51,7 +51,6 @@ from landscape.batches import (
     CountFn,
     ForwardFn,
     LossFn,
-    batch_size_of,
     logits_of,
 )
 from landscape.distributed import DistContext, all_gather_object, all_reduce
@@ -133,10 +132,6 @@ def _nbytes(obj: Any) -> int:
     if isinstance(obj, tuple | list):
         return sum(_nbytes(v) for v in obj)
     return 0
-
-
-def _batch_size_of(obj: Any) -> int:
-    return batch_size_of(obj)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from landscape._compile import CompileSpec, parse_compile
 from landscape.directions import Directions, custom_directions, direction_targets, random_directions
@@ -170,7 +171,6 @@ class _Evaluator:
     def vmap(self, points: Sequence[tuple[float, float]]) -> list[dict[str, float]]:
         """Evaluate several points in one batched forward (``torch.func`` + ``vmap``)."""
         from torch.func import functional_call, vmap
-        from torch.utils._pytree import tree_map
 
         stacked = {}
         for i, name in enumerate(self.names):
@@ -224,8 +224,6 @@ class _BatchCall(nn.Module):
         self._objective = objective
 
     def forward(self, batch: Any) -> Any:
-        from torch.utils._pytree import tree_map
-
         if self._objective.adapter.compute_loss is not None:
             return self._objective.batch_loss(batch, self.inner)
         outputs = self._objective.batch_outputs(batch, self.inner)

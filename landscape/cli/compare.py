@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from landscape.cli._args import comma_list
 from landscape.cli._user import USAGE, add_user_arguments, user_models
@@ -21,6 +22,33 @@ _OPTION_FLAGS = (
     ("--eps", "eps", float, "box size of eps_sharpness"),
     ("--seed", "seed", int, "seed of the stochastic metrics"),
 )
+
+
+def add_metric_option_arguments(p: argparse.ArgumentParser) -> None:
+    """The shorthand metric-option flags and ``--set`` (shared by compare and correlate)."""
+    for flag, dest, typ, text in _OPTION_FLAGS:
+        metavar = dest.split("_")[-1].upper() if typ is int else "X"
+        p.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, metavar=metavar, help=text)
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="[METRIC.]KEY=VALUE",
+        help="any metric option, e.g. --set sam_sharpness.steps=5 --set scale=filter",
+    )
+
+
+def metric_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The shared and per-metric options of :func:`add_metric_option_arguments`' flags."""
+    from landscape.metrics import parse_option_assignments
+
+    options, per_metric = parse_option_assignments(args.assignments)
+    for _, dest, _, _ in _OPTION_FLAGS:
+        value = getattr(args, f"opt_{dest}")
+        if value is not None:
+            options[dest] = value
+    return options, per_metric
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,17 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="do not reuse the rows of an existing --out FILE.json: overwrite it",
     )
-    for flag, dest, typ, text in _OPTION_FLAGS:
-        metavar = dest.split("_")[-1].upper() if typ is int else "X"
-        p.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, metavar=metavar, help=text)
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="[METRIC.]KEY=VALUE",
-        help="any metric option, e.g. --set sam_sharpness.steps=5 --set scale=filter",
-    )
+    add_metric_option_arguments(p)
     p.add_argument(
         "--shard",
         default="checkpoints",
@@ -122,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     from landscape._io import check_output
     from landscape.compare import CompareInterrupted, compare_checkpoints
     from landscape.distributed import is_main_process
-    from landscape.metrics import parse_option_assignments
 
     if args.list_metrics:
         print(_list_metrics())
@@ -133,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
     main = is_main_process()  # under torchrun: process 0 writes and reports
     if args.out is not None and main:  # (compare_checkpoints checks it too; here first)
         check_output(args.out, suffixes=(".json", ".csv"))
-    options, per_metric = parse_option_assignments(args.assignments)
-    for _, dest, _, _ in _OPTION_FLAGS:
-        value = getattr(args, f"opt_{dest}")
-        if value is not None:
-            options[dest] = value
+    options, per_metric = metric_options(args)
     try:
         comparison = compare_checkpoints(
             users or args.checkpoints,

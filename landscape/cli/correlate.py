@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from landscape.cli._args import comma_list, positive_int
-from landscape.cli.compare import _OPTION_FLAGS
+from landscape.cli.compare import add_metric_option_arguments, metric_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,17 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="scatter of each metric against the gap: FILE.png (.pdf, .svg) or FILE.html",
     )
-    for flag, dest, typ, text in _OPTION_FLAGS:
-        metavar = dest.split("_")[-1].upper() if typ is int else "X"
-        p.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, metavar=metavar, help=text)
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="[METRIC.]KEY=VALUE",
-        help="any metric option, e.g. --set sam_sharpness.steps=5",
-    )
+    add_metric_option_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -100,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
     from landscape._io import check_output
     from landscape.compare import CompareInterrupted
     from landscape.correlation import correlate_runs
-    from landscape.metrics import parse_option_assignments
     from landscape.plotting.files import STATIC_FORMATS
 
     if args.out is not None:
@@ -112,11 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--plot must end in one of {', '.join(allowed)}, got {Path(args.plot).name!r}"
             )
         check_output(args.plot, suffixes=allowed, what="--plot")
-    options, per_metric = parse_option_assignments(args.assignments)
-    for _, dest, _, _ in _OPTION_FLAGS:
-        value = getattr(args, f"opt_{dest}")
-        if value is not None:
-            options[dest] = value
+    options, per_metric = metric_options(args)
     try:
         corr = correlate_runs(
             args.runs,

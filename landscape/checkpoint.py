@@ -279,6 +279,28 @@ class Checkpoint:
         spec = {**self.data_spec, **overrides}
         return load_data(**spec)
 
+    def objective_options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``given`` with the checkpoint's own loss where ``given`` names none.
+
+        A user's model may name its loss (:class:`~landscape.user.UserModel`'s ``loss_fn``
+        or ``compute_loss``); a sharpscape checkpoint uses the library's default.
+
+        Args:
+            given: keyword arguments of :class:`~landscape.objective.Objective` (or of a
+                function passing them on); a ``loss_fn``/``compute_loss`` that is not
+                ``None`` there wins.
+
+        Returns:
+            A new dict: ``given`` and the checkpoint's ``loss_fn``/``compute_loss``.
+        """
+        out = dict(given or {})
+        if out.get("loss_fn") is None and out.get("compute_loss") is None:
+            out.update(self._own_loss())
+        return out
+
+    def _own_loss(self) -> dict[str, Any]:
+        return {}
+
 
 def load_checkpoint(
     path: str | os.PathLike[str],

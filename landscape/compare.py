@@ -50,6 +50,7 @@ from landscape.distributed import shard as shard_items
 from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
+from landscape.objective import OBJECTIVE_OPTIONS
 from landscape.params import ParamSelection, selection_text
 from landscape.user import UserCheckpoint, UserModel
 
@@ -390,6 +391,10 @@ def _nonfinite_reason(ckpt: Any) -> str | None:
         return None
     shown = ", ".join(ckpt.nonfinite[:3]) + (", ..." if len(ckpt.nonfinite) > 3 else "")
     return f"non-finite weights (nan or inf in {shown}), a diverged run"
+
+
+#: What ``_nonfinite_loss`` passes on of a row's options: how the loss is computed.
+_LOSS_KEYS = frozenset(OBJECTIVE_OPTIONS) | {"loss_fn"}
 
 
 def _nonfinite_loss(model: nn.Module, data: Any, measure: Mapping[str, Any]) -> str | None:
@@ -820,19 +825,16 @@ class _Measure:
         why = _nonfinite_reason(ckpt)
         if why is not None:
             return None, why
+        options = ckpt.objective_options({**self.measure, **self.options})
         try:
             results = compute_metrics(
-                ckpt.model,
-                measured_on,
-                self.names,
-                per_metric=self.per_metric,
-                **self.measure,
-                **self.options,
+                ckpt.model, measured_on, self.names, per_metric=self.per_metric, **options
             )
         except (ValueError, ArithmeticError):
             # Metrics fail on non-finite values (e.g. "array must not contain infs
             # or NaNs"): a nan row when the loss itself is not finite there.
-            why = _nonfinite_loss(ckpt.model, measured_on, self.measure)
+            loss_only = {k: v for k, v in options.items() if k in _LOSS_KEYS or k in self.measure}
+            why = _nonfinite_loss(ckpt.model, measured_on, loss_only)
             if why is None:
                 raise
             return None, why

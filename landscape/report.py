@@ -270,6 +270,7 @@ def build_report(
     compute_metrics: Sequence[str] | None = None,
     compare_options: Mapping[str, Any] | None = None,
     max_3d: int = 3,
+    models: Sequence[Any] = (),
 ) -> Path:
     """Write the report page and return its path.
 
@@ -285,6 +286,8 @@ def build_report(
             from comparison JSON files only).
         compare_options: extra keyword arguments for ``compare_checkpoints``.
         max_3d: with at most this many surfaces, each also gets its own 3-D figure.
+        models: users' models (:class:`~landscape.user.UserModel`) measured with the
+            inputs' checkpoints (after them) when ``compute_metrics`` is given.
 
     Raises:
         ValueError: when the inputs hold nothing to show.
@@ -298,13 +301,15 @@ def build_report(
     )
 
     collected = inputs if isinstance(inputs, ReportInputs) else collect_report_inputs(inputs)
+    if models and not compute_metrics:
+        raise ValueError("models were given without compute_metrics (the metrics to compute)")
     if compute_metrics:
-        if not collected.checkpoints:
+        if not collected.checkpoints and not models:
             raise ValueError("compute_metrics was given but the inputs hold no checkpoint")
         from landscape.compare import compare_checkpoints
 
         comp = compare_checkpoints(
-            [str(p) for p in collected.checkpoints],
+            [str(p) for p in collected.checkpoints] + list(models),
             list(compute_metrics),
             **dict(compare_options or {}),
         )

@@ -925,7 +925,7 @@ def surface_from_checkpoint(
     )
     ctx = init_distributed(device=device)
     try:
-        model, train, test, attrs = _checkpoint_and_data(checkpoint, split, data_dir, ctx)
+        model, train, test, attrs, loss = _checkpoint_and_data(checkpoint, split, data_dir, ctx)
         directions = _checkpoint_directions(model, interpolate, pca, ignore, attrs)
         return compute_surface(
             model,
@@ -950,6 +950,7 @@ def surface_from_checkpoint(
             dist=ctx,
             params=params,
             compile=compile,
+            **loss,
         )
     finally:
         cleanup_distributed(ctx)
@@ -1002,8 +1003,8 @@ def _checkpoint_and_data(
     split: str,
     data_dir: str | Path | None,
     ctx: DistContext,
-) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
-    """The checkpoint's model (on the device), its train and test data, the file's attrs."""
+) -> tuple[nn.Module, Any, Any, dict[str, Any], dict[str, Any]]:
+    """The checkpoint's model (on the device), train and test data, attrs and own loss."""
     from landscape.checkpoint import load_checkpoint
 
     if isinstance(checkpoint, UserModel):
@@ -1029,7 +1030,7 @@ def _checkpoint_and_data(
     }
     if isinstance(ckpt, UserCheckpoint):
         attrs.update(ckpt.attrs())
-    return model, train, test, attrs
+    return model, train, test, attrs, ckpt.objective_options()
 
 
 def _checkpoint_directions(

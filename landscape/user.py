@@ -20,6 +20,11 @@ things::
 - ``weights``: an optional state_dict file loaded into the model (strictly): a
   ``.safetensors`` file, or a ``torch.save`` file read with ``weights_only=True`` (a
   plain state_dict or a sharpscape checkpoint).
+- ``loss_fn``: an optional ``package.module:attribute`` of ``loss_fn(outputs, targets)``
+  returning the batch's mean loss (default: the model's own loss for Hugging Face
+  batches, else cross-entropy); or ``compute_loss``: one of
+  ``compute_loss(model, batch)`` returning the batch's mean loss or ``(mean_loss,
+  n_items)``, for batches no other rule reads (see :mod:`landscape.batches`).
 
 The factories are called with torch's CPU random generator seeded (``seed``, default 0)
 and restored afterwards, so every process under ``torchrun`` and every rerun builds the
@@ -28,8 +33,9 @@ same model and the same data (a randomly initialised model included).
 :meth:`UserModel.open` returns a :class:`UserCheckpoint`, a
 :class:`~landscape.checkpoint.Checkpoint` whose ``load_data`` calls the data factory, so
 surfaces, Hessian summaries and comparisons treat it as a checkpoint. Its ``sha256``
-identifies the computation's input for resuming: a digest of the import paths, the seed
-and the weights file's sha256 (or, without one, the model's weights as built).
+identifies the computation's input for resuming: a digest of the import paths (the loss's
+included), the seed and the weights file's sha256 (or, without one, the model's weights as
+built). :meth:`UserCheckpoint.objective_options` hands the loss to every analysis.
 """
 
 from __future__ import annotations
@@ -226,12 +232,25 @@ class UserModel:
         weights: a state_dict file (``.safetensors`` or ``torch.save``) loaded into the
             model, or ``None`` (the weights as built).
         seed: the seed of torch's CPU generator while the factories run.
+        loss_fn: ``package.module:attribute`` of ``loss_fn(outputs, targets)``, or
+            ``None`` (the model's own loss, else cross-entropy).
+        compute_loss: ``package.module:attribute`` of ``compute_loss(model, batch)``
+            returning the mean loss or ``(mean_loss, n_items)``, or ``None``.
     """
 
     model: str
     data: str | None = None
     weights: str | os.PathLike[str] | None = None
     seed: int = 0
+    loss_fn: str | None = None
+    compute_loss: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_fn is not None and self.compute_loss is not None:
+            raise ValueError(
+                "Invalid options: --loss-fn and --compute-loss exclude each other "
+                "(compute_loss computes the loss itself)"
+            )
 
     def __str__(self) -> str:
         return self.model if self.weights is None else f"{self.model} + {os.fspath(self.weights)}"
@@ -256,8 +275,30 @@ class UserModel:
             load_object(self.model, "--model")
         if self.data is not None:
             load_object(self.data, "--data")
+        self.objective_options()
         if self.weights is not None and not Path(self.weights).is_file():
             raise FileNotFoundError(f"{os.fspath(self.weights)}: no such weights file")
+
+    def objective_options(self) -> dict[str, Any]:
+        """The loss callables, as :class:`~landscape.objective.Objective` takes them.
+
+        Returns:
+            ``{"loss_fn": fn}`` or ``{"compute_loss": fn}`` (``{}`` when neither is named).
+
+        Raises:
+            ValueError: a bad import path, or an object that is not callable.
+        """
+        out: dict[str, Any] = {}
+        for key in ("loss_fn", "compute_loss"):
+            spec = getattr(self, key)
+            if spec is None:
+                continue
+            flag = "--" + key.replace("_", "-")
+            fn = load_object(spec, flag)
+            if not callable(fn):
+                raise ValueError(f"{flag} {spec}: a {type(fn).__name__}, not a callable")
+            out[key] = fn
+        return out
 
     def build(self) -> nn.Module:
         """The model as its factory (or folder) builds it, before ``weights`` are loaded."""
@@ -298,6 +339,7 @@ class UserModel:
             "model": self.model,
             "data": self.data,
             "seed": self.seed,
+            **{k: getattr(self, k) for k in ("loss_fn", "compute_loss") if getattr(self, k)},
             "weights_sha256": weights_sha256,
             "state_sha256": state_sha256,
         }
@@ -404,4 +446,9 @@ class UserCheckpoint(Checkpoint):
             "weights": None if src.weights is None else os.fspath(src.weights),
             "weights_sha256": self.weights_sha256,
             "factory_seed": src.seed,
+            **{k: getattr(src, k) for k in ("loss_fn", "compute_loss") if getattr(src, k)},
         }
+
+    def _own_loss(self) -> dict[str, Any]:
+        assert self.source is not None
+        return self.source.objective_options()

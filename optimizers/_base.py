@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,6 +74,34 @@ class BatchPart:
             raise ValueError(f"Invalid batch size: {n} (a train/val split needs at least 2)")
         k = min(max(round(self.fraction * n), 1), n - 1)
         return slice(0, n - k) if self.which == "train" else slice(n - k, n)
+
+    def select(self, batch: Any) -> Any:
+        """This part of a whole batch: every batch-first tensor in it, sliced.
+
+        Tensors (of at least one dimension) are sliced along their first dimension;
+        dicts (Hugging Face ``BatchEncoding`` included), lists and tuples are walked;
+        anything else is passed through.  ``part.select((x, y))`` equals
+        ``(x[part], y[part])``.
+
+        Args:
+            batch: a tensor, or a (nested) dict, list or tuple of them.
+
+        Returns:
+            The same structure holding the part's rows.
+        """
+        if isinstance(batch, Tensor):
+            return batch[self.slice(batch.shape[0])] if batch.dim() > 0 else batch
+        if isinstance(batch, Mapping):
+            items = {k: self.select(v) for k, v in batch.items()}
+            try:
+                return type(batch)(items)  # dict, OrderedDict, BatchEncoding, ...
+            except TypeError:
+                return items
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+            return type(batch)(*(self.select(v) for v in batch))
+        if isinstance(batch, list | tuple):
+            return type(batch)(self.select(v) for v in batch)
+        return batch
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from landscape.cli._args import comma_list
+from landscape.cli._user import add_user_arguments, user_models
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,10 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Gather run folders (metrics.jsonl, checkpoints, files below them), surface "
             ".h5 files, comparison JSON (landscape compare --out) and spectral density "
-            "JSON (landscape hessian --out) into one offline HTML page."
+            "JSON (landscape hessian --out) into one offline HTML page. With --compute, "
+            "your own model (--model, --data, --weights) is measured too."
         ),
     )
-    p.add_argument("inputs", nargs="+", metavar="RUN_OR_FILE", help="run folders and files")
+    p.add_argument("inputs", nargs="*", metavar="RUN_OR_FILE", help="run folders and files")
     p.add_argument("--out", required=True, help="HTML file (.html) to write")
     p.add_argument("--title", default="sharpscape report", help="page title")
     p.add_argument("--metric", default="train_loss", help="surface metric drawn in 3-D")
@@ -31,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated sharpness metrics to compute on the inputs' checkpoints "
         "(e.g. lambda_max,trace); default: read comparison JSON files only",
     )
+    add_user_arguments(p, several_weights=True)
     p.set_defaults(func=run)
 
 
@@ -41,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_output(args.out, suffixes=(".html", ".htm"))
     compute = args.compute or None
+    models = user_models(args, None)
+    if models and not compute:
+        raise ValueError(f"--model {args.model}: say what to measure with --compute METRICS")
+    if not args.inputs and not models:
+        raise ValueError("nothing to report: give run folders and files, or --model with --compute")
+    options = {"params": args.params} if args.params is not None else {}
     out = build_report(
         args.inputs,
         args.out,
@@ -48,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         log=args.log,
         compute_metrics=compute,
+        compare_options=options,
+        models=models,
     )
     print(f"wrote {out}")
     return 0

@@ -592,11 +592,11 @@ def hessian_summary_checkpoint(
         data = getattr(bundle, split)
         if data is None:
             raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
-        options = {k: a[k] for k in OBJECTIVE_OPTIONS}
+        options = ckpt.objective_options({k: a[k] for k in (*OBJECTIVE_OPTIONS, "loss_fn")})
         obj = _objective(
             ckpt.model.to(dev),
             data,
-            a["loss_fn"],
+            options.pop("loss_fn", None),
             a["batch_size"],
             a["max_samples"],
             dev,

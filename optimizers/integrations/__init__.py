@@ -9,19 +9,28 @@ themselves.  Each imports its framework only when imported itself, so
   Face ``Trainer`` that runs every pass of the step (``pip install sharpscape[hf]``);
 - :mod:`optimizers.integrations.lightning`: :class:`SharpnessAwareCallback`, which checks
   a Lightning run that drives the optimizers through Lightning's own closure
-  (``pip install sharpscape[lightning]``).
+  (``pip install sharpscape[lightning]``);
+- :mod:`optimizers.integrations.closure`: :func:`batch_closure`, the closure of a
+  hand-written loop for a batch of any form (Hugging Face batches included), read by
+  the toolkit's batch adapter.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SharpnessAwareCallback", "SharpnessAwareTrainer", "check_lightning_trainer"]
+__all__ = [
+    "SharpnessAwareCallback",
+    "SharpnessAwareTrainer",
+    "batch_closure",
+    "check_lightning_trainer",
+]
 
 _HOMES = {
     "SharpnessAwareTrainer": "optimizers.integrations.transformers",
     "SharpnessAwareCallback": "optimizers.integrations.lightning",
     "check_lightning_trainer": "optimizers.integrations.lightning",
+    "batch_closure": "optimizers.integrations.closure",
 }
 
 

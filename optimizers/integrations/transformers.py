@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 try:
     from transformers import Trainer
@@ -46,17 +45,6 @@ from optimizers._registry import build_optimizer
 from optimizers.agnostic_sam import AgnosticSAM
 
 __all__ = ["SharpnessAwareTrainer"]
-
-
-def _select(inputs: dict[str, Any], part: BatchPart) -> dict[str, Any]:
-    """The ``part`` of every batch-first tensor of ``inputs`` (other values as they are)."""
-
-    def pick(x: Any) -> Any:
-        if isinstance(x, Tensor) and x.dim() > 0:
-            return x[part.slice(x.shape[0])]
-        return x
-
-    return tree_map(pick, inputs)
 
 
 @contextlib.contextmanager
@@ -241,7 +229,7 @@ class SharpnessAwareTrainer(Trainer):
             for i, (model, inputs, n) in enumerate(window):
                 if part is not None:
                     # a part's gradient is normalised by the rule: its scale does not matter
-                    inputs, n = _select(inputs, part), None
+                    inputs, n = part.select(inputs), None
                 last = i == len(window) - 1
                 sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
                 with sync:

@@ -74,6 +74,30 @@ def gpt2_batches():
     return [{"input_ids": ids[c], "attention_mask": mask[c], "labels": labels[c]} for c in cut]
 """
 
+LOSSES_PY = """
+import torch.nn.functional as F
+
+
+def squared_error(outputs, targets):
+    return F.mse_loss(outputs, F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype))
+
+
+def dict_batches():
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(30, 5, generator=g), torch.randint(0, 3, (30,), generator=g)
+    return [{"feats": x[i : i + 8], "classes": y[i : i + 8]} for i in range(0, 30, 8)]
+
+
+def weighted_ce(model, batch):
+    logits = model(batch["feats"])
+    return F.cross_entropy(logits, batch["classes"]), len(batch["classes"])
+
+
+not_callable = 3
+"""
+
 BROKEN_PY = "import sharpscape_no_such_dependency\n"
 
 Q = ["--no-progress"]
@@ -88,6 +112,7 @@ def pkg(tmp_path_factory):
     (root / PKG / "models.py").write_text(MODELS_PY)
     (root / PKG / "data.py").write_text(DATA_PY)
     (root / PKG / "broken.py").write_text(BROKEN_PY)
+    (root / PKG / "losses.py").write_text(LOSSES_PY)
     (root / "folder").mkdir()
     sys.path.insert(0, str(root))
     try:
@@ -289,6 +314,9 @@ def test_a_hugging_face_folder(ws, capsys):
     assert row["label"] == "gpt2" and row["loss"]["value"] == pytest.approx(want, rel=1e-5)
 
 
+LOSS_FN = f"{PKG}.losses:squared_error"
+COMPUTE_LOSS = f"{PKG}.losses:weighted_ce"
+
 # (id, argv, regex the one line must match): every one exits with status 2.
 S = ["surface", "--out", "e.h5", "--x", "-1:1:2", "--y", "-1:1:2", *Q]
 M = ["--model", MODEL, "--data", DATA]
@@ -347,6 +375,22 @@ ERRORS = [
     ("hessian-params", ["hessian", *M, "--params", "9", "--top-k", "1"], r"'9' matches no"),
     ("compare-no-attribute", ["compare", "--model", MODEL, "--data", f"{PKG}.data:x"], r"no attr"),
     ("compare-checkpoint-and-model", ["compare", "w1.pt", *M], r"not both"),
+    ("loss-fn-without-model", [*S, "--loss-fn", LOSS_FN], r"--loss-fn goes with --model"),
+    ("loss-fn-not-found", [*S, *M, "--loss-fn", f"{PKG}.losses:nope"], r"--loss-fn .*nope"),
+    (
+        "compute-loss-not-callable",
+        [*S, *M, "--compute-loss", f"{PKG}.losses:not_callable"],
+        r"--compute-loss .*not_callable: a int, not a callable",
+    ),
+    (
+        "loss-fn-and-compute-loss",
+        [*S, *M, "--loss-fn", LOSS_FN, "--compute-loss", COMPUTE_LOSS],
+        r"not allowed with argument",
+    ),
+    ("connect-one-weights", ["connect", *M, "--weights", "w1.pt", "--out", "x.h5"], r"two --w"),
+    ("connect-one-checkpoint", ["connect", "w1.pt", "--out", "x.h5"], r"give two checkpoints"),
+    ("report-model-no-compute", ["report", *M, "--out", "r.html"], r"--compute METRICS"),
+    ("report-nothing", ["report", "--out", "r.html"], r"nothing to report"),
 ]
 
 
@@ -413,3 +457,65 @@ def test_params_on_a_checkpoint(tmp_path):
     want = compute_metrics(model, bundle.train, ["grad_norm"], params=last, progress=False)
     row = json.loads(c.read_text())["rows"][0]
     assert row["grad_norm"]["value"] == pytest.approx(want["grad_norm"].value)
+
+
+def test_the_loss_by_import_path(ws, capsys):
+    """``--loss-fn``/``--compute-loss`` give the Python API's ``loss_fn=``/``compute_loss=``;
+    they are part of what a rerun resumes (another loss is another computation)."""
+    from sharpscape_userpkg.losses import dict_batches, squared_error, weighted_ce
+
+    mse = ["--model", MODEL, "--data", DATA, "--weights", "w1.pt", "--loss-fn", LOSS_FN, *Q]
+    assert main(["hessian", *mse, "--top-k", "1", "--out", "hl.json"]) == 0
+    got = json.loads((ws / "hl.json").read_text())
+    model, train, _ = _user_model(ws / "w1.pt")
+    ref = hessian_summary(model, train, top_k=1, loss_fn=squared_error, progress=False)
+    default = hessian_summary(model, train, top_k=1, progress=False)
+    np.testing.assert_allclose(got["eigen"]["eigenvalues"], ref["eigen"]["eigenvalues"], rtol=1e-5)
+    assert abs(ref["eigen"]["eigenvalues"][0] - default["eigen"]["eigenvalues"][0]) > 1e-3
+    assert got["loss_fn"] == LOSS_FN
+    capsys.readouterr()
+    assert main(["hessian", *mse[:-3], *Q, "--top-k", "1", "--out", "hl.json"]) == 2
+    assert "another checkpoint content" in capsys.readouterr().err
+
+    # Batches only the user's compute_loss reads (dicts with keys nothing else knows).
+    own = ["--model", MODEL, "--data", f"{PKG}.losses:dict_batches"]
+    own += ["--compute-loss", COMPUTE_LOSS, *Q]
+    assert main(["compare", *own, "--metrics", "loss,grad_norm", "--out", "cl.json"]) == 0
+    row = json.loads((ws / "cl.json").read_text())["rows"][0]
+    model = _user_model()[0]
+    want = compute_metrics(
+        model, dict_batches(), ["loss", "grad_norm"], compute_loss=weighted_ce, progress=False
+    )
+    for m in ("loss", "grad_norm"):
+        assert row[m]["value"] == pytest.approx(want[m].value, rel=1e-6)
+    assert row["compute_loss"] == COMPUTE_LOSS
+    assert main(["surface", *own, "--dim", "1", "--x", "-1:1:3", "--out", "sl.h5"]) == 0
+    surf = read_surface(ws / "sl.h5")
+    ref_surf = compute_surface(
+        model, dict_batches(), x="-1:1:3", compute_loss=weighted_ce, progress=False
+    )
+    np.testing.assert_allclose(surf.values["train_loss"], ref_surf.values["train_loss"], rtol=1e-6)
+    assert surf.attrs["compute_loss"] == COMPUTE_LOSS
+
+
+def test_report_and_connect_take_a_user_model(ws):
+    from landscape.connectivity import read_curve
+
+    pair = ["--model", MODEL, "--data", DATA, "--weights", "w1.pt", "--weights", "w2.safetensors"]
+    argv = ["report", *pair, "--compute", "loss,grad_norm", "--out", "r.html"]
+    assert main(argv) == 0
+    html = (ws / "r.html").read_text()
+    assert "grad_norm" in html and ">w1<" in html and ">w2<" in html
+
+    argv = ["connect", *pair, "--epochs", "1", "--num", "3", "--out", "c.h5", *Q]
+    assert main(argv) == 0
+    curve = read_curve(ws / "c.h5")
+    a, train, _ = _user_model(ws / "w1.pt")
+    b = _user_model(ws / "w2.safetensors")[0]
+    ends = [compute_metrics(m, train, ["loss"], progress=False)["loss"].value for m in (a, b)]
+    np.testing.assert_allclose(curve.line.loss[[0, -1]], ends, rtol=1e-5)
+    np.testing.assert_allclose(curve.curve.loss[[0, -1]], ends, rtol=1e-5)
+    assert curve.test_line is not None
+    assert curve.info["checkpoint_a"] == "w1.pt"
+    assert curve.info["checkpoint_b"] == "w2.safetensors"
+    assert curve.info["model"] == MODEL and curve.info["data"] == DATA

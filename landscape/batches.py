@@ -22,7 +22,8 @@ Batch forms, in the order they are recognised:
      of the batch, the model runs on the rest, and ``loss_fn(logits, labels)`` is the loss.
 
 Outputs that carry ``logits`` (``ModelOutput`` or dict) are given to ``loss_fn`` and to the
-accuracy as their logits.
+accuracy as their logits; of a tuple output (``(logits, aux)``) its first tensor of at
+least one dimension is (use ``compute_loss`` for a loss of the whole output).
 
 **The loss of the data** is the mean over its counted items, exact over batches of any
 size: ``L = Σ_b n_b · L_b / Σ_b n_b`` where ``L_b`` is batch ``b``'s mean loss and ``n_b`` the
@@ -109,7 +110,12 @@ def batch_size_of(obj: Any) -> int:
 
 
 def logits_of(outputs: Any) -> Any:
-    """The logits of an output that carries them (``ModelOutput``, dict), else the output."""
+    """The logits of a model's output.
+
+    ``.logits`` of a ``ModelOutput``, ``["logits"]`` of a dict, the first tensor of at
+    least one dimension of a tuple or list (``(logits, aux)``; Hugging Face's
+    ``return_dict=False`` tuples, whose leading scalar is the loss), else the output.
+    """
     if isinstance(outputs, Tensor):
         return outputs
     logits = getattr(outputs, "logits", None)
@@ -117,6 +123,10 @@ def logits_of(outputs: Any) -> Any:
         return logits
     if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), Tensor):
         return outputs["logits"]
+    if isinstance(outputs, tuple | list):
+        for item in outputs:
+            if isinstance(item, Tensor) and item.dim() > 0:
+                return item
     return outputs
 
 

@@ -156,6 +156,38 @@ def test_tuple_and_scalar_model_outputs():
         assert res["loss"] == pytest.approx(float(m(x, y)[0]), rel=1e-6)
 
 
+def test_tuple_outputs_give_their_first_tensor_as_logits():
+    """``(logits, aux)`` outputs on pairs (auxiliary heads, features): the loss, accuracy,
+    curvature and surfaces read the logits, as for a model returning them alone."""
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 4)
+
+        def forward(self, x):
+            logits = self.lin(x)
+            return logits, logits.square().sum()  # an auxiliary scalar after the logits
+
+    torch.manual_seed(0)
+    m = WithAux().double()
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.randint(0, 4, (12,))
+    names = ["loss", "accuracy", "lambda_max", "grad_norm"]
+    got = compute_metrics(m, (x, y), names, progress=False)
+    want = compute_metrics(m.lin, (x, y), names, progress=False)
+    for name in names:
+        assert got[name].value == pytest.approx(want[name].value, rel=1e-10)
+    for ev in ("loop", "vmap"):
+        s = compute_surface(m, (x, y), x="-1:1:3", evaluation=ev, seed=1, progress=False)
+        s_ref = compute_surface(m.lin, (x, y), x="-1:1:3", evaluation=ev, seed=1, progress=False)
+        torch.testing.assert_close(
+            torch.as_tensor(s.values["train_loss"]), torch.as_tensor(s_ref.values["train_loss"])
+        )
+    logits = torch.randn(12, 4, dtype=torch.float64)  # a leading scalar (a loss) is skipped
+    got = BatchAdapter().loss_of((torch.tensor(0.5), logits), BatchAdapter().parts((x, y)))
+    assert float(got) == pytest.approx(float(F.cross_entropy(logits, y)))
+
+
 def test_model_without_loss_is_one_clear_error():
     model = TokenModel()
     ids, _ = _tokens()

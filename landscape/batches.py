@@ -19,7 +19,10 @@ Batch forms, in the order they are recognised:
      (``ModelOutput``), a dict with ``"loss"``, a tuple whose first item is the loss, or
      a scalar tensor;
    - with ``loss_fn``, the labels (``labels``, ``label`` or ``target_key``) are taken out
-     of the batch, the model runs on the rest, and ``loss_fn(logits, labels)`` is the loss.
+     of the batch, the model runs on the rest, and ``loss_fn(logits, labels)`` is the loss;
+   - values that are not tensors under keys the model's ``forward`` does not take (ids,
+     raw text) are left out of the call, as the Hugging Face Trainer leaves out unused
+     columns; a tensor under such a key is refused before any work.
 
 Outputs that carry ``logits`` (``ModelOutput`` or dict) are given to ``loss_fn`` and to the
 accuracy as their logits; of a tuple output (``(logits, aux)``) its first tensor of at
@@ -155,6 +158,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
             break
         model = inner
     return model
+
+
+def _forward_keys(model: nn.Module) -> frozenset[str] | None:
+    """The keyword arguments ``model.forward`` takes; None when it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(_unwrap(model).forward)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return frozenset(sig.parameters)
 
 
 def shifts_labels(model: nn.Module) -> bool:
@@ -319,16 +333,20 @@ class BatchAdapter:
         return int((targets != ignore).sum())
 
     def check(self, model: nn.Module, parts: BatchParts) -> None:
-        """Refuse, before any work, a dict batch whose keys the model's forward does not take."""
+        """Refuse, before any work, a dict batch with tensors the model's forward does not take.
+
+        Other values under keys the forward does not take (strings, lists: a data set's
+        ids or raw text left in the batch) are left out of the call, as the Hugging Face
+        Trainer leaves out unused columns.
+        """
         if parts.style != MODEL or self.forward is not None:
             return
-        try:
-            sig = inspect.signature(_unwrap(model).forward)
-        except (TypeError, ValueError):
+        accepted = _forward_keys(model)
+        if accepted is None:
             return
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-            return
-        unknown = sorted(k for k in parts.inputs if k not in sig.parameters)
+        unknown = sorted(
+            k for k, v in parts.inputs.items() if k not in accepted and isinstance(v, Tensor)
+        )
         if unknown:
             raise ValueError(
                 f"Invalid batch: dict with keys {sorted(parts.inputs)} but "
@@ -344,7 +362,10 @@ class BatchAdapter:
         if self.forward is not None:
             return self.forward(model, parts.inputs)
         if isinstance(parts.inputs, Mapping):
-            return model(**parts.inputs)
+            accepted = _forward_keys(model) if parts.style == MODEL else None
+            if accepted is None:
+                return model(**parts.inputs)
+            return model(**{k: v for k, v in parts.inputs.items() if k in accepted})
         return model(parts.inputs)
 
     def loss_of(self, outputs: Any, parts: BatchParts) -> Tensor:

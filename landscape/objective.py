@@ -456,6 +456,7 @@ class Objective:
             if iter(data) is data:
                 # A one-shot iterator: materialise it once (it cannot be re-read).
                 batches = list(data)
+                self._one_shot = True
                 return lambda: batches
             return lambda: data
         raise ValueError(
@@ -534,6 +535,12 @@ class Objective:
             if self._custom_counts is None:
                 self._custom_counts = next((e[3] for e in every if e[3] is not None), None)
         if n == 0:
+            if getattr(self, "_one_shot", False):
+                raise ValueError(
+                    "Invalid data: the iterator holds no batches (an iterator or generator "
+                    "is read once, and this one is used up or empty; pass a list of batches "
+                    "or a DataLoader to measure it more than once)"
+                )
             raise ValueError("Invalid data: it holds no samples")
         if n_items == 0:
             raise ValueError(

@@ -188,6 +188,34 @@ def test_tuple_outputs_give_their_first_tensor_as_logits():
     assert float(got) == pytest.approx(float(F.cross_entropy(logits, y)))
 
 
+def test_metadata_the_model_does_not_take_is_left_out():
+    """Ids and raw text left in a batch (not tensors) are left out of ``model(**batch)``, as
+    the Hugging Face Trainer leaves out unused columns; tensors it does not take are refused."""
+    ids, labels = _tokens()
+    clean = _dict_batches(ids, labels, (4, 5))
+    noisy = [{**b, "text": ["..."] * len(b["input_ids"]), "idx": list(range(5))} for b in clean]
+    model = TokenModel()
+    got = compute_metrics(model, noisy, ["loss", "grad_norm"], progress=False)
+    want = compute_metrics(model, clean, ["loss", "grad_norm"], progress=False)
+    for name in ("loss", "grad_norm"):
+        assert got[name].value == pytest.approx(want[name].value, rel=1e-12)
+    for ev in ("loop", "vmap"):
+        s = compute_surface(model, noisy, x="-1:1:3", evaluation=ev, progress=False)
+        s_ref = compute_surface(model, clean, x="-1:1:3", evaluation=ev, progress=False)
+        assert s.values["train_loss"].tolist() == pytest.approx(s_ref.values["train_loss"].tolist())
+    with pytest.raises(ValueError, match="takes no pixel_mask"):
+        Objective(model, [{**clean[0], "pixel_mask": torch.ones(4)}])
+
+
+def test_a_used_up_iterator_is_named():
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    gen = ((x[i : i + 5], y[i : i + 5]) for i in (0, 5))
+    model = nn.Linear(3, 2)
+    compute_metrics(model, gen, ["loss"], progress=False)
+    with pytest.raises(ValueError, match="iterator or generator is read once"):
+        compute_metrics(model, gen, ["loss"], progress=False)
+
+
 def test_model_without_loss_is_one_clear_error():
     model = TokenModel()
     ids, _ = _tokens()

@@ -18,11 +18,13 @@ Batch forms, in the order they are recognised:
    - without ``loss_fn``, the model computes its own loss: an output with ``.loss``
      (``ModelOutput``), a dict with ``"loss"``, a tuple whose first item is the loss, or
      a scalar tensor;
-   - with ``loss_fn``, the labels (``labels``, ``label`` or ``target_key``) are taken out
+   - with ``loss_fn``, the labels (``labels``, ``label``, ``label_ids`` or ``target_key``) are taken out
      of the batch, the model runs on the rest, and ``loss_fn(logits, labels)`` is the loss;
    - values that are not tensors under keys the model's ``forward`` does not take (ids,
      raw text) are left out of the call, as the Hugging Face Trainer leaves out unused
-     columns; a tensor under such a key is refused before any work.
+     columns, and ``label``/``label_ids`` are passed as ``labels`` when the forward takes
+     that (as Hugging Face's data collators rename them); a tensor under a key the
+     forward does not take is refused before any work.
 
 Outputs that carry ``logits`` (``ModelOutput`` or dict) are given to ``loss_fn`` and to the
 accuracy as their logits; of a tuple output (``(logits, aux)``) its first tensor of at
@@ -72,7 +74,7 @@ CountFn = Callable[[Any], "int | Tensor"]
 # Keys tried, in order, to find inputs and targets in dict batches.
 DICT_KEYS = (("inputs", "targets"), ("x", "y"), ("input", "target"), ("image", "label"))
 # Keys holding the labels of a model-style (Hugging Face) batch.
-LABEL_KEYS = ("labels", "label")
+LABEL_KEYS = ("labels", "label", "label_ids")
 _IGNORE_INDEX = -100  # the ignore index of F.cross_entropy / nll_loss and of HF models
 _CE_FUNCTIONS = (F.cross_entropy, F.nll_loss)
 
@@ -169,6 +171,29 @@ def _forward_keys(model: nn.Module) -> frozenset[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return None
     return frozenset(sig.parameters)
+
+
+def _call_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``model(**kwargs)``'s arguments from a dict batch, and the tensors it cannot take.
+
+    ``label``/``label_ids`` become ``labels`` when the forward takes that and not them;
+    values that are not tensors under keys the forward does not take are left out.
+    """
+    accepted = _forward_keys(model)
+    if accepted is None:
+        return dict(batch), []
+    kwargs: dict[str, Any] = {}
+    unknown = []
+    for key, value in batch.items():
+        if key not in accepted and key in ("label", "label_ids") and "labels" in accepted:
+            if "labels" not in batch:
+                kwargs["labels"] = value
+                continue
+        if key in accepted:
+            kwargs[key] = value
+        elif isinstance(value, Tensor):
+            unknown.append(key)
+    return kwargs, sorted(unknown)
 
 
 def shifts_labels(model: nn.Module) -> bool:
@@ -337,16 +362,12 @@ class BatchAdapter:
 
         Other values under keys the forward does not take (strings, lists: a data set's
         ids or raw text left in the batch) are left out of the call, as the Hugging Face
-        Trainer leaves out unused columns.
+        Trainer leaves out unused columns; ``label``/``label_ids`` are passed as ``labels``
+        to a forward that takes ``labels`` (as Hugging Face's data collators rename them).
         """
         if parts.style != MODEL or self.forward is not None:
             return
-        accepted = _forward_keys(model)
-        if accepted is None:
-            return
-        unknown = sorted(
-            k for k, v in parts.inputs.items() if k not in accepted and isinstance(v, Tensor)
-        )
+        _, unknown = _call_kwargs(model, parts.inputs)
         if unknown:
             raise ValueError(
                 f"Invalid batch: dict with keys {sorted(parts.inputs)} but "
@@ -362,10 +383,9 @@ class BatchAdapter:
         if self.forward is not None:
             return self.forward(model, parts.inputs)
         if isinstance(parts.inputs, Mapping):
-            accepted = _forward_keys(model) if parts.style == MODEL else None
-            if accepted is None:
+            if parts.style != MODEL:
                 return model(**parts.inputs)
-            return model(**{k: v for k, v in parts.inputs.items() if k in accepted})
+            return model(**_call_kwargs(model, parts.inputs)[0])
         return model(parts.inputs)
 
     def loss_of(self, outputs: Any, parts: BatchParts) -> Tensor:

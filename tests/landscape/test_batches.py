@@ -205,6 +205,12 @@ def test_metadata_the_model_does_not_take_is_left_out():
         assert s.values["train_loss"].tolist() == pytest.approx(s_ref.values["train_loss"].tolist())
     with pytest.raises(ValueError, match="takes no pixel_mask"):
         Objective(model, [{**clean[0], "pixel_mask": torch.ones(4)}])
+    # A data set's "label" column reaches a forward that takes "labels" (as HF collators do).
+    for key in ("label", "label_ids"):
+        renamed = [{"input_ids": b["input_ids"], key: b["labels"]} for b in clean]
+        got = compute_metrics(model, renamed, ["loss", "grad_norm"], progress=False)
+        for name in ("loss", "grad_norm"):
+            assert got[name].value == pytest.approx(want[name].value, rel=1e-12)
 
 
 def test_a_used_up_iterator_is_named():

@@ -18,8 +18,9 @@ Batch forms, in the order they are recognised:
    - without ``loss_fn``, the model computes its own loss: an output with ``.loss``
      (``ModelOutput``), a dict with ``"loss"``, a tuple whose first item is the loss, or
      a scalar tensor;
-   - with ``loss_fn``, the labels (``labels``, ``label``, ``label_ids`` or ``target_key``) are taken out
-     of the batch, the model runs on the rest, and ``loss_fn(logits, labels)`` is the loss;
+   - with ``loss_fn``, the labels (``labels``, ``label``, ``label_ids`` or ``target_key``)
+     are taken out of the batch, the model runs on the rest, and ``loss_fn(logits,
+     labels)`` is the loss;
    - values that are not tensors under keys the model's ``forward`` does not take (ids,
      raw text) are left out of the call, as the Hugging Face Trainer leaves out unused
      columns, and ``label``/``label_ids`` are passed as ``labels`` when the forward takes

@@ -33,6 +33,7 @@ from torch.optim import Optimizer
 
 from optimizers._foreach import group_by_device_dtype, tl_copy_
 from optimizers._kernels import Coef, Kernels, get_kernels
+from optimizers._validate import describe
 
 __all__ = [
     "EPS",
@@ -282,7 +283,7 @@ class SharpnessAwareOptimizer(Optimizer):
     ) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             raise ValueError(
-                f"Invalid base_optimizer: {base_optimizer!r} (pass the class, e.g. "
+                f"Invalid base_optimizer: {describe(base_optimizer)} (pass the class, e.g. "
                 "torch.optim.SGD, and its arguments as keywords)"
             )
         if model is not None and not isinstance(model, nn.Module):

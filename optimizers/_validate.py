@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["check_choice", "check_nonneg", "check_positive", "check_range"]
+import torch
+
+__all__ = ["check_choice", "check_nonneg", "check_positive", "check_range", "describe"]
 
 
 def _finite(name: str, value: float) -> float:
@@ -51,3 +54,11 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
         expected = ", ".join(repr(c) for c in choices)
         raise ValueError(f"Invalid {name}: {value!r} (expected one of {expected})")
     return value
+
+
+def describe(obj: Any) -> str:
+    """``obj`` named in one line for a message: an optimizer instance by its class."""
+    if isinstance(obj, torch.optim.Optimizer):
+        return f"a {type(obj).__name__} instance"
+    text = repr(obj).splitlines()
+    return text[0] if text else type(obj).__name__

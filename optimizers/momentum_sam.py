@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext
 from optimizers._kernels import Coef
-from optimizers._validate import check_choice, check_nonneg, check_positive
+from optimizers._validate import check_choice, check_nonneg, check_positive, describe
 
 __all__ = ["MomentumSAM"]
 
@@ -85,7 +85,7 @@ class MomentumSAM(SharpnessAwareOptimizer):
         check_choice("decay_at", decay_at, DECAY_AT)
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.SGD)):
             raise ValueError(
-                f"Invalid base_optimizer: {base_optimizer!r} (MomentumSAM reads SGD's "
+                f"Invalid base_optimizer: {describe(base_optimizer)} (MomentumSAM reads SGD's "
                 "momentum buffer: pass torch.optim.SGD)"
             )
         check_positive("momentum", base_kwargs.get("momentum", 0.0))

@@ -49,7 +49,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -134,6 +134,20 @@ class _BatchLoss(nn.Module):
         return self._objective.batch_loss(batch, self.inner) * batch.weight
 
 
+def _looks_like_data(model: nn.Module, params: Any) -> bool:
+    """Whether ``params`` is data passed where the parameter selection goes."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(params, DataLoader | Dataset):
+        return True
+    if isinstance(params, tuple | list) and params:
+        own = {id(p) for p in model.parameters()}
+        return any(isinstance(t, Tensor) and id(t) not in own for t in params) or any(
+            isinstance(t, tuple | list | Mapping) for t in params
+        )
+    return False
+
+
 class HessianOperator:
     """Hessian of an objective's loss w.r.t. (a subset of) its parameters, as a linear operator.
 
@@ -205,6 +219,12 @@ class HessianOperator:
     ) -> None:
         if isinstance(objective, nn.Module):
             if data is None:
+                if _looks_like_data(objective, params):
+                    raise ValueError(
+                        f"Invalid params: a {type(params).__name__} that looks like data; the "
+                        "second argument is the parameter selection: pass the data by keyword, "
+                        "HessianOperator(model, data=...)"
+                    )
                 raise ValueError("Invalid data: None; a model needs data= (or pass an Objective)")
             objective = make_objective(
                 objective,

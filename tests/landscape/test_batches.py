@@ -417,3 +417,12 @@ def test_tied_weights_are_found_under_either_name():
     m = Tied()
     assert [n for n, _ in select_parameters(m, "*head*")] == ["emb.weight"]
     assert [n for n, _ in select_parameters(m, "head.weight")] == ["emb.weight"]
+
+
+def test_data_passed_as_the_parameter_selection_is_named():
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    for data in ((x, y), [(x, y)], DataLoader(TensorDataset(x, y), batch_size=3)):
+        with pytest.raises(ValueError, match=r"looks like data.*HessianOperator\(model, data="):
+            HessianOperator(model, data)
+    assert HessianOperator(model, [model.weight], data=(x, y)).dim == 6

@@ -201,8 +201,9 @@ def test_explicit_protocol_errors():
 def test_base_optimizer_must_be_a_class():
     model = make_model()
     inst = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="Invalid base_optimizer"):
+    with pytest.raises(ValueError, match="Invalid base_optimizer: a SGD instance") as err:
         O.SAM(model.parameters(), inst, lr=0.1)
+    assert "\n" not in str(err.value)  # one line, not the instance's repr
     with pytest.raises(ValueError, match="Invalid base_optimizer"):
         O.MomentumSAM(model.parameters(), torch.optim.Adam, lr=0.1)
     with pytest.raises(ValueError, match="Invalid momentum"):

@@ -403,6 +403,11 @@ class HessianOperator:
                 if self._auto and not self._agreed:
                     self._agree_on_method()
         self.products += 1
+        if not bool(torch.stack([torch.isfinite(t).all() for t in out]).all()):
+            raise ValueError(
+                "Invalid value: a Hessian-vector product holds nan or inf (the loss or its "
+                "gradient is not finite at these weights on this data)"
+            )
         return out
 
     def _agree_on_method(self) -> None:

@@ -75,6 +75,13 @@ class _RunOptions:
     dtype: torch.dtype | None = None
     return_eigenvectors: bool = False
     progress: bool | None = None
+    basis_device: str | torch.device | None = None
+    basis_dtype: torch.dtype | None = None
+
+    @property
+    def basis(self) -> dict[str, Any]:
+        """The Krylov-basis options of the Lanczos runs, as keyword arguments."""
+        return {"basis_device": self.basis_device, "basis_dtype": self.basis_dtype}
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> _RunOptions:
@@ -107,13 +114,31 @@ class SummaryInterrupted(KeyboardInterrupt):
         super().__init__(text)
 
 
-def _check_options(trace_method: str, top_k: int) -> None:
+def _check_options(
+    trace_method: str,
+    top_k: int,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
+) -> None:
     if trace_method not in TRACE_METHODS:
         raise ValueError(
             f"Invalid trace_method: {trace_method!r} (expected one of {TRACE_METHODS})"
         )
     if top_k < 0:
         raise ValueError(f"Invalid top_k: {top_k}")
+    if basis_device is not None:
+        try:
+            where = torch.device(basis_device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"Invalid basis_device: {basis_device!r}") from exc
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"Invalid basis_device: {basis_device!r} (CUDA is not available on this machine)"
+            )
+    if basis_dtype is not None and not (
+        isinstance(basis_dtype, torch.dtype) and basis_dtype.is_floating_point
+    ):
+        raise ValueError(f"Invalid basis_dtype: {basis_dtype!r} (expected a floating torch.dtype)")
 
 
 def _out_path(out: str | os.PathLike[str] | None) -> Path | None:
@@ -231,6 +256,8 @@ def hessian_summary(
     density_steps: int = 60,
     method: str = "exact",
     dtype: torch.dtype | None = None,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
     device: str | torch.device | None = None,
@@ -276,6 +303,10 @@ def hessian_summary(
         method: Hessian-vector products: ``"exact"``, ``"forward"``, ``"fd"`` or ``"auto"``
             (the one used is reported in ``settings["method_used"]``).
         dtype: e.g. ``torch.float64``.
+        basis_device: where the Krylov bases of the Lanczos runs (eigenpairs, per-layer
+            eigenvalues, SLQ) live, e.g. ``"cpu"`` for a large model on an accelerator
+            (default the operator's device; see :func:`lanczos_eigen`).
+        basis_dtype: their dtype, e.g. ``torch.float64`` (default the operator's).
         batch_size: evaluation batch size (one batch keeps the first-order graph).
         max_samples: use only the first ``max_samples`` samples.
         device: device for a model built here.
@@ -309,7 +340,7 @@ def hessian_summary(
         SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out`` (it says
             which parts the file holds).
     """
-    _check_options(trace_method, top_k)
+    _check_options(trace_method, top_k, basis_device, basis_dtype)
     out_path = _out_path(out)
     arguments = dict(locals())  # this call's arguments by name
     with _processes(model, device, dist) as ctx:
@@ -321,7 +352,7 @@ def hessian_summary(
 
 
 def _eigen_part(
-    op: HessianOperator, s: dict[str, Any], progress: bool | None
+    op: HessianOperator, s: dict[str, Any], run: _RunOptions
 ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
     res = lanczos_eigen(
         op,
@@ -331,7 +362,8 @@ def _eigen_part(
         criterion=s["criterion"],
         max_products=max(s["max_products"], s["top_k"]),
         seed=s["seed"],
-        progress=progress,
+        progress=run.progress,
+        **run.basis,
     )
     part = res.to_dict()
     if s["per_layer"]:
@@ -343,7 +375,8 @@ def _eigen_part(
             max_products=s["max_products"],
             seed=s["seed"],
             criterion=s["criterion"],
-            progress=progress,
+            progress=run.progress,
+            **run.basis,
         )
         part["layers"] = lay.to_dict()["layers"]
         part["layer_products"] = lay.products
@@ -372,13 +405,14 @@ def _trace_part(op: HessianOperator, s: dict[str, Any], progress: bool | None) -
     return part
 
 
-def _density_part(op: HessianOperator, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
+def _density_part(op: HessianOperator, s: dict[str, Any], run: _RunOptions) -> dict[str, Any]:
     return slq_density(
         op,
         num_runs=s["density_runs"],
         num_steps=s["density_steps"],
         seed=s["seed"],
-        progress=progress,
+        progress=run.progress,
+        **run.basis,
     ).to_dict()
 
 
@@ -451,13 +485,13 @@ def _run(
                 for part in todo:
                     t0, p0 = time.perf_counter(), op.products
                     if part == "eigen":
-                        summary["eigen"], vectors = _eigen_part(op, s, progress)
+                        summary["eigen"], vectors = _eigen_part(op, s, run)
                         if return_eigenvectors:
                             summary["eigenvectors"] = vectors
                     elif part == "trace":
                         summary["trace"] = _trace_part(op, s, progress)
                     else:
-                        summary["density"] = _density_part(op, s, progress)
+                        summary["density"] = _density_part(op, s, run)
                     parts[part] = {
                         "products": op.products - p0,
                         "seconds": time.perf_counter() - t0,
@@ -515,7 +549,7 @@ def _summary_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     bound = inspect.signature(hessian_summary).bind(None, None, **kwargs)
     bound.apply_defaults()
     a = bound.arguments
-    _check_options(a["trace_method"], a["top_k"])
+    _check_options(a["trace_method"], a["top_k"], a["basis_device"], a["basis_dtype"])
     return a
 
 
@@ -591,9 +625,9 @@ def hessian_summary_checkpoint(
     settings (split included) equal this call's, its finished parts are reused and only
     the missing ones are computed (``"eigen"`` is recomputed when
     ``return_eigenvectors``: the file has no eigenvectors). What the file does not record
-    (``device``, ``loss_fn``, ``progress``) is assumed unchanged. ``products`` and
-    ``seconds`` then count the reused parts' own products and seconds too (each part
-    keeps its own under ``"parts"``, marked ``"reused"``).
+    (``device``, ``basis_device``, ``basis_dtype``, ``loss_fn``, ``progress``) is assumed
+    unchanged. ``products`` and ``seconds`` then count the reused parts' own products and
+    seconds too (each part keeps its own under ``"parts"``, marked ``"reused"``).
 
     Args:
         path: a checkpoint written by ``landscape train`` (see

@@ -23,6 +23,7 @@ FILES = (
     "landscape/directions.py",
     "landscape/objective.py",
     "landscape/batches.py",
+    "landscape/cli/hessian.py",
 )
 PACKAGES = ("landscape/hessian", "landscape/metrics")
 

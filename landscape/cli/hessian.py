@@ -39,6 +39,14 @@ def register(subparsers: Any) -> None:
         nargs="?",
         help="checkpoint file written by `landscape train` (or --model/--data below)",
     )
+    _add_spectrum_arguments(p, TRACE_METHODS)
+    _add_run_arguments(p)
+    add_user_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _add_spectrum_arguments(p: argparse.ArgumentParser, trace_methods: tuple[str, ...]) -> None:
+    """What to compute: eigenvalues, trace, density and their budgets."""
     p.add_argument("--top-k", type=int, default=5, help="eigenvalues to compute (0: none)")
     p.add_argument("--which", choices=("largest", "smallest", "magnitude"), default="largest")
     p.add_argument(
@@ -62,7 +70,7 @@ def register(subparsers: Any) -> None:
         help="cap on Hessian-vector products for the eigenvalues (default 100)",
     )
     p.add_argument("--trace", action="store_true", help="estimate the trace")
-    p.add_argument("--trace-method", choices=TRACE_METHODS, default="hutchpp")
+    p.add_argument("--trace-method", choices=trace_methods, default="hutchpp")
     p.add_argument(
         "--trace-products",
         type=positive_int,
@@ -83,6 +91,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--density", action="store_true", help="spectral density (SLQ)")
     p.add_argument("--density-runs", type=positive_int, default=5)
     p.add_argument("--density-steps", type=positive_int, default=60)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """On what and how: data, products, precision, devices, files."""
     p.add_argument("--split", choices=("train", "val", "test"), default="train")
     p.add_argument(
         "--max-samples",
@@ -105,6 +117,22 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
+    p.add_argument(
+        "--basis-device",
+        default=None,
+        metavar="DEVICE",
+        help="where the Krylov basis of the Lanczos runs (eigenvalues, per-layer eigenvalues, "
+        "density) is kept: cpu, cuda, ... (default: with the model); it holds steps × "
+        "parameters numbers, so cpu keeps a large model's basis off the accelerator (two "
+        "vector copies per step)",
+    )
+    p.add_argument(
+        "--basis-dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help="dtype of that basis (default: the computation's); float64 orthogonalises "
+        "more exactly, float32 halves a float64 run's basis memory",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out",
@@ -126,8 +154,6 @@ def register(subparsers: Any) -> None:
         help="save eigenvalues and eigenvectors (tensor lists) with torch.save",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_user_arguments(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
             density_steps=args.density_steps,
             method=args.method,
             dtype=torch.float64 if args.float64 else None,
+            basis_device=args.basis_device,
+            basis_dtype=None if args.basis_dtype is None else getattr(torch, args.basis_dtype),
             batch_size=args.batch_size,
             max_samples=args.max_samples,
             seed=args.seed,

@@ -1,13 +1,41 @@
-"""One call for the usual Hessian questions: top eigenvalues, trace and spectral density."""
+"""One call for the usual Hessian questions: top eigenvalues, trace and spectral density.
+
+A summary has up to three parts, computed in this order: ``"eigen"`` (the top eigenpairs
+by :func:`~landscape.hessian.lanczos_eigen`), ``"trace"`` and ``"density"``. With ``out``
+the summary so far is written to that JSON file (atomically) after each finished part,
+with ``"complete": false`` until the last one; :func:`hessian_summary` overwrites an
+existing file, :func:`hessian_summary_checkpoint` resumes from it.
+
+``per_layer=True`` adds per-parameter-tensor traces (Hutchinson, the trace's products)
+when ``trace``, and, when ``top_k > 0``, the top eigenvalue of each layer's diagonal
+block by :func:`~landscape.hessian.layer_eigenvalues` (one per module, ``k=1``, the same
+``which``, ``tol``, ``criterion``, ``seed`` and ``max_products`` per block) under
+``out["eigen"]["layers"]``; their block products count in ``out["products"]`` (and in
+``out["eigen"]["layer_products"]``).
+
+A summary's ``parts`` holds, for each part asked for, the Hessian-vector ``products`` and
+``seconds`` it took, the ``method_used`` and whether it was ``reused`` from an earlier
+run's file; its ``products`` and ``seconds`` are the totals: this call's products and
+wall time plus the reused parts' own (so a resumed summary reports what all of it cost).
+
+Many processes (``dist``): each process reads its share of the batches (see
+:class:`~landscape.objective.Objective`), products and gradients are summed over them,
+and the summary is the same on every process (only process 0 writes ``out``). By
+default these are ``torchrun``'s processes when run under it (the process group is
+joined on ``device`` and left at the end), else this process alone; a ready
+``Objective`` brings its own ``dist``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +43,7 @@ import torch
 from torch import nn
 
 from landscape._io import RESUME_ADVICE, differences, read_json_to_resume, write_atomically
-from landscape.distributed import (
-    DistContext,
-    broadcast_object,
-    cleanup_distributed,
-    init_distributed,
-    is_main_process,
-)
+from landscape.distributed import DistContext, broadcast_object, is_main_process, joined
 from landscape.hessian.density.slq import slq_density
 from landscape.hessian.eigen.blocks import layer_eigenvalues
 from landscape.hessian.eigen.lanczos import lanczos_eigen
@@ -44,6 +66,27 @@ logger = logging.getLogger(__name__)
 
 _SPLITS = ("train", "val", "test")
 _PARTS = ("eigen", "trace", "density")
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """How :func:`_run` computes, beyond the settings that a summary file records."""
+
+    dtype: torch.dtype | None = None
+    return_eigenvectors: bool = False
+    progress: bool | None = None
+    basis_device: str | torch.device | None = None
+    basis_dtype: torch.dtype | None = None
+
+    @property
+    def basis(self) -> dict[str, Any]:
+        """The Krylov-basis options of the Lanczos runs, as keyword arguments."""
+        return {"basis_device": self.basis_device, "basis_dtype": self.basis_dtype}
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> _RunOptions:
+        """The options among :func:`hessian_summary`'s ``arguments`` (by name)."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
 
 
 class SummaryInterrupted(KeyboardInterrupt):
@@ -71,13 +114,31 @@ class SummaryInterrupted(KeyboardInterrupt):
         super().__init__(text)
 
 
-def _check_options(trace_method: str, top_k: int) -> None:
+def _check_options(
+    trace_method: str,
+    top_k: int,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
+) -> None:
     if trace_method not in TRACE_METHODS:
         raise ValueError(
             f"Invalid trace_method: {trace_method!r} (expected one of {TRACE_METHODS})"
         )
     if top_k < 0:
         raise ValueError(f"Invalid top_k: {top_k}")
+    if basis_device is not None:
+        try:
+            where = torch.device(basis_device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"Invalid basis_device: {basis_device!r}") from exc
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"Invalid basis_device: {basis_device!r} (CUDA is not available on this machine)"
+            )
+    if basis_dtype is not None and not (
+        isinstance(basis_dtype, torch.dtype) and basis_dtype.is_floating_point
+    ):
+        raise ValueError(f"Invalid basis_dtype: {basis_dtype!r} (expected a floating torch.dtype)")
 
 
 def _out_path(out: str | os.PathLike[str] | None) -> Path | None:
@@ -146,6 +207,35 @@ def _objective(
     )
 
 
+def _processes(
+    model: nn.Module | Objective, device: str | torch.device | None, dist: DistContext | None
+) -> contextlib.AbstractContextManager[DistContext | None]:
+    """``dist``; for a model with none given, ``torchrun``'s processes, joined and left.
+
+    They are joined on ``device``, or on the device type of the model's parameters.
+    """
+    if dist is not None or isinstance(model, Objective):
+        return contextlib.nullcontext(dist)
+    where = (
+        device if device is not None else next((p.device.type for p in model.parameters()), "cpu")
+    )
+    return joined(None, where)
+
+
+def _summary_objective(a: Mapping[str, Any], dist: DistContext | None) -> Objective:
+    """The objective of :func:`hessian_summary`'s arguments ``a``: a ready one, or built."""
+    model, data, loss_fn, max_samples = a["model"], a["data"], a["loss_fn"], a["max_samples"]
+    options = {k: a[k] for k in OBJECTIVE_OPTIONS}
+    if isinstance(model, Objective):
+        return make_objective(model, data, loss_fn, max_samples=max_samples, dist=dist, **options)
+    assert dist is not None
+    device = a["device"]
+    where = None if device is None else dist.device if dist.distributed else device
+    return _objective(
+        model, data, loss_fn, a["batch_size"], max_samples, where, dist=dist, **options
+    )
+
+
 def hessian_summary(
     model: nn.Module | Objective,
     data: Any = None,
@@ -166,6 +256,8 @@ def hessian_summary(
     density_steps: int = 60,
     method: str = "exact",
     dtype: torch.dtype | None = None,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
     batch_size: int = 256,
     max_samples: int | None = None,
     device: str | torch.device | None = None,
@@ -183,11 +275,8 @@ def hessian_summary(
 ) -> dict[str, Any]:
     """Top-k eigenvalues, optionally the trace and the spectral density, as plain data.
 
-    The summary has up to three parts, computed in this order: ``"eigen"`` (with its
-    per-layer entries when ``per_layer``), ``"trace"`` and ``"density"``. With ``out``
-    the summary so far is written to that JSON file (atomically) after each finished
-    part, with ``"complete": false`` until the last one (an existing file is
-    overwritten; :func:`hessian_summary_checkpoint` resumes from it instead).
+    The parts, the file ``out``, ``per_layer`` and ``dist`` are described in the module
+    docstring above.
 
     Args:
         model: the network (with ``data``), or a ready :class:`Objective`.
@@ -206,18 +295,18 @@ def hessian_summary(
         trace_products: products (probes for ``"fd"``) for the trace.
         target_rel_stderr: stop the trace early at this relative standard error
             (``hutchinson``, ``hutchpp``, ``fd``, ``ggn``).
-        per_layer: also report per-parameter-tensor traces (Hutchinson, same products)
-            when ``trace``, and, when ``top_k > 0``, the top eigenvalue of each layer's
-            diagonal block by :func:`layer_eigenvalues` (one per module, ``k=1``, the same
-            ``which``, ``tol``, ``criterion``, ``seed`` and ``max_products`` per block)
-            under ``out["eigen"]["layers"]``; their block products count in
-            ``out["products"]`` (and in ``out["eigen"]["layer_products"]``).
+        per_layer: also per-tensor traces (with ``trace``) and the top eigenvalue of each
+            layer's diagonal block (with ``top_k > 0``) by :func:`layer_eigenvalues`.
         density: spectral density by :func:`slq_density`.
         density_runs: SLQ runs.
         density_steps: Lanczos steps per run.
         method: Hessian-vector products: ``"exact"``, ``"forward"``, ``"fd"`` or ``"auto"``
             (the one used is reported in ``settings["method_used"]``).
         dtype: e.g. ``torch.float64``.
+        basis_device: where the Krylov bases of the Lanczos runs (eigenpairs, per-layer
+            eigenvalues, SLQ) live, e.g. ``"cpu"`` for a large model on an accelerator
+            (default the operator's device; see :func:`lanczos_eigen`).
+        basis_dtype: their dtype, e.g. ``torch.float64`` (default the operator's).
         batch_size: evaluation batch size (one batch keeps the first-order graph).
         max_samples: use only the first ``max_samples`` samples.
         device: device for a model built here.
@@ -229,86 +318,41 @@ def hessian_summary(
             summary in memory only).
         forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``, or
             ``model(**inputs)`` for a dict).
-        compute_loss: ``compute_loss(model, batch)`` returning the batch's mean loss or
-            ``(mean_loss, n_items)``, for batches no other rule reads.
-        count_items: ``count_items(batch)``: the number of items a batch's loss averages
-            (default: tokens not ignored, or samples).
+        compute_loss: ``compute_loss(model, batch) -> mean_loss | (mean_loss, n_items)``,
+            for batches no other rule reads.
+        count_items: ``count_items(batch)``: the items a batch's loss averages (default:
+            tokens not ignored, or samples).
         input_key: key of the inputs in dict batches.
         target_key: key of the targets (labels) in dict batches.
-        params: the parameters spanned: those with ``requires_grad=True`` (default) or a
-            selection by name, prefix or glob (:func:`~landscape.params.select_parameters`).
-        dist: processes sharing the data, each reading its share of the batches (see
-            :class:`~landscape.objective.Objective`): products and gradients are summed
-            over them, and the summary is the same on every process (only process 0
-            writes ``out``). Default: ``torchrun``'s processes when run under it (the
-            process group is joined here, on ``device``), else this process alone. With
-            a ready ``Objective`` its own ``dist`` is used.
+        params: the parameters spanned (default those with ``requires_grad=True``; see
+            :func:`~landscape.params.select_parameters`).
+        dist: processes sharing the data (default: ``torchrun``'s when run under it, else
+            this process alone; a ready ``Objective`` uses its own ``dist``).
 
     Returns:
         ``{"eigen", "trace", "density", "dim", "n_samples", "param_names", "products",
-        "seconds", "settings", "parts", "complete"}`` (parts not asked for are ``None``);
-        JSON-serialisable unless ``return_eigenvectors``. ``parts`` holds, for each part
-        asked for, the Hessian-vector ``products`` and ``seconds`` it took, the
-        ``method_used`` and whether it was ``reused`` from an earlier run's file;
-        ``products`` and ``seconds`` are the totals: this call's products and wall time
-        plus the reused parts' own (so a resumed summary reports what all of it cost).
-        ``complete`` is ``True``.
+        "seconds", "settings", "parts", "complete"}`` (parts not asked for are ``None``,
+        ``complete`` is ``True``; ``parts``, ``products`` and ``seconds`` as the module
+        docstring says); JSON-serialisable unless ``return_eigenvectors``.
 
     Raises:
-        ValueError: a bad option or an ``out`` that is not a ``.json`` file (before any
-            work).
-        SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says
-            which parts the file holds.
+        ValueError: a bad option or an ``out`` not ``.json`` (before any work).
+        SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out`` (it says
+            which parts the file holds).
     """
-    _check_options(trace_method, top_k)
+    _check_options(trace_method, top_k, basis_device, basis_dtype)
     out_path = _out_path(out)
-    options = {
-        "forward": forward,
-        "compute_loss": compute_loss,
-        "count_items": count_items,
-        "input_key": input_key,
-        "target_key": target_key,
-        "params": params,
-    }
     arguments = dict(locals())  # this call's arguments by name
-    own_ctx = dist is None and not isinstance(model, Objective)
-    if own_ctx:
-        where = (
-            device
-            if device is not None
-            else next((p.device.type for p in model.parameters()), "cpu")
-        )
-        dist = init_distributed(device=where)
-    try:
-        if isinstance(model, Objective):
-            obj = make_objective(
-                model, data, loss_fn, max_samples=max_samples, dist=dist, **options
-            )
-        else:
-            where = None if device is None else dist.device if dist.distributed else device
-            obj = _objective(
-                model, data, loss_fn, batch_size, max_samples, where, dist=dist, **options
-            )
+    with _processes(model, device, dist) as ctx:
+        obj = _summary_objective(arguments, ctx)
         settings = _settings(arguments, obj.batch_size)
         if out_path is not None and out_path.exists() and is_main_process():
             logger.info("%s exists: overwriting it", out_path)
-        return _run(
-            obj,
-            settings,
-            dtype=dtype,
-            out=out_path,
-            head={},
-            previous=None,
-            return_eigenvectors=return_eigenvectors,
-            progress=progress,
-        )
-    finally:
-        if own_ctx and dist is not None:
-            cleanup_distributed(dist)
+        return _run(obj, settings, _RunOptions.of(arguments), out_path, head={}, previous=None)
 
 
 def _eigen_part(
-    op: HessianOperator, s: dict[str, Any], progress: bool | None
+    op: HessianOperator, s: dict[str, Any], run: _RunOptions
 ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
     res = lanczos_eigen(
         op,
@@ -318,7 +362,8 @@ def _eigen_part(
         criterion=s["criterion"],
         max_products=max(s["max_products"], s["top_k"]),
         seed=s["seed"],
-        progress=progress,
+        progress=run.progress,
+        **run.basis,
     )
     part = res.to_dict()
     if s["per_layer"]:
@@ -330,7 +375,8 @@ def _eigen_part(
             max_products=s["max_products"],
             seed=s["seed"],
             criterion=s["criterion"],
-            progress=progress,
+            progress=run.progress,
+            **run.basis,
         )
         part["layers"] = lay.to_dict()["layers"]
         part["layer_products"] = lay.products
@@ -359,29 +405,29 @@ def _trace_part(op: HessianOperator, s: dict[str, Any], progress: bool | None) -
     return part
 
 
-def _density_part(op: HessianOperator, s: dict[str, Any], progress: bool | None) -> dict[str, Any]:
+def _density_part(op: HessianOperator, s: dict[str, Any], run: _RunOptions) -> dict[str, Any]:
     return slq_density(
         op,
         num_runs=s["density_runs"],
         num_steps=s["density_steps"],
         seed=s["seed"],
-        progress=progress,
+        progress=run.progress,
+        **run.basis,
     ).to_dict()
 
 
 def _run(
     obj: Objective,
     settings: dict[str, Any],
-    *,
-    dtype: torch.dtype | None,
+    run: _RunOptions,
     out: Path | None,
+    *,
     head: dict[str, Any],
     previous: dict[str, Any] | None,
-    return_eigenvectors: bool,
-    progress: bool | None,
 ) -> dict[str, Any]:
     """Compute the parts ``settings`` asks for that ``previous`` (a file's summary) lacks."""
     s = settings
+    return_eigenvectors, progress = run.return_eigenvectors, run.progress
     wanted = [
         part
         for part, on in zip(_PARTS, (s["top_k"] > 0, s["trace_method"] is not None, s["density"]))
@@ -432,20 +478,20 @@ def _run(
 
     try:
         if todo or previous is None:
-            with HessianOperator(obj, method=s["method"], dtype=dtype) as op:
+            with HessianOperator(obj, method=s["method"], dtype=run.dtype) as op:
                 summary.update(
                     {"dim": op.dim, "n_samples": obj.n_samples, "param_names": op.param_names}
                 )
                 for part in todo:
                     t0, p0 = time.perf_counter(), op.products
                     if part == "eigen":
-                        summary["eigen"], vectors = _eigen_part(op, s, progress)
+                        summary["eigen"], vectors = _eigen_part(op, s, run)
                         if return_eigenvectors:
                             summary["eigenvectors"] = vectors
                     elif part == "trace":
                         summary["trace"] = _trace_part(op, s, progress)
                     else:
-                        summary["density"] = _density_part(op, s, progress)
+                        summary["density"] = _density_part(op, s, run)
                     parts[part] = {
                         "products": op.products - p0,
                         "seconds": time.perf_counter() - t0,
@@ -498,6 +544,70 @@ def _previous_summary(out: Path, sha256: str, settings: dict[str, Any]) -> dict[
     return obj
 
 
+def _summary_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`hessian_summary`'s arguments by name, ``kwargs`` over its defaults, checked."""
+    bound = inspect.signature(hessian_summary).bind(None, None, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    _check_options(a["trace_method"], a["top_k"], a["basis_device"], a["basis_dtype"])
+    return a
+
+
+def _resumable(
+    out: Path | None,
+    resuming: bool,
+    path: str | os.PathLike[str] | UserModel,
+    digest: str | None,
+    settings: dict[str, Any],
+    ctx: DistContext,
+) -> dict[str, Any] | None:
+    """The summary in ``out`` to resume (``None``: start afresh), decided by process 0.
+
+    Raises:
+        ValueError: (on every process) ``out`` holds no summary of this checkpoint content
+            (``digest``, else the file's sha256) with ``settings``.
+    """
+    from landscape.checkpoint import file_sha256
+
+    previous, err = None, None
+    if out is not None and ctx.is_main:  # process 0's file decides for all
+        try:
+            if resuming:
+                digest = digest if digest is not None else file_sha256(path)
+                previous = _previous_summary(out, digest, settings)
+            elif out.exists():
+                logger.info("%s exists: overwriting it", out)
+        except ValueError as exc:
+            err = exc
+    if ctx.distributed:
+        previous, message = broadcast_object((previous, None if err is None else str(err)), ctx)
+        err = err or (None if message is None else ValueError(message))
+    if err is not None:
+        raise err
+    return previous
+
+
+def _split_objective(
+    ckpt: Any, split: str, a: Mapping[str, Any], dev: torch.device, ctx: DistContext
+) -> Objective:
+    """The objective of the checkpoint's model on its data's ``split``."""
+    bundle = ckpt.load_data()
+    data = getattr(bundle, split)
+    if data is None:
+        raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
+    options = ckpt.objective_options({k: a[k] for k in (*OBJECTIVE_OPTIONS, "loss_fn")})
+    return _objective(
+        ckpt.model.to(dev),
+        data,
+        options.pop("loss_fn", None),
+        a["batch_size"],
+        a["max_samples"],
+        dev,
+        dist=ctx,
+        **options,
+    )
+
+
 def hessian_summary_checkpoint(
     path: str | os.PathLike[str] | UserModel,
     *,
@@ -515,9 +625,9 @@ def hessian_summary_checkpoint(
     settings (split included) equal this call's, its finished parts are reused and only
     the missing ones are computed (``"eigen"`` is recomputed when
     ``return_eigenvectors``: the file has no eigenvectors). What the file does not record
-    (``device``, ``loss_fn``, ``progress``) is assumed unchanged. ``products`` and
-    ``seconds`` then count the reused parts' own products and seconds too (each part
-    keeps its own under ``"parts"``, marked ``"reused"``).
+    (``device``, ``basis_device``, ``basis_dtype``, ``loss_fn``, ``progress``) is assumed
+    unchanged. ``products`` and ``seconds`` then count the reused parts' own products and
+    seconds too (each part keeps its own under ``"parts"``, marked ``"reused"``).
 
     Args:
         path: a checkpoint written by ``landscape train`` (see
@@ -544,81 +654,31 @@ def hessian_summary_checkpoint(
         SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out``.
     """
     from landscape._device import resolve_device
-    from landscape.checkpoint import file_sha256, load_checkpoint
+    from landscape.checkpoint import load_checkpoint
 
     if split not in _SPLITS:
         raise ValueError(f"Invalid split: {split!r} (expected one of {_SPLITS})")
-    user = isinstance(path, UserModel)
     if isinstance(path, UserModel):
         path.check()
     elif not Path(path).is_file():
         raise FileNotFoundError(f"no such checkpoint: {os.fspath(path)}")
-    bound = inspect.signature(hessian_summary).bind(None, None, **kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
-    _check_options(a["trace_method"], a["top_k"])
+    a = _summary_arguments(kwargs)
     out_path = _out_path(out)
     settings = _settings(a, a["batch_size"], split=split)
     resuming = out_path is not None and resume and out_path.is_file()
-    own_ctx = a["dist"] is None
-    ctx = init_distributed(device=device) if own_ctx else a["dist"]
-    try:
-        dev = ctx.device if own_ctx else resolve_device(device)
+    with joined(a["dist"], device) as ctx:
+        dev = ctx.device if a["dist"] is None else resolve_device(device)
         # No Hessian of nan weights (finite=True).
-        if user:
-            assert isinstance(path, UserModel)
-            ckpt = path.open(map_location=dev, finite=True)
-            digest = ckpt.sha256
-        else:
-            ckpt, digest = None, None
-        previous, err = None, None
-        if out_path is not None and ctx.is_main:  # process 0's file decides for all
-            try:
-                if resuming:
-                    digest = digest if digest is not None else file_sha256(path)
-                    previous = _previous_summary(out_path, digest, settings)
-                elif out_path.exists():
-                    logger.info("%s exists: overwriting it", out_path)
-            except ValueError as exc:
-                err = exc
-        if ctx.distributed:
-            previous, message = broadcast_object((previous, None if err is None else str(err)), ctx)
-            err = err or (None if message is None else ValueError(message))
-        if err is not None:
-            raise err
+        ckpt = path.open(map_location=dev, finite=True) if isinstance(path, UserModel) else None
+        digest = None if ckpt is None else ckpt.sha256
+        previous = _resumable(out_path, resuming, path, digest, settings, ctx)
         if ckpt is None:
             ckpt = load_checkpoint(path, map_location=dev, finite=True)
-        bundle = ckpt.load_data()
-        data = getattr(bundle, split)
-        if data is None:
-            raise ValueError(f"Invalid split: the checkpoint's data has no {split!r} split")
-        options = ckpt.objective_options({k: a[k] for k in (*OBJECTIVE_OPTIONS, "loss_fn")})
-        obj = _objective(
-            ckpt.model.to(dev),
-            data,
-            options.pop("loss_fn", None),
-            a["batch_size"],
-            a["max_samples"],
-            dev,
-            dist=ctx,
-            **options,
-        )
+        obj = _split_objective(ckpt, split, a, dev, ctx)
         head = {"checkpoint": str(path), "sha256": ckpt.sha256}
         if isinstance(ckpt, UserCheckpoint):
             head.update(ckpt.attrs())
-        return _run(
-            obj,
-            settings,
-            dtype=a["dtype"],
-            out=out_path,
-            head=head,
-            previous=previous,
-            return_eigenvectors=a["return_eigenvectors"],
-            progress=a["progress"],
-        )
-    finally:
-        if own_ctx:
-            cleanup_distributed(ctx)
+        return _run(obj, settings, _RunOptions.of(a), out_path, head=head, previous=previous)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

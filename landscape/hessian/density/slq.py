@@ -108,6 +108,8 @@ def slq_density(
     sigma_rel: float = 0.01,
     grid_size: int = 1000,
     progress: bool | None = None,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature: ``num_runs`` Lanczos runs of ``num_steps`` products.
 
@@ -125,6 +127,16 @@ def slq_density(
         sigma_rel: broadening relative to the spectral range when ``sigma`` is not given.
         grid_size: number of grid points, spanning ``[λ_min − 5σ, λ_max + 5σ]``.
         progress: progress bar (``None``: only on a terminal).
+        basis_device: where each run's Krylov basis (``num_steps × dim``) lives (default
+            the operator's device); ``"cpu"`` keeps it off the accelerator, as in
+            :func:`~landscape.hessian.lanczos_eigen`.
+        basis_dtype: the basis's dtype (default the operator's).
+
+    Returns:
+        A :class:`SpectralDensity` on the grid, with the runs' nodes and weights.
+
+    Raises:
+        ValueError: a bad option (before any product).
     """
     if num_runs < 1:
         raise ValueError(f"Invalid num_runs: {num_runs} (must be >= 1)")
@@ -146,6 +158,8 @@ def slq_density(
             num_steps,
             progress=progress,
             desc=f"slq run {r + 1}/{num_runs}",
+            basis_device=basis_device,
+            basis_dtype=basis_dtype,
         )
         products += state.products
         values, vectors, _ = ritz(state)

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from landscape.hessian._blocks import block_param_names, validate_grouping
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.eigen._result import EigenResult
@@ -93,6 +95,8 @@ def layer_eigenvalues(
     blocks: str = "module",
     criterion: str = "residual",
     progress: bool | None = None,
+    basis_device: str | torch.device | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> LayerEigenResult:
     """Extreme eigenpairs of every diagonal block ``H_ll`` (one per layer or per tensor).
 
@@ -127,6 +131,8 @@ def layer_eigenvalues(
             :func:`block_trace`.
         criterion: ``"residual"`` or ``"eigenvalue"`` (see :func:`lanczos_eigen`).
         progress: one progress bar over the blocks (``None``: only on a terminal).
+        basis_device: where each block's Krylov basis lives (see :func:`lanczos_eigen`).
+        basis_dtype: the dtype of each block's Krylov basis (see :func:`lanczos_eigen`).
 
     Returns:
         A :class:`LayerEigenResult`: a mapping from block name (``"features.0"`` for
@@ -166,6 +172,8 @@ def layer_eigenvalues(
                     seed=seed,
                     criterion=criterion,
                     progress=False,
+                    basis_device=basis_device,
+                    basis_dtype=basis_dtype,
                 )
             layers[name], param_names[name], dims[name] = res, names, block.dim
             total += res.products

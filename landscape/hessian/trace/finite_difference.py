@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,6 +74,137 @@ def _loss_at(
     finally:
         with torch.no_grad():
             tl_copy_(work, saved)
+
+
+@dataclass
+class _LossCounts:
+    """What the loss form's probes cost, and how many stayed unverified."""
+
+    passes: int = 0
+    check_passes: int = 0
+    retried: int = 0
+    unverified: int = 0
+
+
+def _check_arguments(form: str, num_probes: int, h: float | None, on_failure: str) -> None:
+    """Raise ``ValueError`` for a bad option of :func:`fd_trace` (before any pass)."""
+    if form not in _FORMS:
+        raise ValueError(f"Invalid form: {form!r} (expected one of {_FORMS})")
+    if num_probes < 1:
+        raise ValueError(f"Invalid num_probes: {num_probes} (must be >= 1)")
+    if h is not None and not h > 0:
+        raise ValueError(f"Invalid h: {h} (must be > 0)")
+    if on_failure not in _ON_FAILURE:
+        raise ValueError(f"Invalid on_failure: {on_failure!r} (expected one of {_ON_FAILURE})")
+
+
+def _gradient_form(
+    op: HessianOperator,
+    num_probes: int,
+    target_rel_stderr: float | None,
+    seed: int,
+    min_samples: int,
+    check: bool,
+    progress: bool | None,
+) -> TraceResult:
+    """Hutchinson's trace on the finite-difference operator ``op`` (which counts failures)."""
+    with warnings.catch_warnings():  # one warning for the whole trace, by the caller
+        warnings.simplefilter("ignore", FiniteDifferenceWarning)
+        res = hutchinson_trace(
+            op, num_probes, target_rel_stderr, seed, min_samples=min_samples, progress=progress
+        )
+    res.info.update(
+        {
+            "method": "fd_gradient",
+            "h": op.h,
+            "passes": 2 * (res.products + op.fd_retried),
+            "check_passes": 1 if check else 0,
+            "retried": op.fd_retried,
+        }
+    )
+    return res
+
+
+def _loss_probe(
+    op: HessianOperator,
+    vs: list[Tensor],
+    step: float,
+    retries: int,
+    check: bool,
+    base_loss: float,
+    saved: list[Tensor],
+    counts: _LossCounts,
+) -> float:
+    """One probe's ``vᵀHv`` by the loss form, retried at smaller steps until verified.
+
+    The value at the first verified step, else at the least asymmetric one (counted
+    unverified).
+    """
+    obj, work = op._obj, op._work
+    s, best = step, None
+    for attempt in range(retries + 1):
+        plus = _loss_at(obj, work, vs, s, saved)
+        minus = _loss_at(obj, work, vs, -s, saved)
+        counts.passes += 2
+        value = op.dim * (plus + minus - 2.0 * base_loss) / s**2
+        asym = math.inf
+        if check:
+            _, asym = op._fd_product(vs, s, saved, check=True)
+            counts.check_passes += 2
+        if best is None or asym < best[0]:
+            best = (asym, value)
+        if asym <= op.fd_check_rtol or attempt == retries:
+            break
+        s /= 10.0
+        counts.retried += 1
+    assert best is not None
+    counts.unverified += int(best[0] > op.fd_check_rtol)
+    return best[1]
+
+
+def _loss_form(
+    op: HessianOperator,
+    h: float | None,
+    num_probes: int,
+    seed: int,
+    target_rel_stderr: float | None,
+    min_samples: int,
+    check: bool,
+    progress: bool | None,
+) -> tuple[TraceResult, int]:
+    """CR-SAM's second differences of the loss along each probe; and the unverified probes."""
+    step = h if h is not None else default_loss_step(op.dtype, op._work)
+    retries = _LOSS_RETRIES.get(op.dtype, 0) if check else 0
+    saved = tl_clone(op._work)
+    base_loss = _loss_value(op._obj)
+    gen = torch.Generator().manual_seed(seed)
+    samples: list[float] = []
+    counts = _LossCounts()
+    with progress_bar(num_probes, "fd trace", progress) as bar:
+        for _ in range(num_probes):
+            v = op.random_vector(gen, "rademacher")
+            vs = op.to_list(v / float(np.sqrt(op.dim)))
+            samples.append(_loss_probe(op, vs, step, retries, check, base_loss, saved, counts))
+            bar.update(1)
+            if reached(samples, target_rel_stderr, min_samples):
+                break
+    arr = np.asarray(samples)
+    value, stderr = mean_stderr(arr)
+    res = TraceResult(
+        value=value,
+        stderr=stderr,
+        products=len(samples),
+        samples=arr,
+        converged=None if target_rel_stderr is None else reached(samples, target_rel_stderr, 2),
+        info={
+            "method": "fd_loss",
+            "h": step,
+            "passes": counts.passes + 1,
+            "check_passes": counts.check_passes + (1 if check else 0),
+            "retried": counts.retried,
+        },
+    )
+    return res, counts.unverified
 
 
 def fd_trace(
@@ -136,15 +268,12 @@ def fd_trace(
         forward (loss form) or gradient (gradient form) passes, ``info["check_passes"]``
         the gradients of the checks, ``info["unverified"]`` the probes that failed (or
         skipped) the check and ``info["retried"]`` the retries at a smaller step.
+
+    Raises:
+        ValueError: a bad option (before any pass).
+        FiniteDifferenceError: probes stayed unverified and ``on_failure="raise"``.
     """
-    if form not in _FORMS:
-        raise ValueError(f"Invalid form: {form!r} (expected one of {_FORMS})")
-    if num_probes < 1:
-        raise ValueError(f"Invalid num_probes: {num_probes} (must be >= 1)")
-    if h is not None and not h > 0:
-        raise ValueError(f"Invalid h: {h} (must be > 0)")
-    if on_failure not in _ON_FAILURE:
-        raise ValueError(f"Invalid on_failure: {on_failure!r} (expected one of {_ON_FAILURE})")
+    _check_arguments(form, num_probes, h, on_failure)
     if isinstance(objective, HessianOperator):
         base = objective
         objective = base.objective
@@ -159,70 +288,10 @@ def fd_trace(
         h=h if form == "gradient" else None,
     )
     if form == "gradient":
-        with warnings.catch_warnings():  # one warning for the whole trace, below
-            warnings.simplefilter("ignore", FiniteDifferenceWarning)
-            res = hutchinson_trace(
-                op, num_probes, target_rel_stderr, seed, min_samples=min_samples, progress=progress
-            )
-        res.info.update(
-            {
-                "method": "fd_gradient",
-                "h": op.h,
-                "passes": 2 * (res.products + op.fd_retried),
-                "check_passes": 1 if check else 0,
-                "retried": op.fd_retried,
-            }
-        )
+        res = _gradient_form(op, num_probes, target_rel_stderr, seed, min_samples, check, progress)
         return _verdict(res, op.unverified_products, op.dtype, on_failure)
-    step = h if h is not None else default_loss_step(op.dtype, op._work)
-    retries = _LOSS_RETRIES.get(op.dtype, 0) if check else 0
-    obj, work = op._obj, op._work
-    saved = tl_clone(work)
-    base_loss = _loss_value(obj)
-    gen = torch.Generator().manual_seed(seed)
-    samples: list[float] = []
-    unverified = retried = passes = check_passes = 0
-    with progress_bar(num_probes, "fd trace", progress) as bar:
-        for _ in range(num_probes):
-            v = op.random_vector(gen, "rademacher")
-            vs = op.to_list(v / float(np.sqrt(op.dim)))
-            s, best = step, None
-            for attempt in range(retries + 1):
-                plus = _loss_at(obj, work, vs, s, saved)
-                minus = _loss_at(obj, work, vs, -s, saved)
-                passes += 2
-                value = op.dim * (plus + minus - 2.0 * base_loss) / s**2
-                asym = math.inf
-                if check:
-                    _, asym = op._fd_product(vs, s, saved, check=True)
-                    check_passes += 2
-                if best is None or asym < best[0]:
-                    best = (asym, value)
-                if asym <= op.fd_check_rtol or attempt == retries:
-                    break
-                s /= 10.0
-                retried += 1
-            assert best is not None
-            unverified += int(best[0] > op.fd_check_rtol)
-            samples.append(best[1])
-            bar.update(1)
-            if reached(samples, target_rel_stderr, min_samples):
-                break
-    arr = np.asarray(samples)
-    value, stderr = mean_stderr(arr)
-    res = TraceResult(
-        value=value,
-        stderr=stderr,
-        products=len(samples),
-        samples=arr,
-        converged=None if target_rel_stderr is None else reached(samples, target_rel_stderr, 2),
-        info={
-            "method": "fd_loss",
-            "h": step,
-            "passes": passes + 1,
-            "check_passes": check_passes + (1 if check else 0),
-            "retried": retried,
-        },
+    res, unverified = _loss_form(
+        op, h, num_probes, seed, target_rel_stderr, min_samples, check, progress
     )
     return _verdict(res, unverified, op.dtype, on_failure)
 

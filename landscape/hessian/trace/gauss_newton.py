@@ -16,6 +16,32 @@ per-sample gradient norms (closed forms for linear, convolution and BatchNorm la
 module) are probed: ``Tr R = Σ_l Tr R_ll``. When the output is linear in each module's
 parameters (convolution, linear, ReLU, pooling, eval-mode BatchNorm, residual sums),
 ``R_ll = 0`` and the estimate is exact.
+
+:func:`ggn_trace` runs three stages:
+
+1. ``Tr G = Σ_i Σ_k λ_ik ‖J_iᵀ q_ik‖²`` from per-sample gradients of ``⟨f_i, q_ik⟩`` for
+   every eigenpair of ``Λ_i`` (computed in float64) that is not negligible for some
+   sample (negative eigenvalues keep their sign). The squared norms are never formed
+   from per-sample gradients for ``nn.Linear`` (``‖δ_i‖²‖a_i‖²``, or a Gram form over
+   positions), ``nn.Conv1d``/``nn.Conv2d`` (unfolded inputs, Gram or per-sample weight
+   gradients, whichever is cheaper) and eval-mode BatchNorm: one backward to the module
+   outputs per column, by hooks, checked against ``vmap`` on the first two samples (a
+   module called twice, a weight also used elsewhere: ``vmap`` for all). Other
+   parameters: ``torch.func.vmap`` of ``vjp`` in chunks. With ``output_probes=k``, ``k``
+   Rademacher probes ``u`` per sample instead (``E⟨J_iᵀ A_i u, J_iᵀ A_i S_i u⟩ =
+   Tr(J_iᵀ Λ_i J_i)`` with ``Λ_i = A_i S_i A_iᵀ``): unbiased, with variance ``Σ_i s_i²/k``
+   from each sample's spread ``s_i²`` over its ``k`` probes (so ``k ≥ 2``), added to the
+   standard error.
+2. ``R`` is the Hessian of ``φ(θ) = Σ_b w_b ⟨r_b, f_b(θ)⟩`` with ``r`` fixed, a
+   :class:`HessianOperator` on a twin objective (same model, inputs, weights, parameters
+   and product method).
+3. ``Tr R = Σ_l Tr R_ll`` over the diagonal blocks of :func:`block_trace`'s grouping. One
+   Gaussian probe per block first: ``R_ll v = 0`` exactly means ``R_ll = 0`` (with
+   probability 1), the block's value is 0 with no error: so for networks whose output is
+   linear in each module's parameters the whole estimate is exact. The remaining budget
+   goes to the other blocks in proportion to the square root of their sizes (Rademacher
+   Hutchinson probes; a block given its size in products is traced exactly by a Krylov
+   run), interleaved so that ``target_rel_stderr`` can stop them.
 """
 
 from __future__ import annotations
@@ -380,6 +406,105 @@ def _check_closed_forms(got: Tensor, ref: Tensor, dtype: torch.dtype) -> None:
         raise _Unsupported("closed forms differ from vmap")
 
 
+class _PerSampleTerms:
+    """Per-sample ``⟨J_iᵀa, J_iᵀb⟩`` of each parameter tensor, by hooks or by ``vmap``.
+
+    Hooks (:func:`_hooked_terms`) for the parameters of linear, convolution and BatchNorm
+    modules, checked against ``vmap`` on the first two samples (any mismatch, or a
+    module the hooks cannot follow, falls back to ``vmap`` for all parameters from then
+    on); ``torch.func.vmap`` of ``vjp`` for the others, in chunks.
+    """
+
+    def __init__(self, op: HessianOperator, chunk_size: int | None) -> None:
+        self.op, self.obj, self.chunk_size = op, op._obj, chunk_size
+        self.module = _Outputs(self.obj)
+        self.keys = [f"inner.{n}" for n in op.param_names]
+        self.elem = torch.finfo(op.dtype).bits // 8
+        self.mods = _hookable(self.obj.model, op.param_names)
+        self.hooked = sorted(i for _, owned in self.mods.values() for i in owned)
+        self.verified = False
+
+    @property
+    def engine(self) -> str:
+        """``"hooks"``, ``"hooks+vmap"`` or ``"vmap"``: what computed the terms."""
+        if self.hooked and len(self.hooked) == len(self.keys):
+            return "hooks"
+        return "hooks+vmap" if self.hooked else "vmap"
+
+    def samples_per_chunk(self) -> int:
+        """Samples per hooked forward: ``chunk_size``, or as many as fit the byte budget."""
+        hooked_dim = sum(self.op.numels[i] for i in self.hooked)
+        return self.chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * hooked_dim * self.elem))
+
+    def __call__(self, x: Any, c: Tensor, p: Tensor | None, dims: Any, batched: Tensor) -> Tensor:
+        """``(n, k, params)`` terms of the samples ``x`` for columns ``c`` (partners ``p``).
+
+        ``batched``: the samples' flattened outputs from the batch, which the per-sample
+        outputs of ``vmap`` must equal.
+        """
+        terms = None
+        if self.hooked:
+            try:
+                terms = _hooked_terms(self.obj, self.mods, x, c, p, len(self.keys))
+                if not self.verified:  # the closed forms against vmap on two samples
+                    two = None if p is None else p[:2]
+                    first = _take(x, dims, slice(0, 2))
+                    ref = self.vmapped(self.hooked, first, c[:2], two, dims, batched[:2])
+                    _check_closed_forms(terms[:2], ref, self.op.dtype)
+                    self.verified = True
+            except _Unsupported as err:
+                logger.info("ggn_trace: per-sample products by vmap only (%s)", err)
+                self.hooked, self.mods, terms = [], {}, None
+        rest = [i for i in range(len(self.keys)) if i not in set(self.hooked)]
+        if rest:
+            more = self.vmapped(rest, x, c, p, dims, batched)
+            terms = more if terms is None else terms + more
+        assert terms is not None
+        return terms
+
+    def _pulled_back(
+        self, params: dict[str, Tensor], x_i: Any, cols: Tensor, dims: Any
+    ) -> tuple[Tensor, Any]:
+        """One sample's flat output and the pull-backs ``J_iᵀc`` of its columns."""
+        from torch.func import functional_call, vjp, vmap
+
+        def f(ps: dict[str, Tensor]) -> Tensor:
+            return functional_call(self.module, ps, (_unsqueeze(x_i, dims),))
+
+        out, back = vjp(f, params)
+        shape = out.shape
+        (grads,) = vmap(lambda c: back(c.reshape(shape)))(cols)
+        return out.reshape(-1), grads
+
+    def vmapped(
+        self, which: list[int], x: Any, c: Tensor, p: Tensor | None, dims: Any, batched: Tensor
+    ) -> Tensor:
+        """``(n, k, params)`` terms of the parameters ``which`` by ``vmap``, in chunks."""
+        from torch.func import vmap
+
+        op, keys = self.op, self.keys
+        n, k = c.shape[0], c.shape[1]
+        terms = torch.zeros(n, k, len(keys), dtype=torch.float64, device=c.device)
+        primals = {keys[i]: op._work[i].detach() for i in which}
+        dim = sum(op.numels[i] for i in which)
+        m = k if p is None else 2 * k
+        per = self.chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * m * dim * self.elem))
+        scale = float(batched.abs().max()) if batched.numel() else 0.0
+        for s in range(0, n, per):
+            xs = _take(x, dims, slice(s, s + per))
+            both = c[s : s + per] if p is None else torch.cat([c[s : s + per], p[s : s + per]], 1)
+            with torch.no_grad():
+                outs, grads = vmap(self._pulled_back, in_dims=(None, dims, 0, None))(
+                    primals, xs, both, dims
+                )
+            _check_independent(outs, batched[s : s + per], scale)
+            for i in which:
+                g = grads[keys[i]]
+                prod = g[:, :k] * g[:, k:] if p is not None else g.pow(2)
+                terms[s : s + per, :, i] = prod.flatten(2).sum(-1).double()
+        return terms
+
+
 def _gauss_newton(
     op: HessianOperator,
     groups: list[tuple[str, slice]],
@@ -390,62 +515,18 @@ def _gauss_newton(
 ) -> dict[str, Any]:
     """``Tr G`` per group (and its variance with output probes) and the residuals.
 
-    Per-sample products by hooks (:func:`_hooked_terms`) for the parameters of linear,
-    convolution and BatchNorm modules (checked against ``vmap`` on the first samples;
-    any mismatch falls back), by ``torch.func.vmap`` for the others.
+    Per sample, the columns of its output Hessian (or ``probes`` probes) are pulled back
+    by :class:`_PerSampleTerms` and summed per group.
     """
-    from torch.func import functional_call, vjp, vmap
-
     obj = op._obj
-    module = _Outputs(obj)
-    keys = [f"inner.{n}" for n in op.param_names]
+    per_sample = _PerSampleTerms(op, chunk_size)
     to_group = _group_matrix(op, groups)
     gen = torch.Generator().manual_seed(seed) if probes is not None else None
-    elem = torch.finfo(op.dtype).bits // 8
-    mods = _hookable(obj.model, op.param_names)
-    hooked = sorted(i for _, owned in mods.values() for i in owned)
-    verified = False
-
     values = torch.zeros(len(groups), dtype=torch.float64)
     variance = torch.zeros(len(groups) + 1, dtype=torch.float64)  # groups, then the total
     residuals: list[Tensor] = []
     passes = 0
     checked = False
-
-    def pulled_back(params: dict[str, Tensor], x_i: Any, cols: Tensor, dims: Any) -> Any:
-        def f(ps: dict[str, Tensor]) -> Tensor:
-            return functional_call(module, ps, (_unsqueeze(x_i, dims),))
-
-        out, back = vjp(f, params)
-        shape = out.shape
-        (grads,) = vmap(lambda c: back(c.reshape(shape)))(cols)
-        return out.reshape(-1), grads
-
-    def vmapped(
-        which: list[int], x: Any, c: Tensor, p: Tensor | None, dims: Any, batched: Tensor
-    ) -> Tensor:
-        """``(n, k, params)`` terms of the parameters ``which`` by ``vmap``, in chunks."""
-        n, k = c.shape[0], c.shape[1]
-        terms = torch.zeros(n, k, len(keys), dtype=torch.float64, device=c.device)
-        primals = {keys[i]: op._work[i].detach() for i in which}
-        dim = sum(op.numels[i] for i in which)
-        m = k if p is None else 2 * k
-        per = chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * m * dim * elem))
-        scale = float(batched.abs().max()) if batched.numel() else 0.0
-        for s in range(0, n, per):
-            xs = _take(x, dims, slice(s, s + per))
-            both = c[s : s + per] if p is None else torch.cat([c[s : s + per], p[s : s + per]], 1)
-            with torch.no_grad():
-                outs, grads = vmap(pulled_back, in_dims=(None, dims, 0, None))(
-                    primals, xs, both, dims
-                )
-            _check_independent(outs, batched[s : s + per], scale)
-            for i in which:
-                g = grads[keys[i]]
-                prod = g[:, :k] * g[:, k:] if p is not None else g.pow(2)
-                terms[s : s + per, :, i] = prod.flatten(2).sum(-1).double()
-        return terms
-
     loss_of_outputs = obj.output_loss_fn
     with obj.eval_mode(), progress_bar(obj.n_samples, "ggn trace: Gauss-Newton", progress) as bar:
         for batch in obj.batches():
@@ -460,30 +541,12 @@ def _gauss_newton(
                 continue
             dims = _in_dims(batch.inputs, batch.size)
             flat_out = out.reshape(batch.size, -1)
-            hooked_dim = sum(op.numels[i] for i in hooked)
-            per = chunk_size or max(1, _CHUNK_BYTES // max(1, 2 * hooked_dim * elem))
+            per = per_sample.samples_per_chunk()
             for s in range(0, batch.size, per):
                 x = _take(batch.inputs, dims, slice(s, s + per))
                 c = cols[s : s + per]
                 p = None if partners is None else partners[s : s + per]
-                terms = None
-                if hooked:
-                    try:
-                        terms = _hooked_terms(obj, mods, x, c, p, len(keys))
-                        if not verified:  # the closed forms against vmap on two samples
-                            two = None if p is None else p[:2]
-                            first = _take(x, dims, slice(0, 2))
-                            ref = vmapped(hooked, first, c[:2], two, dims, flat_out[s : s + 2])
-                            _check_closed_forms(terms[:2], ref, op.dtype)
-                            verified = True
-                    except _Unsupported as err:
-                        logger.info("ggn_trace: per-sample products by vmap only (%s)", err)
-                        hooked, mods, terms = [], {}, None
-                rest = [i for i in range(len(keys)) if i not in set(hooked)]
-                if rest:
-                    more = vmapped(rest, x, c, p, dims, flat_out[s : s + per])
-                    terms = more if terms is None else terms + more
-                assert terms is not None
+                terms = per_sample(x, c, p, dims, flat_out[s : s + per])
                 per_group = terms.cpu() @ to_group  # (chunk, k, groups)
                 if probes is None:
                     values += per_group.sum(dim=(0, 1))
@@ -492,7 +555,6 @@ def _gauss_newton(
                     both_terms = torch.cat([per_group, per_group.sum(-1, keepdim=True)], -1)
                     variance += both_terms.var(dim=1, correction=1).sum(0) / probes
                 bar.update(int(c.shape[0]))
-    engine = "hooks" if hooked and len(hooked) == len(keys) else "hooks+vmap" if hooked else "vmap"
     if obj.distributed:  # this process's samples only: sum over the processes
         values, variance = obj.all_reduce([values, variance])
         passes = int(obj.all_reduce([torch.tensor(passes)], op="max")[0])
@@ -501,7 +563,7 @@ def _gauss_newton(
         "variance": variance.numpy(),
         "residuals": residuals,
         "passes": passes,
-        "engine": engine,
+        "engine": per_sample.engine,
     }
 
 
@@ -533,6 +595,65 @@ def _residual_operator(op: HessianOperator, residuals: list[Tensor]) -> HessianO
     return op.like(twin)
 
 
+def _check_arguments(
+    target_rel_stderr: float | None, output_probes: int | None, chunk_size: int | None
+) -> None:
+    """Raise ``ValueError`` for a bad option of :func:`ggn_trace` (before any pass)."""
+    if target_rel_stderr is not None and not target_rel_stderr > 0:
+        raise ValueError(f"Invalid target_rel_stderr: {target_rel_stderr}")
+    if output_probes is not None and (not isinstance(output_probes, int) or output_probes < 2):
+        raise ValueError(
+            f"Invalid output_probes: {output_probes!r} (an integer >= 2, for a variance)"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"Invalid chunk_size: {chunk_size!r}")
+
+
+def _combined(
+    groups: list[tuple[str, slice]],
+    ggn: dict[str, Any],
+    res: dict[str, Any],
+    target_rel_stderr: float | None,
+    products: int,
+    info: dict[str, Any],
+) -> TraceResult:
+    """The trace ``Tr G + Tr R`` (per group and in all) from its two parts."""
+    g_values, g_var = ggn["values"], ggn["variance"]
+    per: dict[str, tuple[float, float]] = {}
+    for j, (name, _) in enumerate(groups):
+        r_value, r_se = res["blocks"][j]
+        per[name] = (float(g_values[j] + r_value), math.sqrt(g_var[j] + r_se**2))
+    g_total, g_se = float(g_values.sum()), math.sqrt(float(g_var[-1]))
+    r_total, r_se = res["value"], res["stderr"]
+    value, stderr = g_total + r_total, math.hypot(g_se, r_se)
+    return TraceResult(
+        value=value,
+        stderr=stderr,
+        products=products,
+        samples=np.array([v for v, _ in per.values()]),
+        blocks=per,
+        converged=None if target_rel_stderr is None else stderr <= target_rel_stderr * abs(value),
+        # the Gauss–Newton part's variance sums over every sample's probes: many dof
+        dof=satterthwaite([*res["dof"], (g_se, math.inf)]),
+        cumulant3=res["cumulant3"],  # the residual probes' (the Gauss–Newton part: many)
+        info={
+            "method": "ggn",
+            "grouping": info["grouping"],
+            "output_probes": info["output_probes"],
+            "ggn_trace": g_total,
+            "ggn_stderr": g_se,
+            "residual_trace": r_total,
+            "residual_stderr": r_se,
+            "seconds_ggn": info["seconds_ggn"],
+            "seconds_residual": info["seconds_residual"],
+            "gradient_passes": ggn["passes"],
+            "per_sample": ggn["engine"],
+            "zero_blocks": res["zero_blocks"],
+            "allocation": res["allocation"],
+        },
+    )
+
+
 def ggn_trace(
     op: HessianOperator,
     num_products: int = 60,
@@ -548,32 +669,13 @@ def ggn_trace(
 
     ``H = G + R`` with ``G = Σ_i J_iᵀ Λ_i J_i`` (``Λ_i`` the output Hessian of sample
     ``i``'s weighted loss) and ``R = Σ_i Σ_c r_ic ∇²f_ic`` (``r_i = ∂L/∂f_i``). Unbiased for
-    any model and mean-reduced loss:
-
-    1. ``Tr G = Σ_i Σ_k λ_ik ‖J_iᵀ q_ik‖²`` from per-sample gradients of ``⟨f_i, q_ik⟩``
-       for every eigenpair of ``Λ_i`` (computed in float64) that is not negligible for
-       some sample (negative eigenvalues keep their sign). The squared norms are never
-       formed from per-sample gradients for ``nn.Linear`` (``‖δ_i‖²‖a_i‖²``, or a Gram
-       form over positions), ``nn.Conv1d``/``nn.Conv2d`` (unfolded inputs, Gram or
-       per-sample weight gradients, whichever is cheaper) and eval-mode BatchNorm: one
-       backward to the module outputs per column, by hooks, checked against ``vmap``
-       on the first two samples (a module called twice, a weight also used elsewhere:
-       ``vmap`` for all). Other parameters: ``torch.func.vmap`` of ``vjp`` in chunks. With
-       ``output_probes=k``, ``k`` Rademacher probes ``u`` per sample instead
-       (``E⟨J_iᵀ A_i u, J_iᵀ A_i S_i u⟩ = Tr(J_iᵀ Λ_i J_i)`` with ``Λ_i = A_i S_i A_iᵀ``):
-       unbiased, with variance ``Σ_i s_i²/k`` from each sample's spread ``s_i²`` over its
-       ``k`` probes (so ``k ≥ 2``), added to the standard error.
-    2. ``R`` is the Hessian of ``φ(θ) = Σ_b w_b ⟨r_b, f_b(θ)⟩`` with ``r`` fixed, a
-       :class:`HessianOperator` on a twin objective (same model, inputs, weights,
-       parameters and product method).
-    3. ``Tr R = Σ_l Tr R_ll`` over the diagonal blocks of :func:`block_trace`'s grouping.
-       One Gaussian probe per block first: ``R_ll v = 0`` exactly means ``R_ll = 0``
-       (with probability 1), the block's value is 0 with no error: so for networks whose
-       output is linear in each module's parameters (convolution, linear, ReLU, pooling,
-       eval-mode BatchNorm, residual sums) the whole estimate is exact. The remaining
-       budget goes to the other blocks in proportion to the square root of their sizes
-       (Rademacher Hutchinson probes; a block given its size in products is traced
-       exactly by a Krylov run), interleaved so that ``target_rel_stderr`` can stop them.
+    any model and mean-reduced loss: ``Tr G`` from per-sample gradient norms (closed forms
+    by hooks for linear, convolution and eval-mode BatchNorm layers, ``vmap`` otherwise;
+    or ``output_probes`` Rademacher probes per sample), ``Tr R`` from probes of ``R``'s
+    diagonal blocks, a block found zero by one Gaussian probe counting exactly 0: on
+    networks whose output is linear in each module's parameters (convolution, linear,
+    ReLU, pooling, eval-mode BatchNorm, residual sums) the estimate is exact. The module
+    docstring gives the three stages in full.
 
     The products are those of ``R`` (each costs what one of ``H`` costs); they are also
     added to ``op.products``. The per-sample part costs about ``M`` backward passes over
@@ -607,14 +709,7 @@ def ggn_trace(
             not independent in eval mode.
     """
     validate_grouping(blocks)
-    if target_rel_stderr is not None and not target_rel_stderr > 0:
-        raise ValueError(f"Invalid target_rel_stderr: {target_rel_stderr}")
-    if output_probes is not None and (not isinstance(output_probes, int) or output_probes < 2):
-        raise ValueError(
-            f"Invalid output_probes: {output_probes!r} (an integer >= 2, for a variance)"
-        )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"Invalid chunk_size: {chunk_size!r}")
+    _check_arguments(target_rel_stderr, output_probes, chunk_size)
     groups = group_blocks(op, blocks)
     if num_products < len(groups):
         raise ValueError(
@@ -633,41 +728,13 @@ def ggn_trace(
         products = rop.products
     seconds_residual = time.perf_counter() - start
     op.products += products
-
-    g_values, g_var = ggn["values"], ggn["variance"]
-    per: dict[str, tuple[float, float]] = {}
-    for j, (name, _) in enumerate(groups):
-        r_value, r_se = res["blocks"][j]
-        per[name] = (float(g_values[j] + r_value), math.sqrt(g_var[j] + r_se**2))
-    g_total, g_se = float(g_values.sum()), math.sqrt(float(g_var[-1]))
-    r_total, r_se = res["value"], res["stderr"]
-    value, stderr = g_total + r_total, math.hypot(g_se, r_se)
-    return TraceResult(
-        value=value,
-        stderr=stderr,
-        products=products,
-        samples=np.array([v for v, _ in per.values()]),
-        blocks=per,
-        converged=None if target_rel_stderr is None else stderr <= target_rel_stderr * abs(value),
-        # the Gauss–Newton part's variance sums over every sample's probes: many dof
-        dof=satterthwaite([*res["dof"], (g_se, math.inf)]),
-        cumulant3=res["cumulant3"],  # the residual probes' (the Gauss–Newton part: many)
-        info={
-            "method": "ggn",
-            "grouping": blocks,
-            "output_probes": output_probes,
-            "ggn_trace": g_total,
-            "ggn_stderr": g_se,
-            "residual_trace": r_total,
-            "residual_stderr": r_se,
-            "seconds_ggn": seconds_ggn,
-            "seconds_residual": seconds_residual,
-            "gradient_passes": ggn["passes"],
-            "per_sample": ggn["engine"],
-            "zero_blocks": res["zero_blocks"],
-            "allocation": res["allocation"],
-        },
-    )
+    info = {
+        "grouping": blocks,
+        "output_probes": output_probes,
+        "seconds_ggn": seconds_ggn,
+        "seconds_residual": seconds_residual,
+    }
+    return _combined(groups, ggn, res, target_rel_stderr, products, info)
 
 
 def _residual_blocks(

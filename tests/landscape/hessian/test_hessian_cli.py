@@ -133,3 +133,58 @@ def test_summary_reports_the_method_auto_chose(batch_size, used):
     assert s["settings"]["method"] == "auto" and s["settings"]["method_used"] in used
     exact = torch.linalg.eigvalsh(dense_hessian(model, x, y))
     assert s["eigen"]["eigenvalues"][0] == pytest.approx(float(exact[-1]), rel=1e-6)
+
+
+def test_summary_basis_on_the_cpu_in_float64_equals_the_default():
+    # Issue 15: the Krylov bases of every Lanczos run of the summary (eigenpairs, per-layer
+    # eigenvalues, SLQ) kept elsewhere and wider give the same numbers on a float32 model.
+    model, x, y = _small_tanh_problem()
+    kw = {
+        "top_k": 2,
+        "tol": 1e-4,
+        "per_layer": True,
+        "density": True,
+        "density_runs": 2,
+        "density_steps": 12,
+        "progress": False,
+    }
+    ref = hessian_summary(model, (x, y), **kw)
+    wide = hessian_summary(model, (x, y), basis_device="cpu", basis_dtype=torch.float64, **kw)
+    np.testing.assert_allclose(
+        wide["eigen"]["eigenvalues"], ref["eigen"]["eigenvalues"], rtol=1e-5, atol=1e-7
+    )
+    for name, layer in ref["eigen"]["layers"].items():
+        np.testing.assert_allclose(
+            wide["eigen"]["layers"][name]["eigenvalues"], layer["eigenvalues"], rtol=1e-5
+        )
+    for key in ("nodes", "weights"):
+        np.testing.assert_allclose(
+            wide["density"][key], ref["density"][key], rtol=1e-4, atol=1e-6, err_msg=key
+        )
+    assert wide["products"] == ref["products"]
+    assert "basis_device" not in wide["settings"]  # placement, not a setting (as device)
+    with pytest.raises(ValueError, match="Invalid basis_dtype"):
+        hessian_summary(model, (x, y), basis_dtype=torch.int64)
+    with pytest.raises(ValueError, match="Invalid basis_device"):
+        hessian_summary(model, (x, y), basis_device="nowhere")
+
+
+def test_cli_basis_flags(checkpoint, tmp_path, capsys):
+    out = tmp_path / "h.json"
+    base = ["hessian", str(checkpoint), "--top-k", "2", "--tol", "1e-6", "--no-progress"]
+    flags = ["--basis-device", "cpu", "--basis-dtype", "float64"]
+    assert main([*base, "--density", "--density-steps", "8", *flags, "--out", str(out)]) == 0
+    assert "λ1 =" in capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    assert summary["complete"] and summary["density"] is not None
+    ckpt = load_checkpoint(checkpoint)
+    x, y = ckpt.load_data().train.tensors
+    exact = torch.linalg.eigvalsh(dense_hessian(ckpt.model, x, y, F.cross_entropy))
+    np.testing.assert_allclose(
+        summary["eigen"]["eigenvalues"], exact.flip(0)[:2].numpy(), rtol=1e-5
+    )
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--basis-dtype", "float16"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main([*base, "--basis-device", "nowhere"]) == 2
+    assert "Invalid basis_device" in capsys.readouterr().err

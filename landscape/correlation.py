@@ -27,7 +27,12 @@ the gap from each checkpoint's training record and the hyper-parameters from eac
 The ``out`` file is a comparison (``landscape compare`` and
 :meth:`Comparison.read_json <landscape.compare.Comparison.read_json>` read it) with a
 ``"correlation"`` section; it is written after every checkpoint, so an interrupted call
-resumes where it stopped when run again.
+resumes where it stopped when run again: runs already measured (same checkpoint file, by
+sha256) are not measured again.
+
+The runs are taken as they are: Jiang et al. train every model to the same training loss
+before measuring; runs stopped by an epoch budget compare models at different stages,
+which the table does not correct for.
 """
 
 from __future__ import annotations
@@ -612,8 +617,17 @@ def _metric_result(
     draws: int,
     seed: int,
     confidence: float,
+    name: str = "",
 ) -> dict[str, Any]:
+    """One metric's τ, interval and Ψ over the runs where it and the gap are finite."""
     keep = [i for i, (v, g) in enumerate(zip(values, gaps, strict=True)) if math.isfinite(v + g)]
+    if len(keep) < len(values):
+        logger.warning(
+            "%s: %d of %d runs have no finite value and are left out",
+            name,
+            len(values) - len(keep),
+            len(values),
+        )
     mu = [values[i] for i in keep]
     g = [gaps[i] for i in keep]
     hp = [configs[i] for i in keep]
@@ -633,6 +647,76 @@ def _metric_result(
 def _axis_value(config: Mapping[str, Any], keys: Sequence[str]) -> Any:
     values = [config.get(k) for k in keys]
     return values[0] if len(values) == 1 else values
+
+
+def _seeds_and_axes(
+    configs: Sequence[Mapping[str, Any]], seeds: str
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The runs' seed keys, and their axes (the seed is an axis only with ``"axis"``)."""
+    seed_keys = _seed_keys(configs)
+    axis_input = configs
+    if seeds == "replicate":
+        axis_input = [{k: v for k, v in c.items() if k not in seed_keys} for c in configs]
+    return seed_keys, population_axes(axis_input)
+
+
+def _check_correlate_arguments(
+    runs: Sequence[str | os.PathLike[str]],
+    metrics: str | Iterable[str],
+    gap: str,
+    seeds: str,
+    draws: int,
+    confidence: float,
+    out: str | os.PathLike[str] | None,
+    labels: Sequence[str] | None,
+) -> tuple[list[str], list[Path]]:
+    """:func:`correlate_runs`' checks before any work: the metric names and run paths."""
+    from landscape._io import check_output
+    from landscape.metrics import validate_metric_names
+
+    names = validate_metric_names(metrics)
+    if gap not in GAPS:
+        raise ValueError(f"Invalid gap: {gap!r} (expected 'acc' or 'loss')")
+    if seeds not in SEED_MODES:
+        raise ValueError(f"Invalid seeds: {seeds!r} (expected 'replicate' or 'axis')")
+    _check_bootstrap(draws, confidence)
+    if out is not None:
+        if Path(out).suffix.lower() != ".json":
+            raise ValueError(f"Invalid out: {os.fspath(out)!r} (expected a .json file)")
+        check_output(out, suffixes=(".json",), what="out")
+    paths = [Path(r) for r in runs]
+    if len(paths) < 2:
+        raise ValueError(f"Invalid runs: {len(paths)} given (a correlation needs two or more)")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ValueError("Invalid runs: a run folder is given twice")
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"Invalid labels: {len(labels)} labels for {len(paths)} runs")
+    return names, paths
+
+
+def _population_models(
+    rows: Sequence[Mapping[str, Any]],
+    paths: Sequence[Path],
+    configs: Sequence[Mapping[str, Any]],
+    axes: Mapping[str, Any],
+    gaps: Sequence[float],
+    names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One entry per run: its label, files, gap, hyper-parameters on the axes, measures."""
+    return [
+        {
+            "label": row["label"],
+            "run": os.fspath(paths[i]),
+            "checkpoint": row["checkpoint"],
+            "epoch": row.get("epoch"),
+            "gap": gaps[i],
+            "hparams": {a: _axis_value(configs[i], keys) for a, keys in axes.items()},
+            "seed": configs[i].get("seed"),
+            "measures": {m: row[m]["value"] for m in names},
+            **{r: row[r]["value"] for r in _RECORDED},
+        }
+        for i, row in enumerate(rows)
+    ]
 
 
 def correlate_runs(
@@ -657,25 +741,15 @@ def correlate_runs(
 ) -> Correlation:
     """Correlate measures of a population of runs with their generalisation gap.
 
-    Each run folder (``landscape train``'s) stands for its final checkpoint (the last of
-    :func:`~landscape.checkpoint.run_checkpoints`), measured with
+    Each run folder stands for its final checkpoint, measured with
     :func:`~landscape.compare.compare_checkpoints`; its gap comes from that checkpoint's
-    training record (``train_acc − test_acc`` in points, or ``test_loss −
-    train_loss``), its hyper-parameters from its ``config.json``: the entries that
-    differ between runs, flattened (``hparams.lr``) and merged into axes by
-    :func:`population_axes`. Per metric: :func:`kendall_tau` with the gap and its
-    :func:`bootstrap_tau` interval, and :func:`granulated_tau` over the axes. A run
-    whose measure is not finite (a diverged run) is left out of that metric's numbers
-    (``n`` says how many count).
-
-    The runs are taken as they are: Jiang et al. train every model to the same training
-    loss before measuring; runs stopped by an epoch budget compare models at different
-    stages, which the table does not correct for.
-
-    With ``out`` (a ``.json`` file) the measurement so far is written after every run,
-    and the finished correlation at the end; calling again with the same measurement
-    arguments resumes: runs already measured (same checkpoint file, by sha256) are not
-    measured again. The gap, seeds and bootstrap settings can change between calls.
+    training record (``train_acc − test_acc`` in points, or ``test_loss − train_loss``),
+    its hyper-parameters from its ``config.json`` (the entries that differ between runs,
+    merged into axes by :func:`population_axes`). Per metric: :func:`kendall_tau` with the
+    gap, its :func:`bootstrap_tau` interval and :func:`granulated_tau` over the axes; a
+    run whose measure is not finite is left out of that metric (``n`` counts the rest).
+    With ``out``, an interrupted call resumes (see the module docstring); the gap, seeds
+    and bootstrap settings can change between calls.
 
     Args:
         runs: run folders (each with ``config.json`` and its checkpoints).
@@ -709,28 +783,12 @@ def correlate_runs(
         FileNotFoundError: a missing run folder, or one without checkpoints.
         landscape.compare.CompareInterrupted: interrupted while writing ``out``.
     """
-    from landscape._io import check_output
     from landscape.checkpoint import run_checkpoints
     from landscape.compare import compare_checkpoints
-    from landscape.metrics import validate_metric_names
 
-    names = validate_metric_names(metrics)
-    if gap not in GAPS:
-        raise ValueError(f"Invalid gap: {gap!r} (expected 'acc' or 'loss')")
-    if seeds not in SEED_MODES:
-        raise ValueError(f"Invalid seeds: {seeds!r} (expected 'replicate' or 'axis')")
-    _check_bootstrap(draws, confidence)
-    if out is not None:
-        if Path(out).suffix.lower() != ".json":
-            raise ValueError(f"Invalid out: {os.fspath(out)!r} (expected a .json file)")
-        check_output(out, suffixes=(".json",), what="out")
-    paths = [Path(r) for r in runs]
-    if len(paths) < 2:
-        raise ValueError(f"Invalid runs: {len(paths)} given (a correlation needs two or more)")
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise ValueError("Invalid runs: a run folder is given twice")
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"Invalid labels: {len(labels)} labels for {len(paths)} runs")
+    names, paths = _check_correlate_arguments(
+        runs, metrics, gap, seeds, draws, confidence, out, labels
+    )
     configs = [_run_config(p) for p in paths]
     finals = [run_checkpoints(p)[-1] for p in paths]
     _check_records(finals, paths, gap)
@@ -752,38 +810,14 @@ def correlate_runs(
         **options,
     )
 
-    seed_keys = _seed_keys(configs)
-    axis_input = configs
-    if seeds == "replicate":
-        axis_input = [{k: v for k, v in c.items() if k not in seed_keys} for c in configs]
-    axes = population_axes(axis_input)
+    seed_keys, axes = _seeds_and_axes(configs, seeds)
     gaps = [_gap_of(row, gap) for row in cmp.rows]
-    models = []
-    for i, row in enumerate(cmp.rows):
-        models.append(
-            {
-                "label": row["label"],
-                "run": os.fspath(paths[i]),
-                "checkpoint": row["checkpoint"],
-                "epoch": row.get("epoch"),
-                "gap": gaps[i],
-                "hparams": {a: _axis_value(configs[i], keys) for a, keys in axes.items()},
-                "seed": configs[i].get("seed"),
-                "measures": {m: row[m]["value"] for m in names},
-                **{r: row[r]["value"] for r in _RECORDED},
-            }
-        )
+    models = _population_models(cmp.rows, paths, configs, axes, gaps, names)
     results = {}
     for m in names:
         values = [_num(row[m]["value"]) for row in cmp.rows]
-        results[m] = _metric_result(values, gaps, configs, axes, draws, bootstrap_seed, confidence)
-        if results[m]["n"] < len(paths):
-            logger.warning(
-                "%s: %d of %d runs have no finite value and are left out",
-                m,
-                len(paths) - results[m]["n"],
-                len(paths),
-            )
+        stats = (draws, bootstrap_seed, confidence)
+        results[m] = _metric_result(values, gaps, configs, axes, *stats, name=m)
     settings = {
         "gap": gap,
         "seeds": seeds,

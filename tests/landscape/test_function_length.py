@@ -24,6 +24,11 @@ FILES = (
     "landscape/objective.py",
     "landscape/batches.py",
     "landscape/cli/hessian.py",
+    "landscape/correlation.py",
+    "landscape/connectivity.py",
+    "landscape/checkpoint.py",
+    "landscape/user.py",
+    "landscape/store.py",
 )
 PACKAGES = ("landscape/hessian", "landscape/metrics")
 

@@ -202,20 +202,31 @@ class Comparison:
         return self.to_csv(path)
 
     # ------------------------------------------------------------------ display
-    def _cells(self, digits: int) -> tuple[list[str], list[list[str]]]:
-        header = ["checkpoint", *self.metrics]
+    def _cells(
+        self, digits: int, columns: Sequence[str] | None = None
+    ) -> tuple[list[str], list[list[str]]]:
+        columns = list(self.metrics if columns is None else columns)
+        unknown = [c for c in columns if c not in self.metrics]
+        if unknown:
+            raise ValueError(f"Invalid columns: {unknown} (the table has {self.metrics})")
+        header = ["checkpoint", *columns]
         body = []
         for row in self.rows:
             cells = [row["label"]]
-            for m in self.metrics:
+            for m in columns:
                 cell = row.get(m) or {}
                 cells.append(_fmt(cell.get("value"), cell.get("stderr"), digits))
             body.append(cells)
         return header, body
 
-    def format_table(self, digits: int = 4) -> str:
-        """A plain-text table: one row per checkpoint, ``mean ± stderr`` per metric."""
-        return text_table(*self._cells(digits))
+    def format_table(self, digits: int = 4, columns: Sequence[str] | None = None) -> str:
+        """A plain-text table: one row per checkpoint, ``mean ± stderr`` per metric.
+
+        Args:
+            digits: significant digits.
+            columns: the columns to show, in order (default all of :attr:`metrics`).
+        """
+        return text_table(*self._cells(digits, columns))
 
     def __str__(self) -> str:
         return self.format_table()

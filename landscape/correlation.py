@@ -12,6 +12,11 @@ measures and where to find them" (ICLR 2020, arXiv:1912.02178):
   other axis form a group; ``ψ_k`` is the mean over groups of τ within a group, and
   ``Ψ = mean_k ψ_k``; intervals resample the groups of each axis.
 - :func:`population_axes`: which configuration entries vary, merged into axes.
+- :func:`permutation_pvalue`: how likely a ``|τ|`` that large is were the two unrelated.
+
+:func:`flatness_finding` states in one sentence how a flatness measure (``λmax``, the
+trace) ranks with test accuracy across the rows of a comparison (the demo's optimizers),
+computed from the table's numbers whenever it is called.
 
 And :func:`correlate_runs` (``landscape correlate``): measure the final checkpoint of each
 ``landscape train`` run folder with :func:`~landscape.compare.compare_checkpoints`, take
@@ -37,7 +42,9 @@ which the table does not correct for.
 
 from __future__ import annotations
 
+import functools
 import html
+import itertools
 import json
 import logging
 import math
@@ -50,15 +57,19 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FLATNESS_MEASURES",
     "GAPS",
     "SEED_MODES",
     "AxisTau",
     "Correlation",
+    "Finding",
     "GranulatedTau",
     "bootstrap_tau",
     "correlate_runs",
+    "flatness_finding",
     "granulated_tau",
     "kendall_tau",
+    "permutation_pvalue",
     "population_axes",
 ]
 
@@ -74,6 +85,8 @@ _RECORDED = ("train_loss", "test_loss", "train_acc", "test_acc")
 # config.json entries that describe the run's bookkeeping, not its hyper-parameters.
 _NOT_HPARAMS = ("version", "world_size", "save_every")
 _MIN_DRAWS = 100
+# Up to this many models the permutation p-value enumerates every pairing (9! = 362880).
+_EXACT_PERMUTATIONS = 9
 
 
 # --------------------------------------------------------------------------- numbers
@@ -163,6 +176,70 @@ def bootstrap_tau(
     # Σ_{a≠b} S[idx_a, idx_b] = cᵀ S c with c the draw's counts (S has a zero diagonal).
     taus = np.einsum("bi,ij,bj->b", counts, s, counts) / (n * (n - 1))
     return _interval(taus, confidence)
+
+
+@functools.lru_cache(maxsize=2)
+def _all_permutations(n: int) -> np.ndarray:
+    """Every permutation of ``range(n)``, one per row (``int8``; 3 MB at ``n = 9``)."""
+    flat = itertools.chain.from_iterable(itertools.permutations(range(n)))
+    perms = np.fromiter(flat, dtype=np.int8, count=math.factorial(n) * n).reshape(-1, n)
+    perms.flags.writeable = False
+    return perms
+
+
+def permutation_pvalue(
+    measure: Sequence[float] | np.ndarray,
+    other: Sequence[float] | np.ndarray,
+    *,
+    draws: int = 10_000,
+    seed: int = 0,
+) -> float:
+    """The two-sided permutation p-value of :func:`kendall_tau`.
+
+    How likely a ``|τ|`` at least as large as the observed one is when the two are
+    unrelated, i.e. when every pairing of the measures with the other values is equally
+    likely (ties kept as they are): exact, over all ``n!`` pairings, for up to 9 models;
+    otherwise estimated from ``draws`` seeded random pairings as
+    ``(1 + hits) / (1 + draws)``.  With 3 models no τ reaches p < 0.3, with 4 none
+    reaches p < 0.08: a small population cannot show a significant relation.
+
+    Args:
+        measure: one value per model (finite).
+        other: one value per model (finite): a gap, an accuracy, ...
+        draws: random pairings beyond 9 models (at least 100).
+        seed: seed of the random pairings (``numpy.random.default_rng``).
+
+    Returns:
+        p in ``(0, 1]``; ``nan`` for fewer than two models.
+
+    Raises:
+        ValueError: not two 1-D sequences of the same length, a non-finite value, or too
+            few draws.
+    """
+    mu, y = _vector(measure, "measure"), _vector(other, "other")
+    if mu.shape != y.shape:
+        raise ValueError(f"Invalid other: {y.size} values for {mu.size} measures")
+    n = mu.size
+    if n < 2:
+        return math.nan
+    iu, ju = np.triu_indices(n, 1)  # the pairs i < j
+    a = np.sign(mu[iu] - mu[ju])
+    b = np.sign(y[:, None] - y[None, :]).astype(np.int8)
+    observed = abs(float(a @ b[iu, ju]))  # an integer: sums of signs are exact
+    if n <= _EXACT_PERMUTATIONS:
+        perms = _all_permutations(n)
+    else:
+        if int(draws) < _MIN_DRAWS:
+            raise ValueError(f"Invalid draws: {draws} (at least {_MIN_DRAWS})")
+        rng = np.random.default_rng(seed)
+        perms = np.argsort(rng.random((int(draws), n)), axis=1)
+    hits = 0
+    for chunk in np.array_split(perms, max(1, perms.shape[0] * iu.size // 2**22)):
+        stats = b[chunk[:, iu], chunk[:, ju]] @ a
+        hits += int((np.abs(stats) > observed - 0.5).sum())
+    if n <= _EXACT_PERMUTATIONS:
+        return hits / perms.shape[0]
+    return (1 + hits) / (1 + int(draws))
 
 
 @dataclass(frozen=True)
@@ -831,3 +908,188 @@ def correlate_runs(
     if out is not None:
         corr.to_json(out)
     return corr
+
+
+# --------------------------------------------------------------------------- a finding
+
+#: Flatness measures a finding uses, in order of preference (the first the table has).
+FLATNESS_MEASURES = ("lambda_max", "trace")
+_MEASURE_TEXT = {"lambda_max": "λmax", "trace": "the Hessian trace"}
+_SHORT_TEXT = {"lambda_max": "λmax", "trace": "trace"}
+# Below this |τ| (and not significant) a finding says "no relation".
+_NO_RELATION = 0.2
+
+
+@dataclass(frozen=True)
+class Finding:
+    """How a flatness measure ranks with test accuracy across a few models, in one sentence.
+
+    Attributes:
+        measure: the flatness measure's column (``lambda_max``, ``trace``, ...): lower is
+            flatter.
+        accuracy: the accuracy column (``test_acc``, in percent).
+        labels: the models counted (finite measure and accuracy), in table order.
+        measures: their measure values.
+        accuracies: their accuracies.
+        tau: Kendall's tau-a of the measure with the accuracy (negative: the flatter
+            models are the more accurate).
+        p_value: its two-sided :func:`permutation_pvalue`.
+        clean: whether the models were trained on noisy labels, the accuracy being on
+            the clean test labels.
+        sentence: the finding, phrased from the numbers above.
+    """
+
+    measure: str
+    accuracy: str
+    labels: tuple[str, ...]
+    measures: tuple[float, ...]
+    accuracies: tuple[float, ...]
+    tau: float
+    p_value: float
+    clean: bool
+    sentence: str
+
+    def __str__(self) -> str:
+        return self.sentence
+
+
+def _column(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
+    values = []
+    for row in rows:
+        cell = row.get(name)
+        v = cell.get("value") if isinstance(cell, Mapping) else cell
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        values.append(float(v) if ok else math.nan)
+    return values
+
+
+def _and(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def flatness_finding(
+    comparison: Any,
+    measure: str | None = None,
+    accuracy: str = "test_acc",
+    *,
+    alpha: float = 0.05,
+    clean: bool | None = None,
+    draws: int = 10_000,
+    seed: int = 0,
+) -> Finding:
+    """State in one sentence how flatness ranks with accuracy across a comparison's rows.
+
+    Kendall's τ (:func:`kendall_tau`) of the flatness measure with the accuracy over the
+    rows with finite values of both, and its :func:`permutation_pvalue`; the sentence
+    says, from those numbers only:
+
+    - ``p < alpha``: the flatter the model, the higher (τ < 0) or the lower (τ > 0) its
+      accuracy;
+    - otherwise, ``|τ| < 0.2``: no relation;
+    - otherwise: a tendency one way that chance explains as well at this ``n``;
+
+    then which model is the flattest and which the most accurate (ties named together),
+    with their values.
+
+    Args:
+        comparison: a :class:`~landscape.compare.Comparison`, or its JSON layout
+            (``{"metrics": [...], "rows": [...]}``).
+        measure: the flatness column (lower is flatter); default the first of
+            :data:`FLATNESS_MEASURES` the table has.
+        accuracy: the accuracy column, in percent (the training record's ``test_acc``).
+        alpha: the significance level.
+        clean: whether to call the accuracy clean (the models trained on noisy labels);
+            default: when the table has a ``train_clean_acc`` column with a value, which
+            the training record holds only for a run with noisy training labels (test
+            labels are never noised).
+        draws: random pairings of the p-value beyond 9 models.
+        seed: their seed.
+
+    Raises:
+        ValueError: the table lacks the columns, or fewer than two rows have finite
+            values of both.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"Invalid alpha: {alpha} (expected 0 < alpha < 1)")
+    if isinstance(comparison, Mapping):
+        rows, columns = list(comparison.get("rows") or []), list(comparison.get("metrics") or [])
+    else:
+        rows, columns = list(comparison.rows), list(comparison.metrics)
+    if measure is None:
+        measure = next((m for m in FLATNESS_MEASURES if m in columns), None)
+        if measure is None:
+            raise ValueError(f"Invalid comparison: none of {', '.join(FLATNESS_MEASURES)}")
+    for name in (measure, accuracy):
+        if name not in columns:
+            raise ValueError(f"Invalid comparison: no {name!r} column")
+    mu, acc = _column(rows, measure), _column(rows, accuracy)
+    keep = [i for i in range(len(rows)) if math.isfinite(mu[i]) and math.isfinite(acc[i])]
+    if len(keep) < 2:
+        raise ValueError(
+            f"Invalid comparison: {len(keep)} rows with finite {measure} and {accuracy} "
+            "(at least 2)"
+        )
+    labels = tuple(str(rows[i].get("label") or rows[i].get("checkpoint") or i) for i in keep)
+    mu, acc = [mu[i] for i in keep], [acc[i] for i in keep]
+    if clean is None:
+        clean = any(math.isfinite(v) for v in _column(rows, "train_clean_acc"))
+    tau = kendall_tau(mu, acc)
+    p = permutation_pvalue(mu, acc, draws=draws, seed=seed)
+    acc_text = ("clean " if clean else "") + (
+        "test accuracy" if accuracy == "test_acc" else accuracy
+    )
+    sentence = _finding_sentence(measure, acc_text, labels, mu, acc, tau, p, alpha)
+    return Finding(measure, accuracy, labels, tuple(mu), tuple(acc), tau, p, bool(clean), sentence)
+
+
+def _finding_sentence(
+    measure: str,
+    acc_text: str,
+    labels: Sequence[str],
+    mu: Sequence[float],
+    acc: Sequence[float],
+    tau: float,
+    p: float,
+    alpha: float,
+) -> str:
+    what = _MEASURE_TEXT.get(measure, measure)
+    short = _SHORT_TEXT.get(measure, measure)
+    signed = f"{tau:+.2f}".replace("-", "−")
+    stats = f"Kendall τ of {what} with {acc_text} {signed}, permutation {_p_text(p)}"
+    n = len(labels)
+    if p < alpha:
+        how = "higher" if tau < 0 else "lower"
+        head = f"Across the {n} models, the flatter the model, the {how} its {acc_text}"
+    elif abs(tau) < _NO_RELATION:
+        head = f"Across the {n} models, {what} shows no relation to {acc_text}"
+    else:
+        lean = "more" if tau < 0 else "less"
+        head = (
+            f"Across the {n} models, the flatter tend to be the {lean} accurate, "
+            "but not significantly"
+        )
+    flattest = [i for i in range(n) if mu[i] == min(mu)]
+    best = [i for i in range(n) if acc[i] == max(acc)]
+    if flattest == best:
+        i = flattest[0]
+        who = (
+            f"{_and([labels[j] for j in best])} {'is' if len(best) == 1 else 'are'} both the "
+            f"flattest ({short} {mu[i]:.3g}) and the most accurate ({acc[i]:.1f} %)"
+        )
+    else:
+        flat = _and([labels[j] for j in flattest])
+        if len(flattest) == 1:
+            flat += f" is the flattest ({short} {mu[flattest[0]]:.3g}, {acc[flattest[0]]:.1f} %)"
+        else:
+            flat += f" are the flattest ({short} {mu[flattest[0]]:.3g})"
+        top = _and([labels[j] for j in best])
+        if len(best) == 1:
+            top += f" the most accurate ({acc[best[0]]:.1f} %, {short} {mu[best[0]]:.3g})"
+        else:
+            top += f" the most accurate ({acc[best[0]]:.1f} %)"
+        who = f"{flat} and {top}"
+    return f"{head} ({stats}); {who}."

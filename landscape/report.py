@@ -6,6 +6,10 @@
   (``{"metrics": [...], "rows": [...]}``), or computed from checkpoints when metric
   names are passed; a comparison of one run's checkpoints at two or more epochs also
   gets its metrics drawn against the epoch under its table;
+- a finding: for a comparison of several final models with a flatness measure
+  (``lambda_max`` or ``trace``) and the recorded ``test_acc``, one sentence computed from
+  its numbers when the page is built (:func:`landscape.correlation.flatness_finding`),
+  over a table of flatness and accuracy side by side;
 - surfaces: HDF5 files in the layout of ``analysis.md`` (2-D ones as interactive 3-D
   landscapes, plus one togglable scene when there are several; 1-D ones as curves;
   mode-connectivity curves of :func:`landscape.connectivity.fit_curve` as the loss and
@@ -38,6 +42,7 @@ __all__ = [
     "collect_report_inputs",
     "comparison_table_html",
     "connectivity_table_html",
+    "finding_html",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,6 +191,47 @@ def comparison_table_html(comparison: Mapping[str, Any]) -> str:
     )
 
 
+#: Columns beside the flatness measure and the accuracy in a finding's table (training
+#: record values, when the comparison has them).
+_FINDING_RECORDED = ("train_loss", "train_acc", "train_clean_acc")
+
+
+def finding_html(comparison: Mapping[str, Any]) -> str | None:
+    """A comparison's finding: the sentence, over flatness and accuracy side by side.
+
+    The sentence is :func:`landscape.correlation.flatness_finding` of the comparison's
+    numbers; the table shows, per model, the flatness measures it has (``lambda_max``,
+    ``trace``), ``test_acc`` and the training record's ``train_loss``, ``train_acc`` and
+    ``train_clean_acc`` (when present).  ``None`` when the comparison has no flatness
+    measure, no ``test_acc``, fewer than two models with both, or follows one run through
+    training (epochs of the same run are not independent models).
+    """
+    from landscape.correlation import FLATNESS_MEASURES, flatness_finding
+
+    if _curves_worth_drawing(comparison):
+        return None
+    try:
+        finding = flatness_finding(comparison)
+    except ValueError as exc:
+        logger.info("report: no finding for %s: %s", comparison.get("_source", ""), exc)
+        return None
+    columns = list(comparison.get("metrics") or [])
+    shown = [m for m in FLATNESS_MEASURES if m in columns] + [finding.accuracy]
+    shown += [m for m in _FINDING_RECORDED if m in columns]
+    table = comparison_table_html({"metrics": shown, "rows": comparison.get("rows") or []})
+    note = "Lower λmax and trace: flatter. Accuracies in percent."
+    if finding.clean:
+        note += (
+            " The models were trained on noisy labels: train_loss and train_acc are on "
+            "the noisy training labels, train_clean_acc on the same images with their "
+            "clean labels, test_acc on the test labels, which are never noised."
+        )
+    return (
+        f'<p class="finding">{html.escape(finding.sentence)}</p>'
+        f'<p class="meta">{html.escape(note)}</p>{table}'
+    )
+
+
 def connectivity_table_html(curves: Sequence[Any]) -> str:
     """An escaped HTML table of curve files' barriers: line vs fitted curve (train, test)."""
     head = (
@@ -257,6 +303,7 @@ table.comparison { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 table.comparison th, table.comparison td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 table.comparison td { text-align: right; font-variant-numeric: tabular-nums; }
 .meta { color: #666; font-size: 0.85em; } .figure { margin: 1em 0; overflow-x: auto; }
+.finding { font-size: 1.1em; border-left: 4px solid #3f51b5; padding-left: 0.8em; }
 """
 
 
@@ -325,6 +372,9 @@ def build_report(
 
     # (heading, blocks): a block is an HTML string or a plotly figure, in page order.
     sections: list[tuple[str, list[Any]]] = []
+    findings = [f for f in map(finding_html, collected.comparisons) if f is not None]
+    if findings:
+        sections.append(("Finding", findings))
     if collected.comparisons:
         blocks: list[Any] = []
         for comp in collected.comparisons:

@@ -84,6 +84,11 @@ def test_compare_checkpoints_rows_equal_direct_metrics(checkpoints, tmp_path):
     assert table.splitlines()[0].split() == ["checkpoint", *names]
     assert "±" in table and "run1/final" in table
     assert "<table>" in cmp._repr_html_()
+    # some columns, in the order asked
+    picked = cmp.format_table(columns=[names[-1], names[0]])
+    assert picked.splitlines()[0].split() == ["checkpoint", names[-1], names[0]]
+    with pytest.raises(ValueError, match=r"Invalid columns: \['nope'\]"):
+        cmp.format_table(columns=["nope"])
 
 
 def test_compare_validates_before_any_work(checkpoints, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from landscape.checkpoint import load_checkpoint
 from landscape.cli import main
+from landscape.correlation import flatness_finding
 from landscape.demo import run_demo
 from landscape.report import build_report
 from landscape.store import read_surface
@@ -32,6 +34,10 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "grad_norm" in printed and "sam" in printed and "report:" in printed
+    # Flatness and the clean test accuracy side by side, the remaining columns after.
+    header = printed.splitlines()[0].split()
+    assert header[:4] == ["checkpoint", "trace", "test_acc", "grad_norm"]
+    assert "train_loss, train_acc: on the noisy training labels (40% replaced" in printed
     for name in ("sgd", "sam"):
         assert (out / "runs" / name / "final.pt").exists()
         s = read_surface(out / "surfaces" / f"{name}.h5")
@@ -46,12 +52,17 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         assert len(dens["grid"]) == len(dens["density"])
     comp = json.loads((out / "compare.json").read_text())
     assert [r["label"] for r in comp["rows"]] == ["sgd", "sam"]
-    # beside the flatness: the training record of each final model, read from its file
-    assert comp["metrics"] == ["grad_norm", "trace", "train_loss", "test_acc"]
+    # beside the flatness: the training record of each final model, read from its file;
+    # trained on 40 % noisy labels by default, tested on the clean test labels
+    recorded = ["train_loss", "train_acc", "train_clean_acc", "test_acc"]
+    assert comp["metrics"] == ["grad_norm", "trace", *recorded]
     for r, name in zip(comp["rows"], ("sgd", "sam")):
+        config = json.loads((out / "runs" / name / "config.json").read_text())
+        assert config["data"]["label_noise"] == 0.4
         record = load_checkpoint(out / "runs" / name / "final.pt").meta["metrics"]
-        assert r["test_acc"]["value"] == record["test_acc"] > 0
-        assert r["train_loss"]["value"] == record["train_loss"]
+        for key in recorded:
+            assert r[key]["value"] == record[key]
+        assert r["test_acc"]["value"] > 0
     assert all(np.isfinite(r["grad_norm"]["value"]) for r in comp["rows"])
     # The trace by the Gauss-Newton split: exact on the demo's ReLU MLP.
     for r in comp["rows"]:
@@ -67,16 +78,26 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count("* plotly.js v") == 1 and "Sharpness comparison" in page
     assert "trajectory: metrics against the epoch" in page
+    # The finding: computed from compare.json when the report is built, the same sentence
+    # in the report and at the end of the printed output.
+    finding = flatness_finding(comp)
+    assert finding.measure == "trace" and finding.clean and finding.labels == ("sgd", "sam")
+    assert finding.sentence.startswith("Across the 2 models,")
+    assert "with clean test accuracy" in finding.sentence
+    assert html.escape(finding.sentence) in page and "<h2>Finding</h2>" in page
+    assert finding.sentence in printed.splitlines()
+    assert page.index("<h2>Finding</h2>") < page.index("<h2>Sharpness comparison</h2>")
     # A rerun resumes: same files, same numbers.
     again = run_demo(
         out, optimizers=["sgd", "sam"], epochs=3, grid=3, pca_grid=3,
-        metrics=["grad_norm"], max_samples=128, spectrum_runs=1,
+        metrics=["grad_norm", "trace"], max_samples=128, spectrum_runs=1,
         spectrum_steps=4, progress=False, threads=1,
     )  # fmt: skip
     assert again.comparison.rows[0]["grad_norm"]["value"] == pytest.approx(
         comp["rows"][0]["grad_norm"]["value"]
     )
     assert again.trajectory.rows == traj["rows"]
+    assert again.finding.sentence == finding.sentence
     # The report computes a table itself from run folders' final checkpoints.
     page = build_report(
         [out / "runs" / "sgd", out / "runs" / "sam"],
@@ -95,6 +116,12 @@ def test_demo_rejects_bad_settings(tmp_path):
         run_demo(tmp_path, grid=1)
     with pytest.raises(ValueError, match="Invalid epochs"):
         run_demo(tmp_path, epochs=2)
+    with pytest.raises(ValueError, match=r"Invalid epochs: 30; .*\(epochs / save_every = 2 "):
+        run_demo(tmp_path, epochs=30, save_every=15)
+    with pytest.raises(ValueError, match="Invalid save_every"):
+        run_demo(tmp_path, save_every=0)
+    with pytest.raises(ValueError, match="Invalid label_noise"):
+        run_demo(tmp_path, label_noise=1.5)
     with pytest.raises(ValueError, match="nope"):  # before any training
         run_demo(tmp_path, trajectory_metrics=["lambda_max", "nope"])
     assert not (tmp_path / "runs").exists()

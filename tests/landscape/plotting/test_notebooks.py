@@ -11,7 +11,7 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[3] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_exist():
+def test_the_notebooks_exist():
     names = {p.stem for p in NOTEBOOKS}
     assert {
         "quickstart",
@@ -19,6 +19,7 @@ def test_the_four_notebooks_exist():
         "trajectory",
         "gradient_alignment",
         "your_own_model",
+        "correlation_and_connectivity",
     } <= names
 
 

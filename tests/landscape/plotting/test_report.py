@@ -260,3 +260,59 @@ def test_metric_curves_draw_in_headless_chromium(tmp_path, comparison_json):
     assert div.count('class="point plotly-customdata"') == 4  # one marker per epoch
     assert div.count('class="errorbar"') == 4
     assert "<script>alert" not in dom
+
+
+def _finding_comparison(path, rows, *, epochs=None, noisy=True):
+    doc = {"metrics": ["lambda_max", "trace", "train_loss", "train_clean_acc", "test_acc"]}
+    doc["rows"] = [
+        {
+            "checkpoint": f"runs/{label}/final.pt",
+            "label": label,
+            "epoch": None if epochs is None else epochs[i],
+            "lambda_max": {"value": lam, "stderr": None},
+            "trace": {"value": 10 * lam, "stderr": 0.0},
+            "train_loss": {"value": 1.3, "stderr": None},
+            "train_clean_acc": {"value": 93.0 if noisy else None, "stderr": None},
+            "test_acc": {"value": acc, "stderr": None},
+        }
+        for i, (label, lam, acc) in enumerate(rows)
+    ]
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_report_states_the_finding_computed_from_the_table(tmp_path):
+    from landscape.correlation import flatness_finding
+    from landscape.report import finding_html
+
+    rows = [("sgd", 4.6, 81.6), ("sam", 3.7, 84.1), (EVIL, 2.4, 87.2), ("gam", 2.8, 85.0)]
+    path = _finding_comparison(tmp_path / "compare.json", rows)
+    text = build_report([path], tmp_path / "r.html").read_text()
+    finding = flatness_finding(json.loads(path.read_text()))
+    assert finding.tau == -1.0 and finding.clean
+    sentence = finding.sentence.replace(EVIL, "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;")
+    assert f'<p class="finding">{sentence}</p>' in text and EVIL not in text
+    assert "the flatter tend to be the more accurate, but not significantly" in text  # n = 4
+    assert text.index("<h2>Finding</h2>") < text.index("<h2>Sharpness comparison</h2>")
+    # flatness and the clean test accuracy side by side, then the training record
+    head = text[text.index('<p class="finding">') :].split("</thead>")[0]
+    assert head.index("<th>lambda_max</th>") < head.index("<th>trace</th>")
+    assert head.index("<th>trace</th>") < head.index("<th>test_acc</th>")
+    assert head.index("<th>test_acc</th>") < head.index("<th>train_loss</th>")
+    assert "train_loss and train_acc are on the noisy training labels" in text
+    # Clean labels: plain "test accuracy", no note on noise.
+    clean = _finding_comparison(tmp_path / "clean.json", rows, noisy=False)
+    page = finding_html(json.loads(clean.read_text()))
+    assert "with test accuracy" in page and "noisy" not in page
+
+
+def test_report_states_no_finding_for_one_run_through_epochs_or_without_accuracy(tmp_path):
+    from landscape.report import finding_html
+
+    rows = [("sgd", 4.6, 81.6), ("sgd", 3.7, 84.1), ("sgd", 2.4, 87.2)]
+    path = _finding_comparison(tmp_path / "traj.json", rows, epochs=[0, 1, 2])
+    assert finding_html(json.loads(path.read_text())) is None
+    text = build_report([path], tmp_path / "r.html").read_text()
+    assert "<h2>Finding</h2>" not in text and "<h2>Sharpness comparison</h2>" in text
+    doc = {"metrics": ["lambda_max"], "rows": [{"label": "a", "lambda_max": {"value": 1.0}}]}
+    assert finding_html(doc) is None

@@ -175,6 +175,64 @@ def _grid_around(points: Any, margin: float = 0.25, num: int = 15) -> tuple[str,
     return out[0], out[1]
 
 
+#: The demo's stages, in order (``trajectory`` and ``spectra`` may be left out).
+_STAGES = ("train", "surfaces", "metrics", "trajectory", "spectra", "report")
+
+
+def _chosen_hparams(
+    optimizers: Sequence[str], hparams: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Each optimizer's hyper-parameters (:func:`demo_hparams` updated by ``hparams``)."""
+    import optimizers as _optimizers
+
+    unknown = [o for o in optimizers if o not in _optimizers.OPTIMIZER_NAMES]
+    if unknown or not optimizers:
+        raise ValueError(
+            f"Invalid optimizers: {unknown or 'none'}; choose from "
+            f"{', '.join(_optimizers.OPTIMIZER_NAMES)}"
+        )
+    if len(set(optimizers)) != len(optimizers):
+        raise ValueError(f"Invalid optimizers: repeated names in {list(optimizers)}")
+    stray = sorted(set(hparams or {}) - set(optimizers))
+    if stray:
+        raise ValueError(f"Invalid hparams: {stray} are not among the optimizers trained")
+    return {n: {**demo_hparams(n), **dict((hparams or {}).get(n, {}))} for n in optimizers}
+
+
+def _check_settings(
+    epochs: int,
+    grid: int,
+    batch_size: int,
+    save_every: int,
+    span: float,
+    label_noise: float,
+    pca_grid: int,
+    metrics: Sequence[str],
+    trajectory_metrics: Sequence[str],
+) -> None:
+    """Refuse bad demo settings before any training."""
+    from landscape.metrics import validate_metric_names
+
+    sizes = (("epochs", epochs), ("grid", grid), ("batch_size", batch_size))
+    for name, value in (*sizes, ("save_every", save_every)):
+        if value < 1 or (name == "grid" and value < 2):
+            raise ValueError(f"Invalid {name}: {value}")
+    if span <= 0:
+        raise ValueError(f"Invalid span: {span}")
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"Invalid label_noise: {label_noise} (a fraction in [0, 1])")
+    if pca_grid and -(-epochs // save_every) < 3:
+        # θ_t − θ_T of the checkpoints before the last, mean-centred, must span a plane.
+        raise ValueError(
+            f"Invalid epochs: {epochs}; the PCA plane needs checkpoints at 3 epochs before "
+            f"the last (epochs / save_every = {epochs / save_every:.3g} must be at least 3; "
+            "or pca_grid=0)"
+        )
+    validate_metric_names(list(metrics))
+    if trajectory_metrics:
+        validate_metric_names(list(trajectory_metrics))
+
+
 def run_demo(
     out: str | os.PathLike = "demo_out",
     *,
@@ -246,54 +304,22 @@ def run_demo(
     """
     from tqdm.auto import tqdm
 
-    import optimizers as _optimizers
-
-    unknown = [o for o in optimizers if o not in _optimizers.OPTIMIZER_NAMES]
-    if unknown or not optimizers:
-        raise ValueError(
-            f"Invalid optimizers: {unknown or 'none'}; choose from "
-            f"{', '.join(_optimizers.OPTIMIZER_NAMES)}"
-        )
-    if len(set(optimizers)) != len(optimizers):
-        raise ValueError(f"Invalid optimizers: repeated names in {list(optimizers)}")
-    stray = sorted(set(hparams or {}) - set(optimizers))
-    if stray:
-        raise ValueError(f"Invalid hparams: {stray} are not among the optimizers trained")
-    chosen = {n: {**demo_hparams(n), **dict((hparams or {}).get(n, {}))} for n in optimizers}
+    chosen = _chosen_hparams(optimizers, hparams)
     if save_every is None:  # about ten checkpoints per run
         save_every = max(1, epochs // 10)
-    sizes = (("epochs", epochs), ("grid", grid), ("batch_size", batch_size))
-    for name, value in (*sizes, ("save_every", save_every)):
-        if value < 1 or (name == "grid" and value < 2):
-            raise ValueError(f"Invalid {name}: {value}")
-    if span <= 0:
-        raise ValueError(f"Invalid span: {span}")
-    if not 0 <= label_noise <= 1:
-        raise ValueError(f"Invalid label_noise: {label_noise} (a fraction in [0, 1])")
-    if pca_grid and -(-epochs // save_every) < 3:
-        # θ_t − θ_T of the checkpoints before the last, mean-centred, must span a plane.
-        raise ValueError(
-            f"Invalid epochs: {epochs}; the PCA plane needs checkpoints at 3 epochs before "
-            f"the last (epochs / save_every = {epochs / save_every:.3g} must be at least 3; "
-            "or pca_grid=0)"
-        )
+    _check_settings(
+        epochs, grid, batch_size, save_every, span, label_noise, pca_grid, metrics,
+        trajectory_metrics,
+    )  # fmt: skip
     if model == "mlp" and model_kwargs is None:
         model_kwargs = {"hidden": [64]}
-    from landscape.metrics import validate_metric_names
-
-    validate_metric_names(list(metrics))  # before any training
-    if trajectory_metrics:
-        validate_metric_names(list(trajectory_metrics))
 
     recorded = DEMO_RECORDED_NOISY if label_noise else DEMO_RECORDED
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out=out)
-    stages = ["train", "surfaces", "metrics"]
-    stages += (["trajectory"] if trajectory_metrics else []) + (
-        ["spectra"] if spectrum_runs else []
-    )
-    stages += ["report"]
+    optional = {"trajectory": bool(trajectory_metrics), "spectra": bool(spectrum_runs)}
+    stages = [s for s in _STAGES if optional.get(s, True)]
     with _torch_threads(threads):
         bar = tqdm(total=len(stages), desc="demo", unit="stage", disable=progress is False)
         try:

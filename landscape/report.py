@@ -339,63 +339,105 @@ def build_report(
     Raises:
         ValueError: when the inputs hold nothing to show.
     """
-    from landscape.plotting import interactive as ia
-    from landscape.plotting._common import (
-        as_surface,
-        surface_label,
-        surface_ndim,
-        trajectory_of,
-    )
+    from landscape.plotting._common import as_surface
 
     collected = inputs if isinstance(inputs, ReportInputs) else collect_report_inputs(inputs)
-    if models and not compute_metrics:
-        raise ValueError("models were given without compute_metrics (the metrics to compute)")
-    if compute_metrics:
-        if not collected.checkpoints and not models:
-            raise ValueError("compute_metrics was given but the inputs hold no checkpoint")
-        from landscape.compare import compare_checkpoints
-
-        comp = compare_checkpoints(
-            [str(p) for p in collected.checkpoints] + list(models),
-            list(compute_metrics),
-            **dict(compare_options or {}),
-        )
-        rows = comp.rows
-        collected.comparisons.append(
-            {"metrics": list(compute_metrics), "rows": rows, "_source": "computed"}
-        )
+    _add_computed_comparison(collected, compute_metrics, compare_options, models)
     if collected.empty():
         raise ValueError(
             "nothing to report: give run folders, surface .h5 files, comparison or density "
             ".json files"
         )
-
+    surfaces = [as_surface(s) for s in collected.surfaces]
     # (heading, blocks): a block is an HTML string or a plotly figure, in page order.
-    sections: list[tuple[str, list[Any]]] = []
-    findings = [f for f in map(finding_html, collected.comparisons) if f is not None]
+    sections = [
+        *_comparison_sections(collected.comparisons),
+        *_surface_sections(surfaces, metric, log, max_3d),
+        *_other_sections(collected, surfaces, log),
+    ]
+    page, n_figures = _page(title, sections, surfaces)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    logger.info("report written to %s (%d figures)", out, n_figures)
+    return out
+
+
+Section = tuple[str, list[Any]]
+
+
+def _add_computed_comparison(
+    collected: ReportInputs,
+    compute_metrics: Sequence[str] | None,
+    compare_options: Mapping[str, Any] | None,
+    models: Sequence[Any],
+) -> None:
+    """Measure the inputs' checkpoints (and ``models``) when metrics are asked for."""
+    if models and not compute_metrics:
+        raise ValueError("models were given without compute_metrics (the metrics to compute)")
+    if not compute_metrics:
+        return
+    if not collected.checkpoints and not models:
+        raise ValueError("compute_metrics was given but the inputs hold no checkpoint")
+    from landscape.compare import compare_checkpoints
+
+    comp = compare_checkpoints(
+        [str(p) for p in collected.checkpoints] + list(models),
+        list(compute_metrics),
+        **dict(compare_options or {}),
+    )
+    collected.comparisons.append(
+        {"metrics": list(compute_metrics), "rows": comp.rows, "_source": "computed"}
+    )
+
+
+def _comparison_sections(comparisons: Sequence[Mapping[str, Any]]) -> list[Section]:
+    """The finding (when one can be computed) and the comparison tables with their curves."""
+    sections: list[Section] = []
+    findings = [f for f in map(finding_html, comparisons) if f is not None]
     if findings:
         sections.append(("Finding", findings))
-    if collected.comparisons:
-        blocks: list[Any] = []
-        for comp in collected.comparisons:
-            src = comp.get("_source", "")
-            table = comparison_table_html(comp)
-            n_rows = len(comp.get("rows") or [])
-            if n_rows > _OPEN_TABLE_ROWS:  # a long table (a run's every epoch) starts folded
-                table = f"<details><summary>table: {n_rows} rows</summary>{table}</details>"
-            blocks.append(f'<p class="meta">source: {html.escape(str(src))}</p>' + table)
-            curves = _metric_curves_figure(comp)
-            if curves is not None:
-                blocks.append(curves)
-        sections.append(("Sharpness comparison", blocks))
+    if not comparisons:
+        return sections
+    blocks: list[Any] = []
+    for comp in comparisons:
+        src = comp.get("_source", "")
+        table = comparison_table_html(comp)
+        n_rows = len(comp.get("rows") or [])
+        if n_rows > _OPEN_TABLE_ROWS:  # a long table (a run's every epoch) starts folded
+            table = f"<details><summary>table: {n_rows} rows</summary>{table}</details>"
+        blocks.append(f'<p class="meta">source: {html.escape(str(src))}</p>' + table)
+        curves = _metric_curves_figure(comp)
+        if curves is not None:
+            blocks.append(curves)
+    sections.append(("Sharpness comparison", blocks))
+    return sections
 
-    surfaces = [as_surface(s) for s in collected.surfaces]
+
+_SURFACE_NOTE = (
+    "<p>Drag to rotate, scroll to zoom; hover for coordinates and every stored "
+    "metric. Buttons (or legend entries) toggle surfaces in the shared scene; "
+    "the contour maps share its colour scale.</p>"
+)
+_PATH_NOTE = (
+    "<p>Each path is the run's checkpoints projected on the plane of its top-2 "
+    "PCA directions, the same plane the contours are evaluated on.</p>"
+)
+
+
+def _surface_sections(
+    surfaces: Sequence[Any], metric: str, log: bool, max_3d: int
+) -> list[Section]:
+    """The 2-D surfaces: random planes, then training paths on their PCA planes."""
+    from landscape.plotting import interactive as ia
+    from landscape.plotting._common import surface_ndim, trajectory_of
+
     planes = [s for s in surfaces if surface_ndim(s) == 2]
-    lines = [s for s in surfaces if surface_ndim(s) == 1]
     groups = (
         ("Loss surfaces", [s for s in planes if trajectory_of(s) is None]),
         ("Training paths on their PCA planes", [s for s in planes if trajectory_of(s) is not None]),
     )
+    sections: list[Section] = []
     for heading, group in groups:
         usable = []
         for s in group:
@@ -415,21 +457,21 @@ def build_report(
             figs.append(ia.interactive_contours(usable, metric, log=log))
         if len(usable) <= max_3d:
             figs.extend(ia.interactive_surface(s, metric, log=log) for s in usable)
-        note = (
-            "<p>Drag to rotate, scroll to zoom; hover for coordinates and every stored "
-            "metric. Buttons (or legend entries) toggle surfaces in the shared scene; "
-            "the contour maps share its colour scale.</p>"
-        )
-        if has_path:
-            note += (
-                "<p>Each path is the run's checkpoints projected on the plane of its top-2 "
-                "PCA directions, the same plane the contours are evaluated on.</p>"
-            )
+        note = _SURFACE_NOTE + (_PATH_NOTE if has_path else "")
         sections.append((heading, [note, *figs]))
-    from landscape.connectivity import is_curve_file
+    return sections
 
+
+def _other_sections(collected: ReportInputs, surfaces: Sequence[Any], log: bool) -> list[Section]:
+    """1-D curves, mode connectivity, spectral densities and training curves."""
+    from landscape.connectivity import is_curve_file
+    from landscape.plotting import interactive as ia
+    from landscape.plotting._common import surface_ndim
+
+    lines = [s for s in surfaces if surface_ndim(s) == 1]
     curves = [s for s in lines if is_curve_file(s)]
     lines = [s for s in lines if not is_curve_file(s)]
+    sections: list[Section] = []
     if lines:
         sections.append(("1-D loss curves", [ia.interactive_line(lines, log=log)]))
     if curves:
@@ -443,6 +485,13 @@ def build_report(
         sections.append(("Hessian spectral density", [fig]))
     if collected.runs:
         sections.append(("Training curves", [ia.interactive_training_curves(collected.runs)]))
+    return sections
+
+
+def _page(title: str, sections: Sequence[Section], surfaces: Sequence[Any]) -> tuple[str, int]:
+    """The HTML page of the sections (figures rendered together), and its figure count."""
+    from landscape.plotting import interactive as ia
+    from landscape.plotting._common import surface_label
 
     all_figs = [b for _, blocks in sections for b in blocks if not isinstance(b, str)]
     fragments = iter(ia.figures_to_html(all_figs))
@@ -467,8 +516,4 @@ def build_report(
         + (f"<section><h2>Surface files</h2><ul>{listed}</ul></section>" if listed else "")
         + "\n</body></html>\n"
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    logger.info("report written to %s (%d figures)", out, len(all_figs))
-    return out
+    return page, len(all_figs)

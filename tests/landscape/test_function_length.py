@@ -29,6 +29,8 @@ FILES = (
     "landscape/checkpoint.py",
     "landscape/user.py",
     "landscape/store.py",
+    "landscape/demo.py",
+    "landscape/report.py",
 )
 PACKAGES = ("landscape/hessian", "landscape/metrics")
 

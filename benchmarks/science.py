@@ -32,13 +32,23 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import torch
+from _science_common import (
+    add_common_arguments,
+    column,
+    final_row,
+    model_kwargs,
+    paired_diff,
+    paired_ratio,
+    runs_table,
+    steps_per_epoch,
+    table,
+    verdict,
+    write_json,
+)
 
 from landscape.compare import compare_models
 from landscape.data import load_data
@@ -50,59 +60,21 @@ NSGD, NSAM = "SGD, noisy labels", "SAM, noisy labels"
 CURV = ("lambda_max", "trace", "sam_sharpness")
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps per epoch of ``train`` (a last batch of one example is dropped)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 2 or full == 0 else 0)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0, 1, ...)")
+    add_common_arguments(p, seeds=5)
     p.add_argument("--data", default="digits", help="built-in data set (digits, mnist1d, ...)")
-    p.add_argument("--model", default="mlp", help="model name of landscape.models")
-    p.add_argument(
-        "--model-arg",
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="model option (default for mlp: hidden=[128,128])",
-    )
     p.add_argument("--epochs", type=int, default=20, help="epochs of the small-batch runs")
     p.add_argument("--small-batch", type=int, default=32)
     p.add_argument("--large-batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=0.05, help="peak LR (cosine to 0), all runs")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--rho", type=float, default=0.05, help="SAM's rho (finding 2)")
     p.add_argument("--noise", type=float, default=0.4, help="label-noise fraction (finding 3)")
     p.add_argument("--noise-epochs", type=int, default=60)
     p.add_argument("--noise-rho", type=float, default=0.1, help="SAM's rho (finding 3)")
-    p.add_argument("--sharpness-rho", type=float, default=0.05, help="rho of sam_sharpness")
-    p.add_argument("--sharpness-steps", type=int, default=10, help="ascent steps")
-    p.add_argument("--num-products", type=int, default=100, help="Hutchinson products")
-    p.add_argument("--max-samples", type=int, default=None, help="metric samples (all)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", type=Path, default=None, help="write per-seed numbers here")
     args = p.parse_args(argv)
-    kwargs: dict[str, Any] = {}
-    for item in args.model_arg:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--model-arg expects KEY=JSON, got {item!r}")
-        kwargs[key] = json.loads(value)
-    if not kwargs and args.model == "mlp":
-        kwargs = {"hidden": [128, 128]}
-    args.model_kwargs = kwargs
+    args.model_kwargs = model_kwargs(p, args)
     return args
-
-
-def final_row(res: Any) -> dict[str, float]:
-    """Training-set and test figures of the last epoch of a ``TrainResult``."""
-    last = res.metrics[-1]
-    keys = ("train_loss", "train_acc", "train_clean_acc", "test_loss", "test_acc")
-    return {k: float(last[k]) for k in keys if k in last}
 
 
 def run_seed(seed: int, args: argparse.Namespace, lb_epochs: int) -> dict[str, dict[str, float]]:
@@ -182,39 +154,8 @@ def run_seed(seed: int, args: argparse.Namespace, lb_epochs: int) -> dict[str, d
     return out
 
 
-def mean_sd(values: list[float]) -> str:
-    m = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.4g} ± {sd:.2g}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown pipe table (printed as is and pasted into BENCHMARKS.md)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join(
-        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        + [line(r) for r in rows]
-    )
-
-
-def verdict(holds: int, n: int) -> str:
-    if holds == n:
-        return "reproduced"
-    if 2 * holds > n:
-        return "mostly (not every seed)"
-    return "NOT reproduced"
-
-
 def report(per_seed: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
     n = len(per_seed)
-
-    def col(label: str, key: str) -> list[float]:
-        return [s[label][key] for s in per_seed]
-
     k = args.sharpness_steps
     cols = [
         ("train_loss", "train loss"),
@@ -226,26 +167,20 @@ def report(per_seed: list[dict[str, dict[str, float]]], args: argparse.Namespace
         ("sam_sharpness_1", "SAM sharpness (1 step)"),
         ("grad_norm", "‖∇L‖"),
     ]
-    t1 = table(
-        ["run", *[c[1] for c in cols]],
-        [[label, *[mean_sd(col(label, key)) for key, _ in cols]] for label in (SB, LB, SAM)],
-    )
+    t1 = runs_table(per_seed, (SB, LB, SAM), cols)
     ncols = [
         ("train_loss", "train loss (noisy labels)"),
         ("train_acc", "train acc % (noisy labels)"),
         ("train_clean_acc", "train acc % (clean labels)"),
         ("test_acc", "test acc % (clean)"),
     ]
-    t2 = table(
-        ["run", *[c[1] for c in ncols]],
-        [[label, *[mean_sd(col(label, key)) for key, _ in ncols]] for label in (NSGD, NSAM)],
-    )
+    t2 = runs_table(per_seed, (NSGD, NSAM), ncols)
     rows = []
     for finding, sharp, flat in (("1. large batch sharper", LB, SB), ("2. SAM flatter", SB, SAM)):
         for key, name in cols[3:7]:
-            a, b = col(sharp, key), col(flat, key)
-            holds = sum(x > y for x, y in zip(a, b))
-            ratio = statistics.fmean(x / y for x, y in zip(a, b))
+            holds, ratio = paired_ratio(
+                column(per_seed, sharp, key), column(per_seed, flat, key), lower=False
+            )
             rows.append(
                 [
                     finding,
@@ -255,9 +190,12 @@ def report(per_seed: list[dict[str, dict[str, float]]], args: argparse.Namespace
                     verdict(holds, n),
                 ]
             )
-    a, b = col(NSAM, "test_acc"), col(NSGD, "test_acc")
-    holds = sum(x >= y for x, y in zip(a, b))
-    diff = statistics.fmean(x - y for x, y in zip(a, b))
+    holds, diff = paired_diff(
+        column(per_seed, NSAM, "test_acc"),
+        column(per_seed, NSGD, "test_acc"),
+        lower=False,
+        ties=True,
+    )
     rows.append(
         [
             f"3. SAM ≥ SGD under {args.noise:.0%} noise",
@@ -308,13 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(per_seed, args))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {"args": vars(args) | {"json": str(args.json)}, "per_seed": per_seed},
-                indent=1,
-                default=str,
-            )
-        )
+        write_json(args.json, args, per_seed)
     return 0
 
 

@@ -176,13 +176,14 @@ def coverage(
 ) -> None:
     """The table of coverages (and of the median relative half-width).
 
-    Then the same results with the symmetric Student-``t`` interval (``skew=False``).
+    Then the relative RMS error of each cell's estimates, and the same results with the
+    symmetric Student-``t`` interval (``skew=False``).
     ``estimators`` / ``models``: only the columns / rows whose names contain one of
     these words.
     """
     torch.set_num_threads(1)
     names = _matching(list(ESTIMATORS), estimators, "estimator")
-    rows, t_rows, t_table = [], [], []
+    rows, t_rows, t_table, errors = [], [], [], []
     start = time.perf_counter()
     for label in _matching(list(MODELS), models, "model"):
         make = MODELS[label]
@@ -199,20 +200,25 @@ def coverage(
             hits = {True: 0, False: 0}
             widths: dict[bool, list[float]] = {True: [], False: []}
             unverified = 0
+            values = []
             for seed in range(first_seed, first_seed + seeds):
                 res = ESTIMATORS[name](op, obj, seed)
+                values.append(res.value)
                 for skew in (True, False):
                     lo, hi = res.interval(0.95, skew=skew)
                     hits[skew] += lo - slack <= exact <= hi + slack
                     widths[skew].append((hi - lo) / 2 / abs(exact))
                 unverified += res.info.get("unverified", 0)
             rows.append((label, name, hits[True] / seeds))
+            rmse = float(np.sqrt(np.mean((np.asarray(values) - exact) ** 2))) / abs(exact)
+            errors.append(f"{name} on {label}: {100 * rmse:.2f} %")
             t_rows.append((label, name, hits[False] / seeds))
             row.append(_cell(hits[True], widths[True], seeds, unverified))
             t_row.append(_cell(hits[False], widths[False], seeds, unverified))
         print("| " + " | ".join(row) + " |", flush=True)
         t_table.append("| " + " | ".join(t_row) + " |")
     print(f"\nseeds {first_seed}..{first_seed + seeds - 1}, {time.perf_counter() - start:.0f} s")
+    print("relative RMS error of the estimates: " + "; ".join(errors))
     for m, n, c in rows:
         if not 0.93 <= c <= 0.97:
             print(f"outside 93-97 %: {n} on {m}: {100 * c:.1f} %")

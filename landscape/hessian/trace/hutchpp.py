@@ -12,7 +12,7 @@ from landscape.hessian._krylov import lanczos_run, progress_bar
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr
 
-__all__ = ["Sketch", "hutchpp_trace", "residual_probe", "sketch_basis"]
+__all__ = ["hutchpp_trace"]
 
 _SKETCHES = ("rademacher", "lanczos")
 

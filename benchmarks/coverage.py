@@ -1,6 +1,8 @@
 """Coverage of the stochastic estimators' 95 % intervals against dense float64 truth.
 
     .venv/bin/python benchmarks/coverage.py [--quick] [--seeds 200] [--first-seed 0]
+                                           [--estimators block ...] [--models relu ...]
+                                           [--block-allocation pilot|size]
                                            [--fd] [--simulate N]
 
 Three small models the tests never use, each with its exact float64 Hessian
@@ -18,6 +20,11 @@ the finite-difference trace (``fd_trace``, the loss form, float64, every probe c
 half-width of the interval relative to the exact trace. A second table gives the same
 estimates with the symmetric Student-``t`` interval (``interval(0.95, skew=False)``), the
 default before the skewness correction.
+
+``--estimators`` and ``--models`` keep the columns and rows whose names contain one of
+the given words (case-insensitive), e.g. ``--estimators block --models relu``;
+``--block-allocation size`` runs ``block_trace`` with its former split (products ∝ √size
+per block) instead of the pilot split.
 
 ``--simulate N`` gives instead the coverage of Hutchinson's estimate with 5, 10 and 30
 probes over N simulated estimates per cell (probes drawn with the dense Hessian): the
@@ -50,6 +57,7 @@ from landscape.hessian import (
 from landscape.objective import Objective
 
 BUDGET = 30  # products per estimate
+BLOCK_OPTIONS: dict[str, str] = {}  # block_trace keywords (--block-allocation)
 FD_PROBES = 10  # probes of the finite-difference trace (each costs 2 forwards + 2 gradients)
 
 
@@ -134,7 +142,9 @@ def _slq(op: HessianOperator, seed: int) -> object:
 ESTIMATORS = {
     "Hutchinson": lambda op, obj, s: hutchinson_trace(op, BUDGET, seed=s, progress=False),
     "Hutch++": lambda op, obj, s: hutchpp_trace(op, BUDGET, seed=s, progress=False),
-    "block (Hutch++)": lambda op, obj, s: block_trace(op, BUDGET, seed=s, progress=False),
+    "block (Hutch++)": lambda op, obj, s: block_trace(
+        op, BUDGET, seed=s, progress=False, **BLOCK_OPTIONS
+    ),
     "fd (loss form)": lambda op, obj, s: fd_trace(
         obj, num_probes=FD_PROBES, seed=s, dtype=torch.float64, progress=False
     ),
@@ -148,16 +158,35 @@ def _cell(hits: int, widths: list[float], seeds: int, unverified: int) -> str:
     return cell + (f" [{unverified} unverified]" if unverified else "")
 
 
-def coverage(seeds: int, first_seed: int = 0) -> None:
+def _matching(names: list[str], words: list[str] | None, what: str) -> list[str]:
+    """The names containing one of ``words`` (case-insensitive); all of them for ``None``."""
+    if not words:
+        return names
+    kept = [n for n in names if any(w.lower() in n.lower() for w in words)]
+    if not kept:
+        raise SystemExit(f"no {what} matches {words}; choose from {names}")
+    return kept
+
+
+def coverage(
+    seeds: int,
+    first_seed: int = 0,
+    estimators: list[str] | None = None,
+    models: list[str] | None = None,
+) -> None:
     """The table of coverages (and of the median relative half-width).
 
-    Then the same results with the symmetric Student-``t`` interval (``skew=False``).
+    Then the relative RMS error of each cell's estimates, and the same results with the
+    symmetric Student-``t`` interval (``skew=False``).
+    ``estimators`` / ``models``: only the columns / rows whose names contain one of
+    these words.
     """
     torch.set_num_threads(1)
-    names = list(ESTIMATORS)
-    rows, t_rows, t_table = [], [], []
+    names = _matching(list(ESTIMATORS), estimators, "estimator")
+    rows, t_rows, t_table, errors = [], [], [], []
     start = time.perf_counter()
-    for label, make in MODELS.items():
+    for label in _matching(list(MODELS), models, "model"):
+        make = MODELS[label]
         obj = make()
         exact_op = HessianOperator(obj, dtype=torch.float64)
         dense = exact_op.to_dense()
@@ -171,20 +200,25 @@ def coverage(seeds: int, first_seed: int = 0) -> None:
             hits = {True: 0, False: 0}
             widths: dict[bool, list[float]] = {True: [], False: []}
             unverified = 0
+            values = []
             for seed in range(first_seed, first_seed + seeds):
                 res = ESTIMATORS[name](op, obj, seed)
+                values.append(res.value)
                 for skew in (True, False):
                     lo, hi = res.interval(0.95, skew=skew)
                     hits[skew] += lo - slack <= exact <= hi + slack
                     widths[skew].append((hi - lo) / 2 / abs(exact))
                 unverified += res.info.get("unverified", 0)
             rows.append((label, name, hits[True] / seeds))
+            rmse = float(np.sqrt(np.mean((np.asarray(values) - exact) ** 2))) / abs(exact)
+            errors.append(f"{name} on {label}: {100 * rmse:.2f} %")
             t_rows.append((label, name, hits[False] / seeds))
             row.append(_cell(hits[True], widths[True], seeds, unverified))
             t_row.append(_cell(hits[False], widths[False], seeds, unverified))
         print("| " + " | ".join(row) + " |", flush=True)
         t_table.append("| " + " | ".join(t_row) + " |")
     print(f"\nseeds {first_seed}..{first_seed + seeds - 1}, {time.perf_counter() - start:.0f} s")
+    print("relative RMS error of the estimates: " + "; ".join(errors))
     for m, n, c in rows:
         if not 0.93 <= c <= 0.97:
             print(f"outside 93-97 %: {n} on {m}: {100 * c:.1f} %")
@@ -270,6 +304,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds start here")
     parser.add_argument("--quick", action="store_true", help="40 seeds (about a minute)")
+    parser.add_argument(
+        "--estimators", nargs="+", metavar="WORD", help="only these columns (e.g. block)"
+    )
+    parser.add_argument("--models", nargs="+", metavar="WORD", help="only these rows (e.g. relu)")
+    parser.add_argument(
+        "--block-allocation",
+        choices=("pilot", "size"),
+        default="pilot",
+        help="block_trace's allocation (size: the split before 2026-12-05)",
+    )
     parser.add_argument("--fd", action="store_true", help="the finite-difference table")
     parser.add_argument(
         "--simulate", type=int, metavar="N", help="N simulated Hutchinson estimates per cell"
@@ -281,10 +325,12 @@ def main() -> None:
     if args.simulate:
         simulate(args.simulate)
         return
+    BLOCK_OPTIONS["allocation"] = args.block_allocation
     seeds = 40 if args.quick else args.seeds
-    print("| model | d | exact trace | " + " | ".join(ESTIMATORS) + " |")
-    print("|---|---|---|" + "---|" * len(ESTIMATORS))
-    coverage(seeds, args.first_seed)
+    names = _matching(list(ESTIMATORS), args.estimators, "estimator")
+    print("| model | d | exact trace | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    coverage(seeds, args.first_seed, args.estimators, args.models)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from torch import Tensor
 
 from landscape.hessian._krylov import lanczos_run, progress_bar
 from landscape.hessian.operator import HessianOperator
@@ -73,37 +76,13 @@ def hutchpp_trace(
         )
     k = min(k, op.dim)
     gen = torch.Generator().manual_seed(seed)
-    exhausted = False
     with progress_bar(num_products, "hutch++ trace", progress) as bar:
-        if sketch == "rademacher":
-            ys = []
-            for _ in range(k):
-                ys.append(op.matvec(op.random_vector(gen, "rademacher")))
-                bar.update(1)
-            q, _ = torch.linalg.qr(torch.stack(ys, dim=1))
-            exact = 0.0
-            for j in range(q.shape[1]):
-                exact += float(torch.dot(q[:, j].double(), op.matvec(q[:, j]).double()))
-                bar.update(1)
-            used = 2 * k
-        else:
-            state = lanczos_run(
-                op.matvec,
-                op.random_vector(gen),
-                k,
-                new_start=lambda: op.random_vector(gen),
-                progress=False,
-            )
-            bar.update(state.products)
-            q = state.basis.T
-            exact = float(np.sum(state.alphas))
-            exhausted = state.invariant and state.steps == op.dim
-            used = state.products
+        sk = sketch_basis(op, k, sketch, gen)
+        bar.update(sk.products)
+        exact, exhausted, used = sk.trace, sk.exhausted, sk.products
         samples: list[float] = []
         for _ in range(0 if exhausted else num_products - used):
-            g = op.random_vector(gen, "rademacher")
-            g = g - q @ (q.T @ g)
-            samples.append(float(torch.dot(g.double(), op.matvec(g).double())))
+            samples.append(residual_probe(op, sk.basis, gen))
             bar.update(1)
             if target_rel_stderr is not None and len(samples) >= max(min_samples, 2):
                 mean, se = mean_stderr(np.asarray(samples))
@@ -126,3 +105,41 @@ def hutchpp_trace(
         converged=conv,
         info={"method": "hutchpp", "sketch": sketch, "sketch_size": k, "sketch_trace": exact},
     )
+
+
+@dataclass
+class Sketch:
+    """The exact part of Hutch++: an orthonormal basis ``Q`` and ``Tr(QᵀHQ)``.
+
+    Attributes:
+        basis: ``(dim, k)`` orthonormal columns.
+        trace: ``Tr(QᵀHQ)``.
+        products: the products it cost.
+        exhausted: ``Q`` spans the whole space (``trace`` is ``Tr(H)``).
+    """
+
+    basis: Tensor
+    trace: float
+    products: int
+    exhausted: bool = False
+
+
+def sketch_basis(op: HessianOperator, k: int, sketch: str, gen: torch.Generator) -> Sketch:
+    """Hutch++'s sketch of ``k`` columns: ``2k`` products (Rademacher) or ``k`` (Lanczos)."""
+    if sketch == "rademacher":
+        ys = [op.matvec(op.random_vector(gen, "rademacher")) for _ in range(k)]
+        q, _ = torch.linalg.qr(torch.stack(ys, dim=1))
+        trace = sum(float(torch.dot(col.double(), op.matvec(col).double())) for col in q.T)
+        return Sketch(q, trace, 2 * k)
+    state = lanczos_run(
+        op.matvec, op.random_vector(gen), k, new_start=lambda: op.random_vector(gen), progress=False
+    )
+    exhausted = state.invariant and state.steps == op.dim
+    return Sketch(state.basis.T, float(np.sum(state.alphas)), state.products, exhausted)
+
+
+def residual_probe(op: HessianOperator, basis: Tensor, gen: torch.Generator) -> float:
+    """One Hutchinson probe of the residual ``(I−QQᵀ) H (I−QQᵀ)``: ``gᵀHg``, ``g ⊥ Q``."""
+    g = op.random_vector(gen, "rademacher")
+    g = g - basis @ (basis.T @ g)
+    return float(torch.dot(g.double(), op.matvec(g).double()))

@@ -154,11 +154,90 @@ def test_block_trace_unbiased_with_exact_block_values(problem):
     assert list(per_tensor.blocks) == op.param_names
     # a budget covering every block's size traces each block exactly
     big = block_trace(op, 2 * op.dim, blocks="tensor")
+    assert big.info["split"] == "exact" and big.stderr == 0
     diag = torch.diagonal(H)
     for name, sl in op.blocks():
         assert abs(big.blocks[name][0] - float(diag[sl].sum())) < 1e-8
     with pytest.raises(ValueError, match="num_products"):
         block_trace(op, 5, blocks="tensor")
+
+
+class _DenseOperator(HessianOperator):
+    """The operator's layout and blocks, with products by a given dense matrix (fast)."""
+
+    def __init__(self, objective, dense):
+        super().__init__(objective, dtype=torch.float64)
+        self.dense = dense
+
+    def matvec(self, v):
+        self.products += 1
+        return self.dense @ torch.as_tensor(v, dtype=torch.float64)
+
+
+def test_block_trace_pilot_split_unbiased_and_covers(problem):
+    """Many seeds against the dense Hessian: mean within 3 standard errors, 95 % covers."""
+    from landscape.hessian import block_trace
+
+    obj, _, H = problem
+    op = _DenseOperator(obj, H)
+    exact = float(H.trace())
+    runs = [block_trace(op, 24, seed=s, progress=False) for s in range(300)]
+    assert {r.info["split"] for r in runs} == {"pilot"} and max(r.products for r in runs) <= 24
+    _unbiased([r.value for r in runs], [r.stderr for r in runs], exact)
+    covered = np.mean([lo <= exact <= hi for lo, hi in (r.interval(0.95) for r in runs)])
+    assert covered >= 0.92
+    rad = [block_trace(op, 24, seed=s, sketch="rademacher", progress=False) for s in range(60)]
+    assert {r.info["split"] for r in rad} == {"pilot"} and max(r.products for r in rad) <= 24
+    _unbiased([r.value for r in rad], [r.stderr for r in rad], exact)
+
+
+def test_block_trace_pilot_split_sends_probes_where_the_residual_spreads(problem):
+    """A rank-2 block, which its sketch captures, gets the minimum; the other block the rest."""
+    from landscape.hessian import block_trace
+
+    obj, _, _ = problem
+    op = _DenseOperator(obj, torch.zeros(57, 57, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(36, 2, generator=g, dtype=torch.float64)
+    op.dense[:36, :36] = u @ u.T  # block "0": rank 2
+    op.dense[36:, 36:] = torch.diag(torch.linspace(-1.0, 2.0, 21, dtype=torch.float64))
+    op.dense[:36, 36:] = 0.3 * torch.randn(36, 21, generator=g, dtype=torch.float64)
+    op.dense[36:, :36] = op.dense[:36, 36:].T  # cross-layer mass: never seen
+    exact = float(op.dense[:36, :36].trace() + op.dense[36:, 36:].trace())
+    for min_probes in (3, 5):
+        res = block_trace(op, 30, seed=1, min_probes=min_probes, progress=False)
+        probes, alloc = res.info["block_probes"], res.info["allocation"]
+        assert res.info["split"] == "pilot" and res.products == sum(alloc.values()) <= 30
+        assert probes["0"] == min_probes and probes["2"] > 30 // 2 - min_probes
+        assert res.blocks["0"][0] == pytest.approx(float(op.dense[:36, :36].trace()), rel=1e-9)
+        assert res.blocks["0"][1] < 1e-9 * res.blocks["2"][1]
+        assert res.info["block_dof"]["2"] == probes["2"] - 1
+        assert abs(res.value - exact) <= 4 * res.stderr
+    # too few products per block for a pilot and the minimum probes: the size split
+    small = block_trace(op, 24, seed=1, min_probes=6, progress=False)
+    assert small.info["split"] == "size" and small.products <= 24
+    assert block_trace(op, 30, seed=1, allocation="size").info["split"] == "size"
+    with pytest.raises(ValueError, match="allocation"):
+        block_trace(op, 30, allocation="neyman")
+    with pytest.raises(ValueError, match="min_probes"):
+        block_trace(op, 30, min_probes=1)
+
+
+def test_block_trace_pilot_split_traces_small_blocks_exactly(problem):
+    from landscape.hessian import block_trace
+
+    obj, _, H = problem
+    op = _DenseOperator(obj, H)
+    res = block_trace(op, 40, seed=2, blocks="tensor", progress=False)
+    assert res.info["split"] == "pilot" and res.products <= 40
+    diag = torch.diagonal(H)
+    for name, sl in op.blocks():
+        value, se = res.blocks[name]
+        if name.endswith("bias"):  # 6 and 3 entries: within their shares, exact
+            assert value == pytest.approx(float(diag[sl].sum()), abs=1e-10) and se == 0
+            assert res.info["block_probes"][name] == 0
+        else:
+            assert res.info["block_probes"][name] >= 3 and se > 0
 
 
 def test_estimate_trace_dispatches_by_name(problem):

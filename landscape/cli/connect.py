@@ -63,8 +63,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--split",
         choices=("train", "both"),
-        default="both",
-        help="profile on the train split, or on train and test (default both)",
+        default=None,
+        help="profile on the train split, or on train and test (default: both when the "
+        "data has a test split, else train)",
     )
     p.add_argument(
         "--max-samples",
@@ -135,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"Invalid --num: {args.num} (at least 3 points)")
     device = resolve_device(args.device)
     ckpt, other, bundle, info = _open_pair(args)
-    test = bundle.test if args.split == "both" else None
-    if args.split == "both" and test is None:
+    split = args.split or ("train" if bundle.test is None else "both")
+    test = bundle.test if split == "both" else None
+    if split == "both" and test is None:
         raise ValueError(f"Invalid --split both: {info['checkpoint_a']}'s data has no test split")
     result = fit_curve(
         ckpt.model.to(device),

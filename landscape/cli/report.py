@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated sharpness metrics to compute on the inputs' checkpoints "
         "(e.g. lambda_max,trace); default: read comparison JSON files only",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (--compute)")
     add_user_arguments(p, several_weights=True)
     p.set_defaults(func=run)
 
@@ -49,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model {args.model}: say what to measure with --compute METRICS")
     if not args.inputs and not models:
         raise ValueError("nothing to report: give run folders and files, or --model with --compute")
-    options = {"params": args.params} if args.params is not None else {}
+    options: dict[str, object] = {"progress": False} if args.no_progress else {}
+    if args.params is not None:
+        options["params"] = args.params
     out = build_report(
         args.inputs,
         args.out,

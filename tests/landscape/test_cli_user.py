@@ -502,7 +502,7 @@ def test_report_and_connect_take_a_user_model(ws):
     from landscape.connectivity import read_curve
 
     pair = ["--model", MODEL, "--data", DATA, "--weights", "w1.pt", "--weights", "w2.safetensors"]
-    argv = ["report", *pair, "--compute", "loss,grad_norm", "--out", "r.html"]
+    argv = ["report", *pair, "--compute", "loss,grad_norm", "--out", "r.html", *Q]
     assert main(argv) == 0
     html = (ws / "r.html").read_text()
     assert "grad_norm" in html and ">w1<" in html and ">w2<" in html
@@ -519,3 +519,23 @@ def test_report_and_connect_take_a_user_model(ws):
     assert curve.info["checkpoint_a"] == "w1.pt"
     assert curve.info["checkpoint_b"] == "w2.safetensors"
     assert curve.info["model"] == MODEL and curve.info["data"] == DATA
+
+
+def test_connect_on_train_only_data_with_its_own_loss(ws):
+    """Data without a test split profiles the train split alone (no --split needed), and
+    the user's compute_loss trains and profiles the curve."""
+    from sharpscape_userpkg.losses import dict_batches, weighted_ce
+
+    from landscape.connectivity import read_curve
+
+    argv = ["connect", "--model", MODEL, "--data", f"{PKG}.losses:dict_batches"]
+    argv += ["--compute-loss", COMPUTE_LOSS, "--weights", "w1.pt", "--weights", "w2.safetensors"]
+    assert main([*argv, "--epochs", "1", "--num", "3", "--out", "ct.h5", *Q]) == 0
+    curve = read_curve(ws / "ct.h5")
+    assert curve.test_line is None
+    ends = [
+        compute_metrics(m, dict_batches(), ["loss"], compute_loss=weighted_ce, progress=False)
+        for m in (_user_model(ws / "w1.pt")[0], _user_model(ws / "w2.safetensors")[0])
+    ]
+    np.testing.assert_allclose(curve.line.loss[[0, -1]], [e["loss"].value for e in ends], rtol=1e-5)
+    assert curve.info["compute_loss"] == COMPUTE_LOSS

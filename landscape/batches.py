@@ -21,11 +21,12 @@ Batch forms, in the order they are recognised:
    - with ``loss_fn``, the labels (``labels``, ``label``, ``label_ids`` or ``target_key``)
      are taken out of the batch, the model runs on the rest, and ``loss_fn(logits,
      labels)`` is the loss;
-   - values that are not tensors under keys the model's ``forward`` does not take (ids,
+   - values that are not tensors under keys the model's ``forward`` does not name (ids,
      raw text) are left out of the call, as the Hugging Face Trainer leaves out unused
-     columns, and ``label``/``label_ids`` are passed as ``labels`` when the forward takes
+     columns, and ``label``/``label_ids`` are passed as ``labels`` when the forward names
      that (as Hugging Face's data collators rename them); a tensor under a key the
-     forward does not take is refused before any work.
+     forward does not name goes to its ``**kwargs``, or is refused before any work when
+     it has none.
 
 Outputs that carry ``logits`` (``ModelOutput`` or dict) are given to ``loss_fn`` and to the
 accuracy as their logits; of a tuple output (``(logits, aux)``) its first tensor of at
@@ -163,37 +164,40 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _forward_keys(model: nn.Module) -> frozenset[str] | None:
-    """The keyword arguments ``model.forward`` takes; None when it takes ``**kwargs``."""
+def _forward_keys(model: nn.Module) -> tuple[frozenset[str], bool] | None:
+    """The named arguments of ``model.forward`` and whether it takes ``**kwargs``."""
     try:
         sig = inspect.signature(_unwrap(model).forward)
     except (TypeError, ValueError):
         return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return frozenset(sig.parameters)
+    params = sig.parameters.values()
+    named = frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _call_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``model(**kwargs)``'s arguments from a dict batch, and the tensors it cannot take.
 
-    ``label``/``label_ids`` become ``labels`` when the forward takes that and not them;
-    values that are not tensors under keys the forward does not take are left out.
+    ``label``/``label_ids`` become ``labels`` when the forward names that and not them;
+    values that are not tensors under keys the forward does not name are left out (a
+    forward with ``**kwargs`` gets every tensor).
     """
-    accepted = _forward_keys(model)
-    if accepted is None:
+    keys = _forward_keys(model)
+    if keys is None:
         return dict(batch), []
+    named, var_kw = keys
     kwargs: dict[str, Any] = {}
     unknown = []
     for key, value in batch.items():
-        if key not in accepted and key in ("label", "label_ids") and "labels" in accepted:
-            if "labels" not in batch:
-                kwargs["labels"] = value
-                continue
-        if key in accepted:
+        if key in named:
             kwargs[key] = value
+        elif key in ("label", "label_ids") and "labels" in named and "labels" not in batch:
+            kwargs["labels"] = value
         elif isinstance(value, Tensor):
-            unknown.append(key)
+            if var_kw:
+                kwargs[key] = value
+            else:
+                unknown.append(key)
     return kwargs, sorted(unknown)
 
 

@@ -42,9 +42,18 @@ def grad_norm(
     return MetricResult(float(tl_norm(grad)), None, {"loss": loss})
 
 
+def _per_sample_list(obj: Any) -> bool:
+    """A list of plain values (a batch's ids or raw text), one per sample."""
+    return isinstance(obj, list) and all(
+        isinstance(v, str | bytes | int | float | bool) or v is None for v in obj
+    )
+
+
 def _index(obj: Any, idx: Tensor) -> Any:
     if isinstance(obj, Tensor):
         return obj[idx.to(obj.device)]
+    if _per_sample_list(obj):
+        return [obj[i] for i in idx.tolist()]
     if isinstance(obj, Mapping):
         return {k: _index(v, idx) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
@@ -56,6 +65,8 @@ def _concat(parts: list[Any]) -> Any:
     first = parts[0]
     if isinstance(first, Tensor):
         return torch.cat(parts)
+    if all(_per_sample_list(p) for p in parts):
+        return [v for p in parts for v in p]
     if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts]) for k in first}
     if isinstance(first, tuple | list):

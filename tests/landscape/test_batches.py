@@ -213,6 +213,30 @@ def test_metadata_the_model_does_not_take_is_left_out():
             assert got[name].value == pytest.approx(want[name].value, rel=1e-12)
 
 
+def test_a_forward_with_kwargs_gets_labels_and_no_metadata():
+    """Hugging Face forwards take ``**kwargs`` (transformers 5): ``label`` still reaches
+    ``labels``, metadata is still left out, and a random split (grad_cosine) carries it."""
+
+    class KwargsModel(TokenModel):
+        def forward(self, input_ids, labels=None, **kwargs):
+            assert all(isinstance(v, torch.Tensor) for v in kwargs.values()), kwargs
+            return super().forward(input_ids, labels=labels)
+
+    ids, labels = _tokens()
+    clean = _dict_batches(ids, labels, (4, 5))
+    torch.manual_seed(0)
+    model = KwargsModel()
+    noisy = [
+        {"input_ids": b["input_ids"], "label": b["labels"], "text": ["..."] * len(b["labels"])}
+        for b in clean
+    ]
+    names = ["loss", "grad_norm", "grad_cosine"]
+    got = compute_metrics(model, noisy, names, progress=False)
+    want = compute_metrics(model, clean, names, progress=False)
+    for name in names:
+        assert got[name].value == pytest.approx(want[name].value, rel=1e-10)
+
+
 def test_a_used_up_iterator_is_named():
     x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
     gen = ((x[i : i + 5], y[i : i + 5]) for i in (0, 5))

@@ -50,6 +50,7 @@ Batches with no counted item (every token ignored) carry no weight and are skipp
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -165,12 +166,28 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _forward_keys(model: nn.Module) -> tuple[frozenset[str], bool] | None:
-    """The named arguments of ``model.forward`` and whether it takes ``**kwargs``."""
+    """The named arguments of ``model.forward`` and whether it takes ``**kwargs``.
+
+    Read once per forward function (it is asked for every batch, in the grid and
+    Hessian-product loops).
+    """
+    inner = _unwrap(model)
+    forward = inner.__dict__.get("forward") or getattr(type(inner), "forward", None)
     try:
-        sig = inspect.signature(_unwrap(model).forward)
+        return _signature_keys(forward)
+    except TypeError:  # not hashable: read it each time
+        return _signature_keys.__wrapped__(forward)
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_keys(forward: Any) -> tuple[frozenset[str], bool] | None:
+    try:
+        sig = inspect.signature(forward)
     except (TypeError, ValueError):
         return None
-    params = sig.parameters.values()
+    params = list(sig.parameters.values())
+    if params and params[0].name == "self":  # the function of the class, unbound
+        params = params[1:]
     named = frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
     return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 

@@ -307,6 +307,7 @@ class Objective:
         self.params: list[Tensor] = [p for _, p in named]
 
         self._data = data
+        self._one_shot = False  # an iterator, read once (set by _make_source)
         self._source = self._make_source(data)
         self._cache: list[WeightedBatch] | None = None
         self._counts: list[int] = []
@@ -535,7 +536,7 @@ class Objective:
             if self._custom_counts is None:
                 self._custom_counts = next((e[3] for e in every if e[3] is not None), None)
         if n == 0:
-            if getattr(self, "_one_shot", False):
+            if self._one_shot:
                 raise ValueError(
                     "Invalid data: the iterator holds no batches (an iterator or generator "
                     "is read once, and this one is used up or empty; pass a list of batches "

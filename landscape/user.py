@@ -279,6 +279,11 @@ class UserModel:
         if self.weights is not None and not Path(self.weights).is_file():
             raise FileNotFoundError(f"{os.fspath(self.weights)}: no such weights file")
 
+    def loss_paths(self) -> dict[str, str]:
+        """The loss's import path by its keyword (``loss_fn`` or ``compute_loss``), if named."""
+        named = {"loss_fn": self.loss_fn, "compute_loss": self.compute_loss}
+        return {k: v for k, v in named.items() if v is not None}
+
     def objective_options(self) -> dict[str, Any]:
         """The loss callables, as :class:`~landscape.objective.Objective` takes them.
 
@@ -289,10 +294,7 @@ class UserModel:
             ValueError: a bad import path, or an object that is not callable.
         """
         out: dict[str, Any] = {}
-        for key in ("loss_fn", "compute_loss"):
-            spec = getattr(self, key)
-            if spec is None:
-                continue
+        for key, spec in self.loss_paths().items():
             flag = "--" + key.replace("_", "-")
             fn = load_object(spec, flag)
             if not callable(fn):
@@ -339,7 +341,7 @@ class UserModel:
             "model": self.model,
             "data": self.data,
             "seed": self.seed,
-            **{k: getattr(self, k) for k in ("loss_fn", "compute_loss") if getattr(self, k)},
+            **self.loss_paths(),
             "weights_sha256": weights_sha256,
             "state_sha256": state_sha256,
         }
@@ -446,7 +448,7 @@ class UserCheckpoint(Checkpoint):
             "weights": None if src.weights is None else os.fspath(src.weights),
             "weights_sha256": self.weights_sha256,
             "factory_seed": src.seed,
-            **{k: getattr(src, k) for k in ("loss_fn", "compute_loss") if getattr(src, k)},
+            **src.loss_paths(),
         }
 
     def _own_loss(self) -> dict[str, Any]:

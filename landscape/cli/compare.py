@@ -39,6 +39,22 @@ def add_metric_option_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_measurement_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--split``, ``--max-samples``, ``--batch-size``, ``--device`` and ``--labels``.
+
+    Args:
+        p: the command's parser.
+        what: what a label names in the help (``"row"``, ``"run"``).
+    """
+    p.add_argument("--split", default="train", choices=("train", "val", "test"))
+    p.add_argument(
+        "--max-samples", type=int, default=None, metavar="N", help="use the first N samples"
+    )
+    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
+    p.add_argument("--labels", type=comma_list, default=None, help=f"comma-separated {what} labels")
+
+
 def metric_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The shared and per-metric options of :func:`add_metric_option_arguments`' flags."""
     from landscape.metrics import parse_option_assignments
@@ -80,13 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="lambda_max,trace,sam_sharpness",
         help="comma-separated metric names (default: %(default)s)",
     )
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument(
-        "--max-samples", type=int, default=None, metavar="N", help="use the first N samples"
-    )
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--labels", type=comma_list, default=None, help="comma-separated row labels")
+    add_measurement_arguments(p, "row")
     p.add_argument(
         "--recorded",
         type=comma_list,

@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from landscape.cli._args import comma_list, positive_int
-from landscape.cli.compare import add_metric_option_arguments, metric_options
+from landscape.cli._args import positive_int
+from landscape.cli.compare import (
+    add_measurement_arguments,
+    add_metric_option_arguments,
+    metric_options,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,13 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replicate (default): runs differing only in seed are replicates, not an axis; "
         "axis: the seed is an axis with its own psi",
     )
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument(
-        "--max-samples", type=int, default=None, metavar="N", help="use the first N samples"
-    )
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--labels", type=comma_list, default=None, help="comma-separated run labels")
+    add_measurement_arguments(p, "run")
     p.add_argument(
         "--draws",
         type=positive_int,

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from landscape._compile import CompiledForward, CompileSpec, parse_compile
+from landscape._tree import rebuild
 from landscape.batches import (
     BatchAdapter,
     BatchParts,
@@ -120,7 +121,7 @@ def move_to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, Mapping):
         return {k: move_to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(move_to_device(v, device) for v in obj)
+        return rebuild(obj, (move_to_device(v, device) for v in obj))
     return obj
 
 
@@ -835,5 +836,5 @@ def _take(obj: Any, n: int) -> Any:
     if isinstance(obj, Mapping):
         return {k: _take(v, n) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(_take(v, n) for v in obj)
+        return rebuild(obj, (_take(v, n) for v in obj))
     return obj

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape._tree import rebuild
 from landscape.batches import math_attention
 from landscape.distributed import DistContext, broadcast_object
 from landscape.objective import Objective, make_objective, move_to_device
@@ -105,7 +106,7 @@ def _cast_floating(obj: Any, dtype: torch.dtype) -> Any:
     if isinstance(obj, dict):
         return {k: _cast_floating(v, dtype) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(_cast_floating(v, dtype) for v in obj)
+        return rebuild(obj, (_cast_floating(v, dtype) for v in obj))
     return obj
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from landscape._tree import rebuild
 from landscape.metrics._base import (
     MetricCache,
     MetricResult,
@@ -57,7 +58,7 @@ def _index(obj: Any, idx: Tensor) -> Any:
     if isinstance(obj, Mapping):
         return {k: _index(v, idx) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(_index(v, idx) for v in obj)
+        return rebuild(obj, (_index(v, idx) for v in obj))
     raise ValueError(f"Invalid data: cannot index inputs of type {type(obj).__name__}")
 
 
@@ -70,7 +71,7 @@ def _concat(parts: list[Any]) -> Any:
     if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts]) for k in first}
     if isinstance(first, tuple | list):
-        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+        return rebuild(first, (_concat([p[i] for p in parts]) for i in range(len(first))))
     raise ValueError(f"Invalid data: cannot concatenate inputs of type {type(first).__name__}")
 
 

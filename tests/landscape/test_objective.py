@@ -150,3 +150,31 @@ def test_single_process_dist_context_and_batch_starts():
         Objective(model, (x, y), sharded=True, max_samples=5)
     with pytest.raises(ValueError, match="Invalid dist"):
         Objective(model, (x, y), dist="gloo")
+
+
+def test_namedtuple_batches_reach_every_reader():
+    """A namedtuple batch is an (inputs, targets) pair wherever batches are rebuilt
+    (device moves, the float64 twin of the Hessian operator, grad_cosine's random split)."""
+    import collections
+
+    from landscape.hessian.operator import HessianOperator
+    from landscape.metrics import grad_cosine
+
+    pair = collections.namedtuple("Pair", "inputs targets")
+    model = _net().float()
+    x, y = _data()
+    x = x.float()
+    data = [pair(x[:16], y[:16]), pair(x[16:], y[16:])]
+    loss, grads, _ = _reference(model, x, y)
+    obj = Objective(model, data)
+    assert obj.evaluate()["loss"] == pytest.approx(loss, rel=1e-6)
+    for g, ref in zip(obj.gradient(), grads, strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+    op = HessianOperator(model, data=data, dtype=torch.float64)
+    v = torch.randn(op.dim, dtype=torch.float64)
+    twin = HessianOperator(model, data=[(x.double(), y)], dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), twin.matvec(v))
+    a, b = [0, 3, 17, 20, 5], [1, 2, 18, 9]
+    got = grad_cosine(obj, subsets=(a, b)).value
+    ga, gb = (torch.cat([g.flatten() for g in _reference(model, x[i], y[i])[1]]) for i in (a, b))
+    assert got == pytest.approx(float(F.cosine_similarity(ga, gb, dim=0)), rel=1e-5)

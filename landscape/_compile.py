@@ -1,9 +1,10 @@
 """Compiled evaluation: the model's inference forward under ``torch.compile``, where it pays.
 
 A surface evaluates the same model, at different weights, on the same batches hundreds
-of times; ``torch.compile`` turns its forward into fused kernels once (about 20 s for a
+of times; ``torch.compile`` turns its forward into fused kernels once (20–90 s for a
 ResNet-20 on one CPU thread) and each later forward runs faster (a ResNet-20 batch:
-0.75–0.89× the eager time on a 2-core AVX2 CPU, ``benchmarks/compiled_forward.py``).
+0.65–0.80× the eager time on a 2-core AVX2 CPU, depending on the load beside it;
+``benchmarks/compiled_forward.py``, ``benchmarks/compiled_point.py``).
 :class:`CompiledForward` holds that compiled module for one
 :class:`~landscape.objective.Objective` and decides when to use it:
 

@@ -42,6 +42,7 @@ __all__ = [
     "SharpnessAwareOptimizer",
     "StepContext",
     "disable_running_stats",
+    "is_zero",
 ]
 
 EPS = 1e-12
@@ -134,30 +135,54 @@ class Pass:
 
 @contextlib.contextmanager
 def disable_running_stats(model: nn.Module | None) -> Iterator[None]:
-    """Freeze BatchNorm running statistics inside the block (batch statistics still used).
+    """Freeze the model's buffers inside the block (BatchNorm running statistics and others).
 
     The layers run exactly as usual (training mode: batch statistics, the fast kernel
-    that also updates the buffers); on exit ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` of every normalisation layer that tracks statistics are put
-    back by copy, so they hold exactly what they held on entry.  (Turning
-    ``track_running_stats`` off instead selects a CPU kernel ~15 % slower.)
+    that also updates the buffers); on exit every buffer the block changed is put back:
+    BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked``, and any
+    other buffer a forward updates in place or replaces (spectral norm's power-iteration
+    vectors ``_u``/``_v``, counters, moving averages), so that they hold exactly what
+    they held on entry.  (Turning ``track_running_stats`` off instead selects a CPU
+    kernel ~15 % slower, and would leave the other buffers moving.)
     """
     if model is None:
         yield
         return
-    buffers = [
-        b
+    held = [
+        (m, name, b)
         for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
-        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if b is not None
+        for name, b in m._buffers.items()
+        if isinstance(b, Tensor) and not b.is_inference()
     ]
-    saved = [b.clone() for b in buffers]
+    # Every buffer, not only those whose version moved: BatchNorm's kernel updates its
+    # running statistics without bumping their version counter.
+    copies: dict[int, tuple[Tensor, Tensor]] = {}
+    for _, _, b in held:
+        copies.setdefault(id(b), (b, b.detach().clone()))
     try:
         yield
     finally:
-        with torch.no_grad():
-            tl_copy_(buffers, saved)
+        for m, name, b in held:
+            if m._buffers.get(name) is not b:  # replaced (``self.x = self.x + 1``)
+                m._buffers[name] = b
+        if copies:
+            buffers, saved = zip(*copies.values())
+            with torch.no_grad():
+                tl_copy_(list(buffers), list(saved))
+
+
+def is_zero(c: Coef) -> bool:
+    """Is a coefficient (a float or a per-tensor list of floats) zero for every tensor?"""
+    return c == 0.0 if isinstance(c, float | int) else all(v == 0.0 for v in c)  # type: ignore[union-attr]
+
+
+def _clear_autocast_cache() -> None:
+    """Forget autocast's low-precision copies of the weights (they moved).
+
+    Inside an autocast region torch casts each weight once and reuses the copy until the
+    outermost region exits: a pass at moved weights would otherwise see the copy of θ.
+    """
+    torch.clear_autocast_cache()
 
 
 def _is_ddp(model: nn.Module | None) -> bool:
@@ -271,6 +296,9 @@ class SharpnessAwareOptimizer(Optimizer):
     _perturbs_first: ClassVar[bool] = False
     """The rule moves the weights before its first pass (Momentum-SAM)."""
 
+    _shared: ClassVar[tuple[str, ...]] = ()
+    """Hyper-parameters and options that must have one value in all parameter groups."""
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -322,13 +350,33 @@ class SharpnessAwareOptimizer(Optimizer):
         self.state = self.base_optimizer.state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group (to the base optimizer as well, once it exists)."""
+        """Add a parameter group (to the base optimizer as well, once it exists).
+
+        The group's own hyper-parameters are checked like the constructor's (and stored
+        as floats); a bad one raises ``ValueError`` and the group is not added.
+        """
         if hasattr(self, "base_optimizer"):
             for name, default in self.defaults.items():
                 param_group.setdefault(name, default)
+            self._check_group(param_group, self.param_groups)
             self.base_optimizer.add_param_group(param_group)
         else:
             super().add_param_group(param_group)
+            self._check_group(self.param_groups[-1], self.param_groups[:-1])
+
+    def _check_group(self, group: dict[str, Any], others: Sequence[dict[str, Any]]) -> None:
+        """Check one group's hyper-parameters (in place: floats); ``others``: the groups so far."""
+        self._check_hparams(group)
+        for name in self._shared:
+            values = {g[name] for g in (*others, group) if name in g}
+            if len(values) > 1:
+                raise ValueError(
+                    f"Invalid param_groups: {type(self).__name__} needs one {name} "
+                    f"(got {sorted(values, key=repr)})"
+                )
+
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        """The variant's checks of a group's hyper-parameters (overridden by each variant)."""
 
     # ---------------------------------------------------------------- helpers
     def _trainable(self) -> list[Tensor]:
@@ -357,14 +405,37 @@ class SharpnessAwareOptimizer(Optimizer):
                 [p.detach() for p in self._saved_for], self._saved
             )
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients, as torch does; zeroed (not freed) ones are no gradient.
+
+        With ``set_to_none=False`` the zeros stay in ``.grad``: ``step`` must not take
+        them for a first pass already computed.
+        """
+        super().zero_grad(set_to_none=set_to_none)
+        if not set_to_none:
+            self._remember_stale()
+
+    def _remember_stale(self) -> None:
+        # weak references: a later zero_grad() must be able to free the direction
+        self._stale = [
+            (weakref.ref(p.grad), p.grad._version) for p in self._trainable() if p.grad is not None
+        ]
+
     def _grads_fresh(self) -> bool:
-        """Is there a gradient that the last step did not leave behind?"""
+        """Is there a gradient that the last step (or a zero_grad) did not leave behind?
+
+        A gradient the last step left (the direction) or that ``zero_grad`` zeroed is no
+        gradient at the current weights; neither is one that is all zeros (e.g. after
+        ``model.zero_grad(set_to_none=False)``): the closure's first pass then runs.
+        """
         grads = [(p, p.grad) for p in self._trainable() if p.grad is not None]
         if not grads:
             return False
-        if len(grads) != len(self._stale):
-            return True
-        return any(g is not s() or g._version != v for (_, g), (s, v) in zip(grads, self._stale))
+        if len(grads) == len(self._stale) and not any(
+            g is not s() or g._version != v for (_, g), (s, v) in zip(grads, self._stale)
+        ):
+            return False
+        return any(bool(g.any()) for _, g in grads)
 
     def _take_grads(self, ctx: StepContext | None) -> list[Tensor]:
         """Take the gradients of the pass that just ran (``.grad`` is left ``None``)."""
@@ -401,6 +472,7 @@ class SharpnessAwareOptimizer(Optimizer):
                 stack.enter_context(disable_running_stats(self.model))
             if not sync:
                 stack.enter_context(self.model.no_sync())  # type: ignore[union-attr]
+            _clear_autocast_cache()
             out = fn() if req.part is None else fn(req.part)
         # Detached: holding the first pass's graph through the later passes costs time.
         return out.detach() if isinstance(out, Tensor) else out
@@ -435,10 +507,8 @@ class SharpnessAwareOptimizer(Optimizer):
             scaler.step(self.base_optimizer)
         else:
             self.base_optimizer.step()
-        # weak references: a later zero_grad() must be able to free the direction
-        self._stale = [
-            (weakref.ref(p.grad), p.grad._version) for p in self._trainable() if p.grad is not None
-        ]
+        _clear_autocast_cache()
+        self._remember_stale()
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -466,6 +536,9 @@ class SharpnessAwareOptimizer(Optimizer):
         """
         if closure is None:
             raise ValueError(f"Invalid closure: None ({type(self).__name__}.step needs one)")
+        for name, fn in (("closure", closure), ("val_closure", val_closure)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"Invalid {name}: {describe(fn)} (expected a callable)")
         if self._pending is not None:
             raise ValueError("Invalid call: step() between first_step() and second_step()")
         gen, ctx, req = self._begin(has_val=val_closure is not None)
@@ -511,16 +584,21 @@ class SharpnessAwareOptimizer(Optimizer):
                 f"Invalid call: {type(self).__name__} splits the batch; use step(closure)"
             )
         freeze = contextlib.ExitStack()
+        done = None
         try:
             if not self._perturbs_first:
                 self._prune(ctx)
-                req = gen.send(self._take_grads(ctx))
+                try:
+                    req = gen.send(self._take_grads(ctx))
+                except StopIteration as stop:  # no perturbation (rho = 0): d is known
+                    done = stop.value
                 freeze.enter_context(disable_running_stats(self.model))
         except BaseException:
             freeze.close()
             self._restore()
             raise
-        self._pending = _Pending(gen, ctx, req, freeze, first=self._perturbs_first)
+        _clear_autocast_cache()
+        self._pending = _Pending(gen, ctx, req, freeze, first=self._perturbs_first, done=done)
 
     @torch.no_grad()
     def second_step(self, *, scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -533,6 +611,12 @@ class SharpnessAwareOptimizer(Optimizer):
         pend = self._pending
         if pend is None:
             raise ValueError("Invalid call: second_step() without first_step()")
+        if pend.done is not None:  # the rule needed no further gradient: this one is unused
+            self._pending = None
+            pend.freeze.close()
+            self._take_grads(pend.ctx)
+            self._finish(pend.ctx, pend.done, True, scaler)
+            return True
         try:
             if pend.first:
                 self._prune(pend.ctx)
@@ -552,6 +636,7 @@ class SharpnessAwareOptimizer(Optimizer):
             raise
         if pend.req.part is not None or pend.req.val:
             raise ValueError(f"Invalid call: {type(self).__name__} needs step(closure)")
+        _clear_autocast_cache()
         return False
 
 
@@ -562,3 +647,4 @@ class _Pending:
     req: Pass
     freeze: contextlib.ExitStack
     first: bool
+    done: list[Tensor] | None = None

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._kernels import Coef, get_kernels
 from optimizers._validate import check_choice, check_nonneg
 
@@ -118,6 +118,7 @@ class ASAM(SharpnessAwareOptimizer):
 
     passes = 2
     hyperparameters: ClassVar[dict[str, Any]] = {"rho": 0.5, "eta": 0.01, "weights_by": "name"}
+    _shared = ("eta", "weights_by", "adaptive_all")
 
     def __init__(
         self,
@@ -132,8 +133,8 @@ class ASAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
-        check_nonneg("eta", eta)
+        rho = check_nonneg("rho", rho)
+        eta = check_nonneg("eta", eta)
         check_choice("weights_by", weights_by, WEIGHTS_BY)
         super().__init__(
             params,
@@ -154,6 +155,12 @@ class ASAM(SharpnessAwareOptimizer):
                 UserWarning,
                 stacklevel=2,
             )
+
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho"] = check_nonneg("rho", group["rho"])
+        group["eta"] = check_nonneg("eta", group["eta"])
+        check_choice("weights_by", group["weights_by"], WEIGHTS_BY)
+        group["adaptive_all"] = bool(group["adaptive_all"])
 
     def _parameter_names(self) -> dict[int, str]:
         """Parameter names by ``id``: from ``model``, then from the groups' ``param_names``."""
@@ -181,6 +188,8 @@ class ASAM(SharpnessAwareOptimizer):
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
         g0 = yield Pass()
+        if is_zero(ctx.hparam("rho")):  # no perturbation: d = g0, no second pass
+            return g0
         eta, adaptive_all = ctx.hparam("eta"), ctx.hparam("adaptive_all")
         if not isinstance(eta, float) or not isinstance(adaptive_all, float):
             raise ValueError("Invalid param_groups: ASAM needs one eta and adaptive_all")

@@ -641,3 +641,39 @@ def test_gsam_is_the_authors_gsam_with_a_proportional_rho_schedule():
     ours = _ours(factory, _authors_model(), batches, sched)
     for n in ours:
         torch.testing.assert_close(ours[n], ref.w[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+# ------------------------------------------------------------------ more groups, explicit calls
+def test_gsam_group_added_later_maps_its_own_lr_to_rho_max():
+    """``add_param_group`` after construction: the group's ``lr_max`` is its initial lr."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    opt = O.GSAM(net[0].parameters(), torch.optim.SGD, lr=0.1, rho_max=0.1, rho_min=0.01)
+    opt.add_param_group({"params": net[2].parameters(), "lr": 0.05})
+    assert opt.param_groups[1]["lr_max"] == 0.05
+    assert O.GSAM.rho_t(opt.param_groups[1]) == pytest.approx(0.1)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    opt.step(_closure(net, opt, x, y))
+
+
+@pytest.mark.parametrize("cfg", IDENTITY, ids=repr)
+def test_explicit_protocol_at_rho_zero_is_the_base_optimizer(cfg):
+    """first_step / second_step with only the radii at 0: the base optimizer bit for bit
+    (the rule needs no gradient past the first; the further one is left unused)."""
+    radii = {k: v for k, v in cfg.identity.items() if k.startswith("rho")}
+    m1, m2 = make_model(), make_model()
+    opt = build(cfg, m1, hparams={**cfg.hparams, **radii})
+    base = torch.optim.SGD(m2.parameters(), **cfg.base_kwargs)
+
+    def backward(x, y):
+        opt.zero_grad()
+        F.cross_entropy(m1(x), y).backward()
+
+    for x, y in make_batches(3):
+        if not cfg.cls._perturbs_first:
+            backward(x, y)
+        opt.first_step()
+        backward(x, y)
+        assert opt.second_step()
+        base.step(_closure(m2, base, x, y))
+    assert_same(state_of(m1), state_of(m2))

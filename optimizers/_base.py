@@ -281,7 +281,7 @@ class SharpnessAwareOptimizer(Optimizer):
         defaults: The variant's hyper-parameters (stored in every parameter group).
         model: The module being trained (possibly DDP-wrapped), used to freeze BatchNorm
             statistics during the extra passes and for ``no_sync`` under DDP.
-        foreach: Use the grouped foreach kernels (default: yes unless a parameter is
+        foreach: Use the grouped foreach kernels (default: yes unless a gradient is
             sparse); ``False`` runs the single-tensor reference kernels.
         **base_kwargs: Keyword arguments of the base optimizer (``lr``, ``momentum``, ...).
     """
@@ -488,8 +488,14 @@ class SharpnessAwareOptimizer(Optimizer):
         return gen, ctx, next(gen)
 
     def _prune(self, ctx: StepContext) -> None:
-        """After the first pass: keep the parameters that received a gradient."""
+        """After the first pass: keep the parameters that received a gradient.
+
+        A sparse gradient (``nn.Embedding(sparse=True)``) selects the single-tensor
+        kernels unless ``foreach`` was set: the foreach norms take no sparse tensors.
+        """
         ctx.params = [p for p in ctx.params if p.grad is not None]
+        if self.foreach is None and any(p.grad.is_sparse for p in ctx.params):  # type: ignore[union-attr]
+            ctx.k = get_kernels(False)
 
     def _finish(self, ctx: StepContext, d: list[Tensor], synced: bool, scaler: Any) -> None:
         """Restore θ, write ``d`` into ``.grad``, reduce it under DDP, let the base step."""

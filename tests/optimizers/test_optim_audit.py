@@ -677,3 +677,29 @@ def test_explicit_protocol_at_rho_zero_is_the_base_optimizer(cfg):
         assert opt.second_step()
         base.step(_closure(m2, base, x, y))
     assert_same(state_of(m1), state_of(m2))
+
+
+@pytest.mark.parametrize("cls", [O.SAM, O.ASAM, O.GSAM, O.GAM, O.FAD, O.CRSAM])
+def test_sparse_embedding_gradients_equal_the_dense_ones(cls):
+    """``nn.Embedding(sparse=True)`` with the default kernels: the dense embedding's steps."""
+
+    def fit(sparse):
+        torch.manual_seed(0)
+        net = nn.ModuleDict(
+            {"emb": nn.Embedding(10, 4, sparse=sparse), "head": nn.Linear(4, 3)}
+        ).double()
+        opt = cls(net.parameters(), torch.optim.SGD, model=net, lr=0.1)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, y = torch.randint(0, 10, (6,), generator=g), torch.randint(0, 3, (6,), generator=g)
+
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = F.cross_entropy(net["head"](net["emb"](x)), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        return flat(net.parameters())
+
+    torch.testing.assert_close(fit(True), fit(False), rtol=1e-12, atol=1e-14)

@@ -56,9 +56,11 @@ class GSAM(SharpnessAwareOptimizer):
     .. note::
         ``rho_t`` follows each parameter group's current ``lr`` linearly, with
         ``lr_max`` defaulting to the group's learning rate at construction and ``lr_min``
-        to 0; with the default ``rho_min == rho_max`` it is constant.  ``rho_t = 0``
-        (``rho_max = rho_min = 0``) gives the base optimizer bit for bit, whatever
-        ``alpha`` (``g⊥ = 0`` exactly; one pass per step).
+        to 0, and stays in ``[rho_min, rho_max]`` when the lr leaves ``[lr_min, lr_max]``
+        (the authors' ProportionScheduler extrapolates; their lr never leaves it); with
+        the default ``rho_min == rho_max`` it is constant.  ``rho_t = 0`` (``rho_max =
+        rho_min = 0``) gives the base optimizer bit for bit, whatever ``alpha``
+        (``g⊥ = 0`` exactly; one pass per step).
 
     Args:
         params: Parameters or parameter groups.
@@ -122,11 +124,17 @@ class GSAM(SharpnessAwareOptimizer):
 
     @staticmethod
     def rho_t(group: dict[str, Any]) -> float:
-        """The radius for a parameter group at its current learning rate."""
+        """The radius for a parameter group at its current learning rate.
+
+        Linear in ``lr`` between ``(lr_min, rho_min)`` and ``(lr_max, rho_max)`` and held
+        there outside: a learning rate above ``lr_max`` (a one-cycle peak above the lr
+        given at construction) gives ``rho_max``, one below ``lr_min`` gives ``rho_min``
+        (never a larger or a negative radius).
+        """
         lo, hi = group["lr_min"], group["lr_max"]
         if hi <= lo:
             return float(group["rho_max"])
-        frac = (float(group["lr"]) - lo) / (hi - lo)
+        frac = min(max((float(group["lr"]) - lo) / (hi - lo), 0.0), 1.0)
         return float(group["rho_min"] + (group["rho_max"] - group["rho_min"]) * frac)
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:

@@ -703,3 +703,20 @@ def test_sparse_embedding_gradients_equal_the_dense_ones(cls):
         return flat(net.parameters())
 
     torch.testing.assert_close(fit(True), fit(False), rtol=1e-12, atol=1e-14)
+
+
+def test_gsam_radius_stays_between_rho_min_and_rho_max():
+    """A learning rate outside [lr_min, lr_max] (a one-cycle peak above the lr given at
+    construction, a decay below lr_min) holds rho_t at the nearer end."""
+    net = nn.Linear(3, 2)
+    opt = O.GSAM(net.parameters(), torch.optim.SGD, rho_max=0.1, rho_min=0.02, lr=1e-3, lr_min=1e-4)
+    group = opt.param_groups[0]
+    for lr, want in ((1e-3, 0.1), (1e-4, 0.02), (5.5e-4, 0.06), (0.1, 0.1), (0.0, 0.02)):
+        group["lr"] = lr
+        assert O.GSAM.rho_t(group) == pytest.approx(want), lr
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    for _ in range(9):
+        assert 0.02 <= O.GSAM.rho_t(group) <= 0.1
+        opt.step(_closure(net, opt, x, y))
+        sched.step()

@@ -594,6 +594,11 @@ class SharpnessAwareOptimizer(Optimizer):
         try:
             if not self._perturbs_first:
                 self._prune(ctx)
+                if not ctx.params:
+                    raise ValueError(
+                        "Invalid call: first_step() found no gradient at θ (call "
+                        "loss.backward() before first_step())"
+                    )
                 try:
                     req = gen.send(self._take_grads(ctx))
                 except StopIteration as stop:  # no perturbation (rho = 0): d is known

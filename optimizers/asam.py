@@ -156,6 +156,11 @@ class ASAM(SharpnessAwareOptimizer):
                 stacklevel=2,
             )
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; the ``param_names`` its groups carry name ASAM's weights."""
+        super().load_state_dict(state_dict)
+        self._names = self._parameter_names()
+
     def _check_hparams(self, group: dict[str, Any]) -> None:
         group["rho"] = check_nonneg("rho", group["rho"])
         group["eta"] = check_nonneg("eta", group["eta"])

@@ -720,3 +720,47 @@ def test_gsam_radius_stays_between_rho_min_and_rho_max():
         assert 0.02 <= O.GSAM.rho_t(group) <= 0.1
         opt.step(_closure(net, opt, x, y))
         sched.step()
+
+
+@pytest.mark.filterwarnings("ignore:ASAM.*no name:UserWarning")
+def test_asam_resumed_without_names_takes_them_from_the_checkpoint():
+    """Built on ``named_parameters()``, resumed on ``parameters()``: the checkpoint's
+    ``param_names`` keep the authors' T (LayerNorm's scale is a weight)."""
+
+    def fresh():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
+        with torch.no_grad():
+            m[1].weight.mul_(1.7)
+        return m
+
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    m1 = fresh()
+    o1 = O.ASAM(m1.named_parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    for _ in range(2):
+        o1.step(_closure(m1, o1, x, y))
+    saved_model, saved_opt = copy.deepcopy(m1.state_dict()), copy.deepcopy(o1.state_dict())
+    for _ in range(2):
+        o1.step(_closure(m1, o1, x, y))
+    m2 = fresh()
+    m2.load_state_dict(saved_model)
+    o2 = O.ASAM(m2.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    o2.load_state_dict(saved_opt)
+    for _ in range(2):
+        o2.step(_closure(m2, o2, x, y))
+    assert_same(state_of(m1), state_of(m2))
+
+
+def test_first_step_without_a_gradient_raises():
+    net = nn.Linear(3, 2)
+    opt = O.SAM(net.parameters(), torch.optim.SGD, lr=0.1)
+    before = flat(net.parameters()).clone()
+    with pytest.raises(ValueError, match=r"first_step\(\) found no gradient"):
+        opt.first_step()
+    assert torch.equal(flat(net.parameters()), before)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    F.cross_entropy(net(x), y).backward()
+    opt.first_step()  # the protocol is usable after the refusal
+    opt.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    assert opt.second_step()

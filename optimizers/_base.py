@@ -337,6 +337,29 @@ class SharpnessAwareOptimizer(Optimizer):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- state
+    _VOLATILE: ClassVar[tuple[str, ...]] = ("_saved", "_saved_for", "_pending", "_stale")
+    """Attributes of one step in progress, left out of a copy or a pickle."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state torch keeps plus the wrapper's own (base optimizer, model, options).
+
+        ``torch.optim.Optimizer`` keeps only ``defaults``, ``state`` and ``param_groups``:
+        a ``copy.deepcopy`` or pickle of the wrapper would have no base optimizer.
+        """
+        state = super().__getstate__()
+        for name, value in self.__dict__.items():
+            if (
+                name not in state
+                and name not in self._VOLATILE
+                and not name.startswith("_optimizer_")
+            ):
+                state[name] = value
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._saved, self._saved_for, self._pending, self._stale = [], [], None, []
+
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict (its ``param_groups`` carry our hyper-parameters)."""
         return self.base_optimizer.state_dict()

@@ -156,6 +156,12 @@ class ASAM(SharpnessAwareOptimizer):
                 stacklevel=2,
             )
 
+    _VOLATILE = (*SharpnessAwareOptimizer._VOLATILE, "_names")  # keyed by id: rebuilt
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._names = self._parameter_names()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict; the ``param_names`` its groups carry name ASAM's weights."""
         super().load_state_dict(state_dict)

@@ -764,3 +764,25 @@ def test_first_step_without_a_gradient_raises():
     opt.zero_grad()
     F.cross_entropy(net(x), y).backward()
     assert opt.second_step()
+
+
+@ALL
+def test_a_deep_copy_or_pickle_continues_the_trajectory(cfg):
+    """``copy.deepcopy((model, opt))`` and a pickle round trip of both give working
+    optimizers on the copied model (torch's Optimizer pickles only its groups and state)."""
+    batches = make_batches(4)
+    model = make_model()
+    opt = build(cfg, model)
+    for x, y in batches[:2]:
+        opt.step(_closure(model, opt, x, y))
+    copied, opt_copy = copy.deepcopy((model, opt))
+    buf = io.BytesIO()
+    torch.save((model, opt), buf)
+    buf.seek(0)
+    loaded, opt_loaded = torch.load(buf, weights_only=False)
+    for x, y in batches[2:]:
+        for m, o in ((model, opt), (copied, opt_copy), (loaded, opt_loaded)):
+            o.step(_closure(m, o, x, y))
+    assert opt_copy.model is copied and opt_loaded.model is loaded
+    assert_same(state_of(model), state_of(copied))
+    assert_same(state_of(model), state_of(loaded))

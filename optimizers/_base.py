@@ -561,7 +561,14 @@ class SharpnessAwareOptimizer(Optimizer):
 
         Returns:
             The loss the closure returned in the first pass at the unperturbed weights,
-            detached (``None`` when the gradient of that pass was already present).
+            detached (``None`` when the gradient of that pass was already present: a
+            ``backward`` since the last step; the direction the last step left in
+            ``.grad``, or zeros from ``zero_grad(set_to_none=False)``, are no gradient).
+
+        A rule whose radius is 0 needs no gradient but the first: the step is then one
+        pass, the base optimizer's step bit for bit (dropout's random stream included).
+        The passes at moved weights run with autocast's weight cache cleared, so a step
+        taken inside a ``torch.autocast`` region is the same as one whose closure enters it.
         """
         if closure is None:
             raise ValueError(f"Invalid closure: None ({type(self).__name__}.step needs one)")

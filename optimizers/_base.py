@@ -22,6 +22,7 @@ aligned with :attr:`StepContext.params`), and returns the direction.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,6 +184,17 @@ def _clear_autocast_cache() -> None:
     outermost region exits: a pass at moved weights would otherwise see the copy of θ.
     """
     torch.clear_autocast_cache()
+
+
+def _takes_one_argument(fn: Callable[..., Any]) -> bool:
+    """Can ``fn`` be called with one positional argument (``closure(part)``)?"""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): let the call decide
+        return True
+    return True
 
 
 def _is_ddp(model: nn.Module | None) -> bool:
@@ -488,6 +500,12 @@ class SharpnessAwareOptimizer(Optimizer):
             if val_closure is None:
                 raise ValueError("Invalid val_closure: this step needs a validation closure")
             fn = val_closure
+        if req.part is not None and not _takes_one_argument(fn):
+            raise ValueError(
+                f"Invalid closure: {describe(fn)} takes no argument; "
+                f"{type(self).__name__} calls closure(part) with a BatchPart for the parts "
+                "of the batch (write `def closure(part=None)` and select `x[part]`)"
+            )
         sync = req.final or not _is_ddp(self.model)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad())

@@ -786,3 +786,21 @@ def test_a_deep_copy_or_pickle_continues_the_trajectory(cfg):
     assert opt_copy.model is copied and opt_loaded.model is loaded
     assert_same(state_of(model), state_of(copied))
     assert_same(state_of(model), state_of(loaded))
+
+
+def test_agnostic_sam_with_a_closure_that_takes_no_part_raises_naming_it():
+    net = nn.Linear(3, 2)
+    opt = O.AgnosticSAM(net.parameters(), torch.optim.SGD, lr=0.1)
+    before = flat(net.parameters()).clone()
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError, match=r"Invalid closure: .* takes no argument; AgnosticSAM"):
+        opt.step(closure)
+    assert torch.equal(flat(net.parameters()), before)
+    opt.step(closure, val_closure=closure)  # with a validation closure no part is asked for

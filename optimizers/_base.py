@@ -342,6 +342,9 @@ class SharpnessAwareOptimizer(Optimizer):
         self._saved_for: list[Tensor] = []
         self._pending: _Pending | None = None
         self._stale: list[tuple[weakref.ref[Tensor], int]] = []
+        # A gradient already in .grad (e.g. left by the optimizer used before this one) is
+        # not the first pass of this optimizer's first step.
+        self._remember_stale()
 
     # ---------------------------------------------------------------- the rule
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
@@ -377,12 +380,22 @@ class SharpnessAwareOptimizer(Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a dict from :meth:`state_dict` (the base optimizer's state included)."""
+        """Load a dict from :meth:`state_dict` (the base optimizer's state included).
+
+        A dict of the base optimizer alone (e.g. a plain ``torch.optim.SGD`` checkpoint,
+        to go on with SAM from it) has no hyper-parameters of this optimizer: each group
+        keeps the values it had, the loaded ones take precedence.
+        """
         if self._pending is not None:
             raise ValueError("Invalid state: load_state_dict() in the middle of a step")
+        before = [dict(g) for g in self.param_groups]
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        for i, (old, new) in enumerate(zip(before, self.param_groups)):
+            for name, value in old.items():
+                new.setdefault(name, value)
+            self._check_group(new, self.param_groups[:i])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group (to the base optimizer as well, once it exists).

@@ -804,3 +804,42 @@ def test_agnostic_sam_with_a_closure_that_takes_no_part_raises_naming_it():
         opt.step(closure)
     assert torch.equal(flat(net.parameters()), before)
     opt.step(closure, val_closure=closure)  # with a validation closure no part is asked for
+
+
+@ALL
+def test_a_plain_base_optimizer_checkpoint_loads_and_keeps_the_hyper_parameters(cfg):
+    """SGD for a while, then this optimizer from SGD's state dict (momentum kept): the
+    groups keep their own hyper-parameters, the step equals one from the same momentum."""
+    batches = make_batches(3)
+    model = make_model()
+    sgd = torch.optim.SGD(model.parameters(), **cfg.base_kwargs)
+    sgd.step(_closure(model, sgd, *batches[0]))
+    other = copy.deepcopy(model)
+    opt = build(cfg, model)
+    opt.load_state_dict(sgd.state_dict())
+    for k, v in cfg.hparams.items():
+        assert opt.param_groups[0][k] == v
+    by_hand = build(cfg, other)
+    for p, q in zip(model.parameters(), other.parameters(), strict=True):
+        by_hand.state[q]["momentum_buffer"] = sgd.state[p]["momentum_buffer"].clone()
+    for x, y in batches[1:]:
+        opt.step(_closure(model, opt, x, y))
+        by_hand.step(_closure(other, by_hand, x, y))
+    assert_same(state_of(model), state_of(other))
+
+
+def test_a_gradient_left_before_construction_is_not_the_first_pass():
+    """Switching from SGD (whose last step left its gradient in .grad) to SAM: the first
+    SAM step computes its own first pass at the new weights and batch."""
+    batches = make_batches(2)
+    m1, m2 = make_model(), make_model()
+    for m in (m1, m2):
+        sgd = torch.optim.SGD(m.parameters(), lr=0.1)
+        sgd.step(_closure(m, sgd, *batches[0]))
+    m2.zero_grad()
+    o1 = O.SAM(m1.parameters(), torch.optim.SGD, rho=0.3, model=m1, lr=0.1)
+    o2 = O.SAM(m2.parameters(), torch.optim.SGD, rho=0.3, model=m2, lr=0.1)
+    x, y = batches[1]
+    assert o1.step(_closure(m1, o1, x, y)) is not None
+    o2.step(_closure(m2, o2, x, y))
+    assert_same(state_of(m1), state_of(m2))

@@ -332,7 +332,13 @@ class SharpnessAwareOptimizer(Optimizer):
         if clash:
             raise ValueError(f"Invalid base_kwargs: {clash} are this optimizer's own")
         super().__init__(params, dict(defaults))
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        try:
+            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        except (TypeError, ValueError) as err:  # e.g. lr="0.1", an unknown keyword
+            given = ", ".join(f"{k}={v!r}" for k, v in base_kwargs.items())
+            raise ValueError(
+                f"Invalid base_kwargs for {base_optimizer.__name__} ({given}): {err}"
+            ) from err
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)

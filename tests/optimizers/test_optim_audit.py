@@ -843,3 +843,17 @@ def test_a_gradient_left_before_construction_is_not_the_first_pass():
     assert o1.step(_closure(m1, o1, x, y)) is not None
     o2.step(_closure(m2, o2, x, y))
     assert_same(state_of(m1), state_of(m2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"lr": "0.1"}, r"Invalid base_kwargs for SGD \(lr='0\.1'\)"),
+        ({"lr": 0.1, "momentun": 0.9}, r"Invalid base_kwargs for SGD .*momentun"),
+        ({"lr": -0.1}, r"Invalid base_kwargs for SGD .*Invalid learning rate"),
+    ],
+)
+def test_bad_base_optimizer_arguments_raise_one_value_error(kwargs, pattern):
+    net = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=pattern):
+        O.SAM(net.parameters(), torch.optim.SGD, **kwargs)

@@ -198,9 +198,9 @@ class ASAM(SharpnessAwareOptimizer):
         ]
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(ctx.hparam("rho")):  # no perturbation: d = g(θ), one (synced) pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
-        if is_zero(ctx.hparam("rho")):  # no perturbation: d = g0, no second pass
-            return g0
         eta, adaptive_all = ctx.hparam("eta"), ctx.hparam("adaptive_all")
         if not isinstance(eta, float) or not isinstance(adaptive_all, float):
             raise ValueError("Invalid param_groups: ASAM needs one eta and adaptive_all")

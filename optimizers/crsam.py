@@ -104,10 +104,10 @@ class CRSAM(SharpnessAwareOptimizer):
             group[name] = check_nonneg(name, group[name])
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        rho = ctx.hparam("rho")
+        if is_zero(ctx.hparam("rho")):  # g+ = g− = g0: d = g(θ), one (synced) pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
-        if is_zero(rho):  # g+ = g− = g0: d = g0, no further pass
-            return g0
+        rho = ctx.hparam("rho")  # per tensor of those that got a gradient
         inv = ctx.ascend(g0, rho)
         gp = yield Pass()
         ctx.reset()

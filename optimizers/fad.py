@@ -124,10 +124,10 @@ class FAD(SharpnessAwareOptimizer):
         group["beta"] = check_nonneg("beta", group["beta"])
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        rho, rho_fd = ctx.hparam("rho"), ctx.hparam("rho_fd")
+        if is_zero(ctx.hparam("rho")):  # g1 = g2 = g0, no beta term: d = g(θ), one pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
-        if is_zero(rho):  # g1 = g2 = g0 and the beta term vanishes: d = g0
-            return g0
+        rho, rho_fd = ctx.hparam("rho"), ctx.hparam("rho_fd")  # tensors with a gradient
         inv0 = ctx.ascend(g0, rho)
         g1 = yield Pass()
         if rho_fd == rho:

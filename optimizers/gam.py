@@ -156,10 +156,10 @@ class GAM(SharpnessAwareOptimizer):
         check_choice("h_minus", group["h_minus"], H_MINUS)
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        rho_fd = ctx.hparam("rho_fd")
+        if is_zero(ctx.hparam("rho_fd")) and is_zero(ctx.hparam("rho")):
+            return (yield Pass(final=True))  # g1 = g2 = g3 = g0: d = g(θ), one pass
         g0 = yield Pass()
-        if is_zero(rho_fd) and is_zero(ctx.hparam("rho")):  # g1 = g2 = g3 = g0: d = g0
-            return g0
+        rho_fd = ctx.hparam("rho_fd")  # per tensor of those that got a gradient
         ctx.ascend(g0, rho_fd)
         g1 = yield Pass()
         ctx.reset()

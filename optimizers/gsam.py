@@ -137,12 +137,16 @@ class GSAM(SharpnessAwareOptimizer):
         frac = min(max((float(group["lr"]) - lo) / (hi - lo), 0.0), 1.0)
         return float(group["rho_min"] + (group["rho_max"] - group["rho_min"]) * frac)
 
-    def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        g0 = yield Pass()
+    def _radii(self, ctx: StepContext) -> list[float]:
+        """``rho_t`` per tensor of ``ctx.params``."""
         rho = {id(p): self.rho_t(g) for g in self.param_groups for p in g["params"]}
-        per = [rho[id(p)] for p in ctx.params]
-        if is_zero(per):  # rho_t = 0: gp = g0, so g⊥ = 0 and d = g0; no second pass
-            return g0
+        return [rho[id(p)] for p in ctx.params]
+
+    def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(self._radii(ctx)):  # rho_t = 0: gp = g0, g⊥ = 0, d = g(θ); one pass
+            return (yield Pass(final=True))
+        g0 = yield Pass()
+        per = self._radii(ctx)  # the tensors that got a gradient
         ctx.ascend(g0, per[0] if len(set(per)) <= 1 else per)
         gp = yield Pass()
         return gsam_direction(g0, gp, alpha=ctx.hparam("alpha"), foreach=ctx.k.name == "foreach")

@@ -68,9 +68,8 @@ class SAM(SharpnessAwareOptimizer):
         group["rho"] = check_nonneg("rho", group["rho"])
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(ctx.hparam("rho")):  # no perturbation: d = g(θ), one (synced) pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
-        rho = ctx.hparam("rho")
-        if is_zero(rho):  # no perturbation: d = g0, no second pass
-            return g0
-        ctx.ascend(g0, rho)
+        ctx.ascend(g0, ctx.hparam("rho"))  # (after the first pass: the tensors with a gradient)
         return (yield Pass(final=True))

@@ -857,3 +857,37 @@ def test_bad_base_optimizer_arguments_raise_one_value_error(kwargs, pattern):
     net = nn.Linear(3, 2)
     with pytest.raises(ValueError, match=pattern):
         O.SAM(net.parameters(), torch.optim.SGD, **kwargs)
+
+
+@ALL
+@pytest.mark.filterwarnings("ignore:ASAM.*no name:UserWarning")
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "single"])
+def test_groups_with_their_own_radii_and_an_unused_parameter(cfg, foreach):
+    """Per-group radii and a group whose tensors get no gradient: the per-tensor radii
+    must follow the tensors that took part (not the list of all tensors)."""
+    hp_b = {
+        k: v * 0.5 if k in NUMERIC and isinstance(v, float) else v for k, v in cfg.hparams.items()
+    }
+
+    def fit(with_unused):
+        torch.manual_seed(0)
+        net = nn.ModuleDict({"a": nn.Linear(5, 8), "unused": nn.Linear(8, 8), "b": nn.Linear(8, 3)})
+        net = net.double()
+        groups = [{"params": net["a"].parameters(), **cfg.hparams}]
+        if with_unused:
+            groups.append({"params": net["unused"].parameters(), **cfg.hparams})
+        groups.append({"params": net["b"].parameters(), **hp_b})
+        opt = cfg.cls(groups, torch.optim.SGD, foreach=foreach, **cfg.base_kwargs)
+        for x, y in make_batches(2):
+
+            def closure(part=None, x=x, y=y):
+                opt.zero_grad()
+                xb, yb = (x, y) if part is None else (x[part], y[part])
+                loss = F.cross_entropy(net["b"](torch.tanh(net["a"](xb))), yb)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        return torch.cat([flat(net["a"].parameters()), flat(net["b"].parameters())])
+
+    torch.testing.assert_close(fit(True), fit(False), rtol=1e-12, atol=1e-14)

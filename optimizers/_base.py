@@ -74,7 +74,10 @@ class BatchPart:
     def slice(self, n: int) -> slice:
         """Return the Python slice of this part for a batch of ``n`` samples."""
         if n < 2:
-            raise ValueError(f"Invalid batch size: {n} (a train/val split needs at least 2)")
+            raise ValueError(
+                f"Invalid batch size: {n} (a train/val split needs at least 2: drop a last "
+                "batch of one, e.g. DataLoader(drop_last=True), or pass val_closure=)"
+            )
         k = min(max(round(self.fraction * n), 1), n - 1)
         return slice(0, n - k) if self.which == "train" else slice(n - k, n)
 

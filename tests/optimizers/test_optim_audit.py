@@ -891,3 +891,16 @@ def test_groups_with_their_own_radii_and_an_unused_parameter(cfg, foreach):
         return torch.cat([flat(net["a"].parameters()), flat(net["b"].parameters())])
 
     torch.testing.assert_close(fit(True), fit(False), rtol=1e-12, atol=1e-14)
+
+
+def test_agnostic_sam_on_a_batch_of_one_says_what_to_do():
+    net = nn.Linear(3, 2)
+    opt = O.AgnosticSAM(net.parameters(), torch.optim.SGD, lr=0.1)
+    before = flat(net.parameters()).clone()
+    x, y = torch.randn(1, 3), torch.randint(0, 2, (1,))
+    with pytest.raises(ValueError, match=r"Invalid batch size: 1 .*drop_last=True"):
+        opt.step(_closure(net, opt, x, y))
+    assert torch.equal(flat(net.parameters()), before)
+    xs, ys = torch.randn(3, 3), torch.randint(0, 2, (3,))  # a smaller last batch: fine
+    opt.step(_closure(net, opt, xs, ys))
+    assert not torch.equal(flat(net.parameters()), before)

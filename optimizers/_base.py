@@ -22,6 +22,7 @@ aligned with :attr:`StepContext.params`), and returns the direction.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "SharpnessAwareOptimizer",
     "StepContext",
     "disable_running_stats",
+    "is_zero",
 ]
 
 EPS = 1e-12
@@ -72,7 +74,10 @@ class BatchPart:
     def slice(self, n: int) -> slice:
         """Return the Python slice of this part for a batch of ``n`` samples."""
         if n < 2:
-            raise ValueError(f"Invalid batch size: {n} (a train/val split needs at least 2)")
+            raise ValueError(
+                f"Invalid batch size: {n} (a train/val split needs at least 2: drop a last "
+                "batch of one, e.g. DataLoader(drop_last=True), or pass val_closure=)"
+            )
         k = min(max(round(self.fraction * n), 1), n - 1)
         return slice(0, n - k) if self.which == "train" else slice(n - k, n)
 
@@ -134,30 +139,65 @@ class Pass:
 
 @contextlib.contextmanager
 def disable_running_stats(model: nn.Module | None) -> Iterator[None]:
-    """Freeze BatchNorm running statistics inside the block (batch statistics still used).
+    """Freeze the model's buffers inside the block (BatchNorm running statistics and others).
 
     The layers run exactly as usual (training mode: batch statistics, the fast kernel
-    that also updates the buffers); on exit ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` of every normalisation layer that tracks statistics are put
-    back by copy, so they hold exactly what they held on entry.  (Turning
-    ``track_running_stats`` off instead selects a CPU kernel ~15 % slower.)
+    that also updates the buffers); on exit every buffer the block changed is put back:
+    BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked``, and any
+    other buffer a forward updates in place or replaces (spectral norm's power-iteration
+    vectors ``_u``/``_v``, counters, moving averages), so that they hold exactly what
+    they held on entry.  (Turning ``track_running_stats`` off instead selects a CPU
+    kernel ~15 % slower, and would leave the other buffers moving.)
     """
     if model is None:
         yield
         return
-    buffers = [
-        b
+    held = [
+        (m, name, b)
         for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
-        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if b is not None
+        for name, b in m._buffers.items()
+        if isinstance(b, Tensor) and not b.is_inference()
     ]
-    saved = [b.clone() for b in buffers]
+    # Every buffer, not only those whose version moved: BatchNorm's kernel updates its
+    # running statistics without bumping their version counter.
+    copies: dict[int, tuple[Tensor, Tensor]] = {}
+    for _, _, b in held:
+        copies.setdefault(id(b), (b, b.detach().clone()))
     try:
         yield
     finally:
-        with torch.no_grad():
-            tl_copy_(buffers, saved)
+        for m, name, b in held:
+            if m._buffers.get(name) is not b:  # replaced (``self.x = self.x + 1``)
+                m._buffers[name] = b
+        if copies:
+            buffers, saved = zip(*copies.values())
+            with torch.no_grad():
+                tl_copy_(list(buffers), list(saved))
+
+
+def is_zero(c: Coef) -> bool:
+    """Is a coefficient (a float or a per-tensor list of floats) zero for every tensor?"""
+    return c == 0.0 if isinstance(c, float | int) else all(v == 0.0 for v in c)  # type: ignore[union-attr]
+
+
+def _clear_autocast_cache() -> None:
+    """Forget autocast's low-precision copies of the weights (they moved).
+
+    Inside an autocast region torch casts each weight once and reuses the copy until the
+    outermost region exits: a pass at moved weights would otherwise see the copy of θ.
+    """
+    torch.clear_autocast_cache()
+
+
+def _takes_one_argument(fn: Callable[..., Any]) -> bool:
+    """Can ``fn`` be called with one positional argument (``closure(part)``)?"""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): let the call decide
+        return True
+    return True
 
 
 def _is_ddp(model: nn.Module | None) -> bool:
@@ -256,7 +296,7 @@ class SharpnessAwareOptimizer(Optimizer):
         defaults: The variant's hyper-parameters (stored in every parameter group).
         model: The module being trained (possibly DDP-wrapped), used to freeze BatchNorm
             statistics during the extra passes and for ``no_sync`` under DDP.
-        foreach: Use the grouped foreach kernels (default: yes unless a parameter is
+        foreach: Use the grouped foreach kernels (default: yes unless a gradient is
             sparse); ``False`` runs the single-tensor reference kernels.
         **base_kwargs: Keyword arguments of the base optimizer (``lr``, ``momentum``, ...).
     """
@@ -270,6 +310,9 @@ class SharpnessAwareOptimizer(Optimizer):
 
     _perturbs_first: ClassVar[bool] = False
     """The rule moves the weights before its first pass (Momentum-SAM)."""
+
+    _shared: ClassVar[tuple[str, ...]] = ()
+    """Hyper-parameters and options that must have one value in all parameter groups."""
 
     def __init__(
         self,
@@ -292,7 +335,13 @@ class SharpnessAwareOptimizer(Optimizer):
         if clash:
             raise ValueError(f"Invalid base_kwargs: {clash} are this optimizer's own")
         super().__init__(params, dict(defaults))
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        try:
+            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        except (TypeError, ValueError) as err:  # e.g. lr="0.1", an unknown keyword
+            given = ", ".join(f"{k}={v!r}" for k, v in base_kwargs.items())
+            raise ValueError(
+                f"Invalid base_kwargs for {base_optimizer.__name__} ({given}): {err}"
+            ) from err
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)
@@ -302,6 +351,9 @@ class SharpnessAwareOptimizer(Optimizer):
         self._saved_for: list[Tensor] = []
         self._pending: _Pending | None = None
         self._stale: list[tuple[weakref.ref[Tensor], int]] = []
+        # A gradient already in .grad (e.g. left by the optimizer used before this one) is
+        # not the first pass of this optimizer's first step.
+        self._remember_stale()
 
     # ---------------------------------------------------------------- the rule
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
@@ -309,26 +361,79 @@ class SharpnessAwareOptimizer(Optimizer):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- state
+    _VOLATILE: ClassVar[tuple[str, ...]] = ("_saved", "_saved_for", "_pending", "_stale")
+    """Attributes of one step in progress, left out of a copy or a pickle."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state torch keeps plus the wrapper's own (base optimizer, model, options).
+
+        ``torch.optim.Optimizer`` keeps only ``defaults``, ``state`` and ``param_groups``:
+        a ``copy.deepcopy`` or pickle of the wrapper would have no base optimizer.
+        """
+        state = super().__getstate__()
+        for name, value in self.__dict__.items():
+            if (
+                name not in state
+                and name not in self._VOLATILE
+                and not name.startswith("_optimizer_")
+            ):
+                state[name] = value
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._saved, self._saved_for, self._pending, self._stale = [], [], None, []
+
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict (its ``param_groups`` carry our hyper-parameters)."""
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a dict from :meth:`state_dict` (the base optimizer's state included)."""
+        """Load a dict from :meth:`state_dict` (the base optimizer's state included).
+
+        A dict of the base optimizer alone (e.g. a plain ``torch.optim.SGD`` checkpoint,
+        to go on with SAM from it) has no hyper-parameters of this optimizer: each group
+        keeps the values it had, the loaded ones take precedence.
+        """
         if self._pending is not None:
             raise ValueError("Invalid state: load_state_dict() in the middle of a step")
+        before = [dict(g) for g in self.param_groups]
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        for i, (old, new) in enumerate(zip(before, self.param_groups)):
+            for name, value in old.items():
+                new.setdefault(name, value)
+            self._check_group(new, self.param_groups[:i])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group (to the base optimizer as well, once it exists)."""
+        """Add a parameter group (to the base optimizer as well, once it exists).
+
+        The group's own hyper-parameters are checked like the constructor's (and stored
+        as floats); a bad one raises ``ValueError`` and the group is not added.
+        """
         if hasattr(self, "base_optimizer"):
             for name, default in self.defaults.items():
                 param_group.setdefault(name, default)
+            self._check_group(param_group, self.param_groups)
             self.base_optimizer.add_param_group(param_group)
         else:
             super().add_param_group(param_group)
+            self._check_group(self.param_groups[-1], self.param_groups[:-1])
+
+    def _check_group(self, group: dict[str, Any], others: Sequence[dict[str, Any]]) -> None:
+        """Check one group's hyper-parameters (in place: floats); ``others``: the groups so far."""
+        self._check_hparams(group)
+        for name in self._shared:
+            values = {g[name] for g in (*others, group) if name in g}
+            if len(values) > 1:
+                raise ValueError(
+                    f"Invalid param_groups: {type(self).__name__} needs one {name} "
+                    f"(got {sorted(values, key=repr)})"
+                )
+
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        """The variant's checks of a group's hyper-parameters (overridden by each variant)."""
 
     # ---------------------------------------------------------------- helpers
     def _trainable(self) -> list[Tensor]:
@@ -357,14 +462,37 @@ class SharpnessAwareOptimizer(Optimizer):
                 [p.detach() for p in self._saved_for], self._saved
             )
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients, as torch does; zeroed (not freed) ones are no gradient.
+
+        With ``set_to_none=False`` the zeros stay in ``.grad``: ``step`` must not take
+        them for a first pass already computed.
+        """
+        super().zero_grad(set_to_none=set_to_none)
+        if not set_to_none:
+            self._remember_stale()
+
+    def _remember_stale(self) -> None:
+        # weak references: a later zero_grad() must be able to free the direction
+        self._stale = [
+            (weakref.ref(p.grad), p.grad._version) for p in self._trainable() if p.grad is not None
+        ]
+
     def _grads_fresh(self) -> bool:
-        """Is there a gradient that the last step did not leave behind?"""
+        """Is there a gradient that the last step (or a zero_grad) did not leave behind?
+
+        A gradient the last step left (the direction) or that ``zero_grad`` zeroed is no
+        gradient at the current weights; neither is one that is all zeros (e.g. after
+        ``model.zero_grad(set_to_none=False)``): the closure's first pass then runs.
+        """
         grads = [(p, p.grad) for p in self._trainable() if p.grad is not None]
         if not grads:
             return False
-        if len(grads) != len(self._stale):
-            return True
-        return any(g is not s() or g._version != v for (_, g), (s, v) in zip(grads, self._stale))
+        if len(grads) == len(self._stale) and not any(
+            g is not s() or g._version != v for (_, g), (s, v) in zip(grads, self._stale)
+        ):
+            return False
+        return any(bool(g.any()) for _, g in grads)
 
     def _take_grads(self, ctx: StepContext | None) -> list[Tensor]:
         """Take the gradients of the pass that just ran (``.grad`` is left ``None``)."""
@@ -394,6 +522,12 @@ class SharpnessAwareOptimizer(Optimizer):
             if val_closure is None:
                 raise ValueError("Invalid val_closure: this step needs a validation closure")
             fn = val_closure
+        if req.part is not None and not _takes_one_argument(fn):
+            raise ValueError(
+                f"Invalid closure: {describe(fn)} takes no argument; "
+                f"{type(self).__name__} calls closure(part) with a BatchPart for the parts "
+                "of the batch (write `def closure(part=None)` and select `x[part]`)"
+            )
         sync = req.final or not _is_ddp(self.model)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.enable_grad())
@@ -401,6 +535,7 @@ class SharpnessAwareOptimizer(Optimizer):
                 stack.enter_context(disable_running_stats(self.model))
             if not sync:
                 stack.enter_context(self.model.no_sync())  # type: ignore[union-attr]
+            _clear_autocast_cache()
             out = fn() if req.part is None else fn(req.part)
         # Detached: holding the first pass's graph through the later passes costs time.
         return out.detach() if isinstance(out, Tensor) else out
@@ -416,8 +551,14 @@ class SharpnessAwareOptimizer(Optimizer):
         return gen, ctx, next(gen)
 
     def _prune(self, ctx: StepContext) -> None:
-        """After the first pass: keep the parameters that received a gradient."""
+        """After the first pass: keep the parameters that received a gradient.
+
+        A sparse gradient (``nn.Embedding(sparse=True)``) selects the single-tensor
+        kernels unless ``foreach`` was set: the foreach norms take no sparse tensors.
+        """
         ctx.params = [p for p in ctx.params if p.grad is not None]
+        if self.foreach is None and any(p.grad.is_sparse for p in ctx.params):  # type: ignore[union-attr]
+            ctx.k = get_kernels(False)
 
     def _finish(self, ctx: StepContext, d: list[Tensor], synced: bool, scaler: Any) -> None:
         """Restore θ, write ``d`` into ``.grad``, reduce it under DDP, let the base step."""
@@ -435,10 +576,8 @@ class SharpnessAwareOptimizer(Optimizer):
             scaler.step(self.base_optimizer)
         else:
             self.base_optimizer.step()
-        # weak references: a later zero_grad() must be able to free the direction
-        self._stale = [
-            (weakref.ref(p.grad), p.grad._version) for p in self._trainable() if p.grad is not None
-        ]
+        _clear_autocast_cache()
+        self._remember_stale()
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -462,10 +601,20 @@ class SharpnessAwareOptimizer(Optimizer):
 
         Returns:
             The loss the closure returned in the first pass at the unperturbed weights,
-            detached (``None`` when the gradient of that pass was already present).
+            detached (``None`` when the gradient of that pass was already present: a
+            ``backward`` since the last step; the direction the last step left in
+            ``.grad``, or zeros from ``zero_grad(set_to_none=False)``, are no gradient).
+
+        A rule whose radius is 0 needs no gradient but the first: the step is then one
+        pass, the base optimizer's step bit for bit (dropout's random stream included).
+        The passes at moved weights run with autocast's weight cache cleared, so a step
+        taken inside a ``torch.autocast`` region is the same as one whose closure enters it.
         """
         if closure is None:
             raise ValueError(f"Invalid closure: None ({type(self).__name__}.step needs one)")
+        for name, fn in (("closure", closure), ("val_closure", val_closure)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"Invalid {name}: {describe(fn)} (expected a callable)")
         if self._pending is not None:
             raise ValueError("Invalid call: step() between first_step() and second_step()")
         gen, ctx, req = self._begin(has_val=val_closure is not None)
@@ -511,16 +660,26 @@ class SharpnessAwareOptimizer(Optimizer):
                 f"Invalid call: {type(self).__name__} splits the batch; use step(closure)"
             )
         freeze = contextlib.ExitStack()
+        done = None
         try:
             if not self._perturbs_first:
                 self._prune(ctx)
-                req = gen.send(self._take_grads(ctx))
+                if not ctx.params:
+                    raise ValueError(
+                        "Invalid call: first_step() found no gradient at θ (call "
+                        "loss.backward() before first_step())"
+                    )
+                try:
+                    req = gen.send(self._take_grads(ctx))
+                except StopIteration as stop:  # no perturbation (rho = 0): d is known
+                    done = stop.value
                 freeze.enter_context(disable_running_stats(self.model))
         except BaseException:
             freeze.close()
             self._restore()
             raise
-        self._pending = _Pending(gen, ctx, req, freeze, first=self._perturbs_first)
+        _clear_autocast_cache()
+        self._pending = _Pending(gen, ctx, req, freeze, first=self._perturbs_first, done=done)
 
     @torch.no_grad()
     def second_step(self, *, scaler: torch.amp.GradScaler | None = None) -> bool:
@@ -533,6 +692,12 @@ class SharpnessAwareOptimizer(Optimizer):
         pend = self._pending
         if pend is None:
             raise ValueError("Invalid call: second_step() without first_step()")
+        if pend.done is not None:  # the rule needed no further gradient: this one is unused
+            self._pending = None
+            pend.freeze.close()
+            self._take_grads(pend.ctx)
+            self._finish(pend.ctx, pend.done, True, scaler)
+            return True
         try:
             if pend.first:
                 self._prune(pend.ctx)
@@ -552,6 +717,7 @@ class SharpnessAwareOptimizer(Optimizer):
             raise
         if pend.req.part is not None or pend.req.val:
             raise ValueError(f"Invalid call: {type(self).__name__} needs step(closure)")
+        _clear_autocast_cache()
         return False
 
 
@@ -562,3 +728,4 @@ class _Pending:
     req: Pass
     freeze: contextlib.ExitStack
     first: bool
+    done: list[Tensor] | None = None

@@ -11,17 +11,24 @@ __all__ = ["check_choice", "check_nonneg", "check_positive", "check_range", "des
 
 
 def _finite(name: str, value: float) -> float:
+    """``value`` as a finite float: a number or a one-element tensor, not a string or bool."""
+    if isinstance(value, str | bool) or value is None:
+        raise ValueError(f"Invalid {name}: {value!r} (expected a number)")
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid {name}: {value!r}") from None
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"Invalid {name}: {value!r} (expected a number)") from None
     if not math.isfinite(v):
         raise ValueError(f"Invalid {name}: {value}")
     return v
 
 
 def check_nonneg(name: str, value: float) -> float:
-    """Raise ``ValueError("Invalid <name>: <value>")`` unless ``value >= 0``."""
+    """Return ``value`` as a float; raise ``ValueError("Invalid <name>: ...")`` unless ``>= 0``.
+
+    The checks accept numbers and one-element tensors and return a plain ``float``;
+    strings and booleans are refused (``float("0.1")`` would hide a configuration slip).
+    """
     v = _finite(name, value)
     if v < 0:
         raise ValueError(f"Invalid {name}: {value} (must be >= 0)")

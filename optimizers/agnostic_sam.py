@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import BatchPart, Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import BatchPart, Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._validate import check_nonneg, check_range
 
 __all__ = ["AgnosticSAM"]
@@ -68,6 +68,7 @@ class AgnosticSAM(SharpnessAwareOptimizer):
 
     passes = 2
     hyperparameters: ClassVar[dict[str, float]] = {"rho": 0.1, "rho_val": 0.05, "val_fraction": 0.5}
+    _shared = ("val_fraction",)
 
     def __init__(
         self,
@@ -81,9 +82,9 @@ class AgnosticSAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
-        check_nonneg("rho_val", rho_val)
-        check_range("val_fraction", val_fraction, 0.0, 1.0, open_ends=True)
+        rho = check_nonneg("rho", rho)
+        rho_val = check_nonneg("rho_val", rho_val)
+        val_fraction = check_range("val_fraction", val_fraction, 0.0, 1.0, open_ends=True)
         super().__init__(
             params,
             base_optimizer,
@@ -93,7 +94,16 @@ class AgnosticSAM(SharpnessAwareOptimizer):
             **base_kwargs,
         )
 
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho"] = check_nonneg("rho", group["rho"])
+        group["rho_val"] = check_nonneg("rho_val", group["rho_val"])
+        group["val_fraction"] = check_range(
+            "val_fraction", group["val_fraction"], 0.0, 1.0, open_ends=True
+        )
+
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(ctx.hparam("rho")) and is_zero(ctx.hparam("rho_val")):
+            return (yield Pass(final=True))  # θ̃ = θ: one whole-batch pass, as the base
         fraction = ctx.hparam("val_fraction")
         if not isinstance(fraction, float):
             raise ValueError("Invalid param_groups: AgnosticSAM needs one val_fraction")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._kernels import Coef, get_kernels
 from optimizers._validate import check_choice, check_nonneg
 
@@ -118,6 +118,7 @@ class ASAM(SharpnessAwareOptimizer):
 
     passes = 2
     hyperparameters: ClassVar[dict[str, Any]] = {"rho": 0.5, "eta": 0.01, "weights_by": "name"}
+    _shared = ("eta", "weights_by", "adaptive_all")
 
     def __init__(
         self,
@@ -132,8 +133,8 @@ class ASAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
-        check_nonneg("eta", eta)
+        rho = check_nonneg("rho", rho)
+        eta = check_nonneg("eta", eta)
         check_choice("weights_by", weights_by, WEIGHTS_BY)
         super().__init__(
             params,
@@ -154,6 +155,23 @@ class ASAM(SharpnessAwareOptimizer):
                 UserWarning,
                 stacklevel=2,
             )
+
+    _VOLATILE = (*SharpnessAwareOptimizer._VOLATILE, "_names")  # keyed by id: rebuilt
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._names = self._parameter_names()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; the ``param_names`` its groups carry name ASAM's weights."""
+        super().load_state_dict(state_dict)
+        self._names = self._parameter_names()
+
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho"] = check_nonneg("rho", group["rho"])
+        group["eta"] = check_nonneg("eta", group["eta"])
+        check_choice("weights_by", group["weights_by"], WEIGHTS_BY)
+        group["adaptive_all"] = bool(group["adaptive_all"])
 
     def _parameter_names(self) -> dict[int, str]:
         """Parameter names by ``id``: from ``model``, then from the groups' ``param_names``."""
@@ -180,6 +198,8 @@ class ASAM(SharpnessAwareOptimizer):
         ]
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(ctx.hparam("rho")):  # no perturbation: d = g(θ), one (synced) pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
         eta, adaptive_all = ctx.hparam("eta"), ctx.hparam("adaptive_all")
         if not isinstance(eta, float) or not isinstance(adaptive_all, float):

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._kernels import Coef, get_kernels
 from optimizers._validate import check_nonneg
 
@@ -59,7 +59,7 @@ class CRSAM(SharpnessAwareOptimizer):
     .. note::
         Follows the finite-difference form of the project's spec; the passes at ``θ+e``
         and ``θ−e`` are independent but run one after the other.  ``rho=0`` is the base
-        optimizer bit for bit.
+        optimizer bit for bit (one pass per step).
 
     Args:
         params: Parameters or parameter groups.
@@ -87,9 +87,9 @@ class CRSAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
-        check_nonneg("gamma", gamma)
-        check_nonneg("beta", beta)
+        rho = check_nonneg("rho", rho)
+        gamma = check_nonneg("gamma", gamma)
+        beta = check_nonneg("beta", beta)
         super().__init__(
             params,
             base_optimizer,
@@ -99,9 +99,15 @@ class CRSAM(SharpnessAwareOptimizer):
             **base_kwargs,
         )
 
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        for name in ("rho", "gamma", "beta"):
+            group[name] = check_nonneg(name, group[name])
+
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        rho = ctx.hparam("rho")
+        if is_zero(ctx.hparam("rho")):  # g+ = g− = g0: d = g(θ), one (synced) pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
+        rho = ctx.hparam("rho")  # per tensor of those that got a gradient
         inv = ctx.ascend(g0, rho)
         gp = yield Pass()
         ctx.reset()

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._kernels import Coef, get_kernels, one_minus
 from optimizers._validate import check_nonneg, check_positive, check_range
 
@@ -71,7 +71,8 @@ class FAD(SharpnessAwareOptimizer):
         Reconstructed from the paper's stated objective (there is no public code).
         Four passes when ``rho_fd == rho``; five otherwise, which includes the defaults
         (``rho=0.05``, ``rho_fd=0.01``): the instance's :attr:`passes` says which.
-        ``rho=0`` with ``alpha=1`` (the default) is the base optimizer bit for bit.
+        ``rho=0`` is the base optimizer bit for bit, whatever ``alpha`` and ``beta``
+        (one pass per step).
 
     Args:
         params: Parameters or parameter groups.
@@ -106,19 +107,27 @@ class FAD(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
-        check_positive("rho_fd", rho_fd)
-        check_range("alpha", alpha, 0.0, 1.0)
-        check_nonneg("beta", beta)
+        rho = check_nonneg("rho", rho)
+        rho_fd = check_positive("rho_fd", rho_fd)
+        alpha = check_range("alpha", alpha, 0.0, 1.0)
+        beta = check_nonneg("beta", beta)
         defaults = {"rho": rho, "rho_fd": rho_fd, "alpha": alpha, "beta": beta}
         super().__init__(
             params, base_optimizer, defaults, model=model, foreach=foreach, **base_kwargs
         )
         self.passes = 4 if rho_fd == rho else 5
 
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho"] = check_nonneg("rho", group["rho"])
+        group["rho_fd"] = check_positive("rho_fd", group["rho_fd"])
+        group["alpha"] = check_range("alpha", group["alpha"], 0.0, 1.0)
+        group["beta"] = check_nonneg("beta", group["beta"])
+
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        rho, rho_fd = ctx.hparam("rho"), ctx.hparam("rho_fd")
+        if is_zero(ctx.hparam("rho")):  # g1 = g2 = g0, no beta term: d = g(θ), one pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
+        rho, rho_fd = ctx.hparam("rho"), ctx.hparam("rho_fd")  # tensors with a gradient
         inv0 = ctx.ascend(g0, rho)
         g1 = yield Pass()
         if rho_fd == rho:
@@ -128,8 +137,10 @@ class FAD(SharpnessAwareOptimizer):
             ctx.move(g0, rho_fd, inv0)
             hv = yield Pass()
             ctx.k.add_(hv, g0, -1.0)
+        if not isinstance(rho_fd, float):  # per group: hv = (g(θ + rho_fd·ĝ0) − g0)/rho_fd
+            ctx.k.mul_(hv, [1.0 / v for v in rho_fd])  # type: ignore[union-attr]
         ctx.reset()
-        ctx.ascend(hv, rho)  # only ĥv matters: the 1/rho_fd scale drops out
+        ctx.ascend(hv, rho)  # only ĥv matters: one 1/rho_fd scale drops out
         g2 = yield Pass()
         ctx.ascend(g2, rho_fd)
         g3 = yield Pass()

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._kernels import Coef, get_kernels, one_minus
 from optimizers._validate import check_choice, check_nonneg, check_range
 
@@ -84,8 +84,8 @@ class GAM(SharpnessAwareOptimizer):
     - ``"paper"`` (the paper's Algorithm): ``h− = beta·g0 + (1−beta)·g2``.
 
     .. note::
-        ``rho = rho_fd = 0`` with ``alpha = 1`` and ``gamma = 0`` is the base optimizer
-        bit for bit (other ``alpha`` round ``alpha·g + (1−alpha)·g``).  The authors'
+        ``rho = rho_fd = 0`` is the base optimizer bit for bit, whatever ``alpha``,
+        ``beta`` and ``gamma`` (all four gradients are ``g0``; one pass per step).  The authors'
         ``rho`` is their ``grad_norm_rho``, ``rho_fd`` their ``grad_rho``, ``alpha`` their
         ``grad_beta_1``; the defaults are theirs for CIFAR-10.
 
@@ -113,6 +113,7 @@ class GAM(SharpnessAwareOptimizer):
         "gamma": 0.03,
         "h_minus": "authors",
     }
+    _shared = ("h_minus",)
 
     def __init__(
         self,
@@ -129,11 +130,11 @@ class GAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
-        check_nonneg("rho_fd", rho_fd)
-        check_range("alpha", alpha, 0.0, 1.0)
-        check_range("beta", beta, 0.0, 1.0)
-        check_nonneg("gamma", gamma)
+        rho = check_nonneg("rho", rho)
+        rho_fd = check_nonneg("rho_fd", rho_fd)
+        alpha = check_range("alpha", alpha, 0.0, 1.0)
+        beta = check_range("beta", beta, 0.0, 1.0)
+        gamma = check_nonneg("gamma", gamma)
         check_choice("h_minus", h_minus, H_MINUS)
         defaults = {
             "rho": rho,
@@ -147,9 +148,18 @@ class GAM(SharpnessAwareOptimizer):
             params, base_optimizer, defaults, model=model, foreach=foreach, **base_kwargs
         )
 
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        for name in ("rho", "rho_fd", "gamma"):
+            group[name] = check_nonneg(name, group[name])
+        for name in ("alpha", "beta"):
+            group[name] = check_range(name, group[name], 0.0, 1.0)
+        check_choice("h_minus", group["h_minus"], H_MINUS)
+
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        rho_fd = ctx.hparam("rho_fd")
+        if is_zero(ctx.hparam("rho_fd")) and is_zero(ctx.hparam("rho")):
+            return (yield Pass(final=True))  # g1 = g2 = g3 = g0: d = g(θ), one pass
         g0 = yield Pass()
+        rho_fd = ctx.hparam("rho_fd")  # per tensor of those that got a gradient
         ctx.ascend(g0, rho_fd)
         g1 = yield Pass()
         ctx.reset()

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import EPS, Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._kernels import Coef, get_kernels
 from optimizers._validate import check_nonneg, check_range
 
@@ -56,8 +56,11 @@ class GSAM(SharpnessAwareOptimizer):
     .. note::
         ``rho_t`` follows each parameter group's current ``lr`` linearly, with
         ``lr_max`` defaulting to the group's learning rate at construction and ``lr_min``
-        to 0; with the default ``rho_min == rho_max`` it is constant.  ``rho_max=0`` and
-        ``alpha=0`` give the base optimizer bit for bit.
+        to 0, and stays in ``[rho_min, rho_max]`` when the lr leaves ``[lr_min, lr_max]``
+        (the authors' ProportionScheduler extrapolates; their lr never leaves it); with
+        the default ``rho_min == rho_max`` it is constant.  ``rho_t = 0`` (``rho_max =
+        rho_min = 0``) gives the base optimizer bit for bit, whatever ``alpha``
+        (``g⊥ = 0`` exactly; one pass per step).
 
     Args:
         params: Parameters or parameter groups.
@@ -89,12 +92,12 @@ class GSAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho_max", rho_max)
-        check_range("rho_min", rho_min, 0.0, rho_max)
-        check_range("alpha", alpha, 0.0, 1.0)
-        check_nonneg("lr_min", lr_min)
+        rho_max = check_nonneg("rho_max", rho_max)
+        rho_min = check_range("rho_min", rho_min, 0.0, rho_max)
+        alpha = check_range("alpha", alpha, 0.0, 1.0)
+        lr_min = check_nonneg("lr_min", lr_min)
         if lr_max is not None:
-            check_nonneg("lr_max", lr_max)
+            lr_max = check_nonneg("lr_max", lr_max)
         defaults = {
             "rho_max": rho_max,
             "rho_min": rho_min,
@@ -109,19 +112,41 @@ class GSAM(SharpnessAwareOptimizer):
             if group["lr_max"] is None:
                 group["lr_max"] = float(group["lr"])
 
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho_max"] = check_nonneg("rho_max", group["rho_max"])
+        group["rho_min"] = check_range("rho_min", group["rho_min"], 0.0, group["rho_max"])
+        group["alpha"] = check_range("alpha", group["alpha"], 0.0, 1.0)
+        group["lr_min"] = check_nonneg("lr_min", group["lr_min"])
+        if group["lr_max"] is not None:
+            group["lr_max"] = check_nonneg("lr_max", group["lr_max"])
+        elif "lr" in group:  # a group added after construction: its own initial lr
+            group["lr_max"] = float(group["lr"])
+
     @staticmethod
     def rho_t(group: dict[str, Any]) -> float:
-        """The radius for a parameter group at its current learning rate."""
+        """The radius for a parameter group at its current learning rate.
+
+        Linear in ``lr`` between ``(lr_min, rho_min)`` and ``(lr_max, rho_max)`` and held
+        there outside: a learning rate above ``lr_max`` (a one-cycle peak above the lr
+        given at construction) gives ``rho_max``, one below ``lr_min`` gives ``rho_min``
+        (never a larger or a negative radius).
+        """
         lo, hi = group["lr_min"], group["lr_max"]
         if hi <= lo:
             return float(group["rho_max"])
-        frac = (float(group["lr"]) - lo) / (hi - lo)
+        frac = min(max((float(group["lr"]) - lo) / (hi - lo), 0.0), 1.0)
         return float(group["rho_min"] + (group["rho_max"] - group["rho_min"]) * frac)
 
-    def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
-        g0 = yield Pass()
+    def _radii(self, ctx: StepContext) -> list[float]:
+        """``rho_t`` per tensor of ``ctx.params``."""
         rho = {id(p): self.rho_t(g) for g in self.param_groups for p in g["params"]}
-        per = [rho[id(p)] for p in ctx.params]
+        return [rho[id(p)] for p in ctx.params]
+
+    def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(self._radii(ctx)):  # rho_t = 0: gp = g0, g⊥ = 0, d = g(θ); one pass
+            return (yield Pass(final=True))
+        g0 = yield Pass()
+        per = self._radii(ctx)  # the tensors that got a gradient
         ctx.ascend(g0, per[0] if len(set(per)) <= 1 else per)
         gp = yield Pass()
         return gsam_direction(g0, gp, alpha=ctx.hparam("alpha"), foreach=ctx.k.name == "foreach")

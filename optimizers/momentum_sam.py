@@ -69,6 +69,7 @@ class MomentumSAM(SharpnessAwareOptimizer):
     passes = 1
     hyperparameters: ClassVar[dict[str, Any]] = {"rho": 3.0, "decay_at": "perturbed"}
     _perturbs_first = True
+    _shared = ("decay_at",)
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class MomentumSAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
+        rho = check_nonneg("rho", rho)
         check_choice("decay_at", decay_at, DECAY_AT)
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.SGD)):
             raise ValueError(
@@ -97,6 +98,10 @@ class MomentumSAM(SharpnessAwareOptimizer):
             foreach=foreach,
             **base_kwargs,
         )
+
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho"] = check_nonneg("rho", group["rho"])
+        check_choice("decay_at", group["decay_at"], DECAY_AT)
 
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
         held = [(p, self.state[p].get("momentum_buffer")) for p in ctx.params]

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext
+from optimizers._base import Pass, SharpnessAwareOptimizer, StepContext, is_zero
 from optimizers._validate import check_nonneg
 
 __all__ = ["SAM"]
@@ -34,7 +34,8 @@ class SAM(SharpnessAwareOptimizer):
     Args:
         params: Parameters or parameter groups.
         base_optimizer: The base optimizer class, e.g. ``torch.optim.SGD``.
-        rho: Radius of the neighbourhood (``rho=0`` is the base optimizer, bit for bit).
+        rho: Radius of the neighbourhood (``rho=0`` is the base optimizer, bit for bit:
+            one pass per step, the gradient at θ).
         model: The trained module (freezes BatchNorm statistics in the second pass; DDP).
         foreach: Foreach kernels (default) or the single-tensor reference kernels.
         **base_kwargs: Arguments of the base optimizer (``lr``, ``momentum``, ...).
@@ -58,12 +59,17 @@ class SAM(SharpnessAwareOptimizer):
         foreach: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        check_nonneg("rho", rho)
+        rho = check_nonneg("rho", rho)
         super().__init__(
             params, base_optimizer, {"rho": rho}, model=model, foreach=foreach, **base_kwargs
         )
 
+    def _check_hparams(self, group: dict[str, Any]) -> None:
+        group["rho"] = check_nonneg("rho", group["rho"])
+
     def _rule(self, ctx: StepContext) -> Generator[Pass, list[Tensor], list[Tensor]]:
+        if is_zero(ctx.hparam("rho")):  # no perturbation: d = g(θ), one (synced) pass
+            return (yield Pass(final=True))
         g0 = yield Pass()
-        ctx.ascend(g0, ctx.hparam("rho"))
+        ctx.ascend(g0, ctx.hparam("rho"))  # (after the first pass: the tensors with a gradient)
         return (yield Pass(final=True))

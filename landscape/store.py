@@ -67,6 +67,9 @@ _PAPER_PROJECTION = ("proj_xcoord", "proj_ycoord")
 # The original's PCA direction file (projection.setup_PCA_directions) holds scikit-learn's
 # PCA attributes as datasets of the same names (with the trailing underscore).
 _PAPER_PCA = ("explained_variance_ratio", "explained_variance", "singular_values")
+# torch dtypes without a numpy counterpart
+_NO_NUMPY = {"torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e4m3fnuz"}
+_NO_NUMPY |= {"torch.float8_e5m2", "torch.float8_e5m2fnuz"}
 _RESERVED = {
     "xcoordinates",
     "ycoordinates",
@@ -176,11 +179,23 @@ def directions_sha256(tensors: Sequence[Any], names: Sequence[str] = ()) -> str:
         h.update(name.encode())
         h.update(b"\0")
     for t in tensors:
-        arr = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.asarray(t)
-        h.update(str(arr.dtype).encode())
+        arr = _as_numpy(t)
+        dtype = str(t.dtype) if str(getattr(t, "dtype", "")) in _NO_NUMPY else str(arr.dtype)
+        h.update(dtype.encode())
         h.update(str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+def _as_numpy(t: Any) -> np.ndarray:
+    """A tensor (or array) as a numpy array; dtypes numpy lacks (bfloat16) as float32.
+
+    The float32 copy is exact (every bfloat16 or float8 value is a float32 value).
+    """
+    if not hasattr(t, "detach"):
+        return np.asarray(t)
+    t = t.detach().cpu().contiguous()
+    return (t.float() if str(t.dtype) in _NO_NUMPY else t).numpy()
 
 
 def _grid_shape(x: np.ndarray, y: np.ndarray | None) -> tuple[int, ...]:
@@ -486,7 +501,7 @@ def open_surface_file(
             g = f.create_group(gname, track_order=True)
             g.attrs["names"] = _encode_attr(list(names))
             for i, t in enumerate(direction):
-                arr = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+                arr = _as_numpy(t)
                 g.create_dataset(str(i), data=arr, track_times=False)
         if trajectory is not None:
             path_xy = np.asarray(trajectory, dtype=np.float64)

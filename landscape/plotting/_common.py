@@ -64,7 +64,7 @@ def load_surfaces(
     """Load several surfaces (objects or files) with one label each.
 
     Args:
-        surfaces: surfaces or their files; at least one.
+        surfaces: surfaces or their files; at least one (a single one is taken as such).
         labels: one label per surface; default each surface's file name.
         labels_name: the caller's name for ``labels`` (error messages).
         need_2d: when given, the caller's name: every surface must be 2-D.
@@ -73,6 +73,8 @@ def load_surfaces(
         ValueError: no surface, a 1-D surface where 2-D is needed, or a label count
             that does not match.
     """
+    if isinstance(surfaces, str | os.PathLike) or hasattr(surfaces, "values"):
+        surfaces = [surfaces]  # one surface (or its file) is a list of one, not an iterable
     loaded = [as_surface(s) for s in surfaces]
     if not loaded:
         raise ValueError("surfaces must hold at least one surface")

@@ -240,6 +240,11 @@ def plot_contour(
     """
     surface = as_surface(surface)
     _require_2d(surface, "a contour plot")
+    if min(len(surface.x), len(surface.y)) < 2:
+        raise ValueError(
+            f"a contour plot needs at least 2 grid points along each axis; this grid has "
+            f"{len(surface.x)} × {len(surface.y)} (use kind='heatmap')"
+        )
     z = metric_values(surface, metric)
     if log:
         z = for_log(z)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from landscape.store import read_directions
+from landscape.store import Surface, read_directions
 from landscape.surface import compute_surface
 
 
@@ -30,3 +31,27 @@ def test_bfloat16_model_surface_in_memory_and_file(tmp_path):
     np.testing.assert_array_equal(back.numpy(), dx[0])
     again = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:2", out=out, progress=False)
     np.testing.assert_array_equal(again.values["train_loss"], surf.values["train_loss"])
+
+
+def test_contour_of_a_one_row_grid_is_a_clear_error():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from landscape.plotting import plot_contour, plot_heatmap
+
+    x = np.linspace(-1, 1, 3)
+    surf = Surface(x=x, y=np.zeros(1), values={"train_loss": x[None] ** 2}, done=np.ones((1, 3)))
+    with pytest.raises(ValueError, match="at least 2 grid points"):
+        plot_contour(surf)
+    plot_heatmap(surf)  # a heatmap draws it
+
+
+def test_multi_surface_plots_take_one_surface_or_one_file(tmp_path):
+    pytest.importorskip("plotly")
+    from landscape.plotting import interactive_contours, interactive_surfaces
+
+    model, x, y = _mlp()
+    out = tmp_path / "one.h5"
+    surf = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:3", out=out, progress=False)
+    for one in (surf, out, str(out)):
+        assert len(interactive_contours(one).data) >= 1
+        assert len(interactive_surfaces(one).data) >= 1

@@ -12,6 +12,7 @@ exactly as given (weights, buffers and train/eval modes).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -235,6 +236,38 @@ def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
     return directions_sha256(tensors)
 
 
+def _data_sha256(objective: Objective) -> str:
+    """Content hash of the data evaluated, whatever the batch size.
+
+    Each tensor of a batch (by its position among the batch's tensors) is hashed along
+    the data: every batch when the data is cached, else the first sample only (streamed
+    data is not read twice). Non-tensor leaves (strings, a user's batch object) do not
+    count. So a rerun on other data of the same size is refused, one with another batch
+    size is not.
+    """
+    from torch.utils._pytree import tree_leaves
+
+    hashers: list[Any] = []
+    batches = objective.batches()
+    try:
+        for wb in batches:
+            tensors = [t for t in tree_leaves(wb.data) if isinstance(t, Tensor)]
+            if not objective.cached:
+                tensors = [t[:1] if t.dim() else t for t in tensors]
+            for i, t in enumerate(tensors):
+                if i == len(hashers):
+                    hashers.append(hashlib.sha256(f"{t.dtype}{tuple(t.shape[1:])}".encode()))
+                arr = t.detach().cpu().contiguous().reshape(-1)
+                hashers[i].update(arr.view(torch.uint8).numpy().tobytes())
+            if not objective.cached:
+                break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    return hashlib.sha256("".join(h.hexdigest() for h in hashers).encode()).hexdigest()
+
+
 # --------------------------------------------------------------------------- main loop
 def compute_surface(
     model: nn.Module | Objective,
@@ -314,7 +347,8 @@ def compute_surface(
         states: random directions also move BatchNorm running statistics.
         orthogonalize: make the random η orthogonal to δ.
         seed: seed of the random directions.
-        out: HDF5 file to write (and resume); None keeps the surface in memory only.
+        out: HDF5 file to write (and resume: grid, directions, θ*, data content, splits
+            and metrics must agree; not the batch size, nor ``loss_fn``, ``forward``...).
         overwrite: replace an existing ``out`` from a different computation.
         batch_size: evaluation batch size.
         max_samples: use only the first samples of each split.
@@ -613,6 +647,7 @@ def _file_header(
         if dy is not None
         else directions_sha256(dx, [*names, "ndim=1"]),
         "n_samples": {s: o.n_samples for s, o in objectives.items()},
+        "data_sha256": {s: _data_sha256(o) for s, o in objectives.items()},
         "states": bool(directions.states),
         "splits": list(objectives),
         "metrics": sorted(loading.metrics or {}),

@@ -55,3 +55,17 @@ def test_multi_surface_plots_take_one_surface_or_one_file(tmp_path):
     for one in (surf, out, str(out)):
         assert len(interactive_contours(one).data) >= 1
         assert len(interactive_surfaces(one).data) >= 1
+
+
+def test_resume_refuses_other_data_of_the_same_size(tmp_path):
+    model, x, y = _mlp()
+    out = tmp_path / "s.h5"
+    kw = {"x": "-1:1:3", "y": "-1:1:2", "out": out, "progress": False}
+    first = compute_surface(model, (x, y), **kw)
+    with pytest.raises(ValueError, match=r"different computation.*data_sha256"):
+        compute_surface(model, (x + 1.0, y), **kw)
+    with pytest.raises(ValueError, match="data_sha256"):
+        compute_surface(model, (x, 1 - y), **kw)
+    # the same data in other batches is the same computation
+    again = compute_surface(model, (x, y), batch_size=2, **kw)
+    np.testing.assert_array_equal(again.values["train_loss"], first.values["train_loss"])

@@ -485,6 +485,33 @@ def open_surface_file(
     tmp = path.with_name(path.name + ".partial")
     # Build the complete file under a temporary name, then rename it into place: a kill
     # during creation never leaves a half-built file under the real name.
+    try:
+        _create(
+            tmp, x, y, fields, shape, attrs, identity, x_direction, y_direction, names, trajectory
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed creation leaves nothing behind
+    return SurfaceWriter(path, h5py.File(path, "r+"), fields, shape)
+
+
+def _create(
+    tmp: Path,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    fields: list[str],
+    shape: tuple[int, ...],
+    attrs: Mapping[str, Any] | None,
+    identity: Mapping[str, Any],
+    x_direction: Sequence[Any] | None,
+    y_direction: Sequence[Any] | None,
+    names: Sequence[str],
+    trajectory: np.ndarray | None,
+) -> None:
+    """Write a complete new surface file at ``tmp`` (see the module docstring)."""
+    import h5py
+
+    path = tmp.with_name(tmp.name.removesuffix(".partial"))
     with h5py.File(tmp, "w", libver="earliest") as f:
         f.create_dataset("xcoordinates", data=x, track_times=False)
         if y is not None:
@@ -521,5 +548,3 @@ def open_surface_file(
         for k, v in meta.items():
             f.attrs[k] = _encode_attr(v)
         f.attrs[_IDENTITY_ATTR] = _encode_attr(_canonical(dict(identity)))
-    tmp.replace(path)
-    return SurfaceWriter(path, h5py.File(path, "r+"), fields, shape)

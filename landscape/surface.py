@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from landscape._compile import CompileSpec, parse_compile
+from landscape._io import check_output
 from landscape.directions import Directions, custom_directions, direction_targets, random_directions
 from landscape.distributed import (
     DistContext,
@@ -687,10 +688,12 @@ def _open_existing(
     err = None
     done = np.zeros(shape, dtype=bool)
     out = output.out
-    if ctx.is_main and out is not None and Path(out).exists() and not output.overwrite:
+    if ctx.is_main and out is not None:
         try:
-            writer = open_surface_file(out, fields=None, **file_kw)
-            done = writer.done.copy()
+            check_output(out, what="out")  # a folder, a read-only place: before any work
+            if Path(out).exists() and not output.overwrite:
+                writer = open_surface_file(out, fields=None, **file_kw)
+                done = writer.done.copy()
         except (ValueError, OSError) as exc:
             err = exc
     if ctx.distributed:

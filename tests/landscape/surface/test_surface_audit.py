@@ -69,3 +69,21 @@ def test_resume_refuses_other_data_of_the_same_size(tmp_path):
     # the same data in other batches is the same computation
     again = compute_surface(model, (x, y), batch_size=2, **kw)
     np.testing.assert_array_equal(again.values["train_loss"], first.values["train_loss"])
+
+
+def test_unwritable_out_is_refused_before_any_point(tmp_path):
+    model, x, y = _mlp()
+    calls = []
+
+    def loss_fn(out, target):
+        calls.append(1)
+        return nn.functional.cross_entropy(out, target)
+
+    (tmp_path / "plain").write_text("x")
+    for out in (tmp_path, tmp_path / "plain" / "s.h5"):
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match="Invalid out"):
+                compute_surface(
+                    model, (x, y), x="-1:1:3", loss_fn=loss_fn, out=out, overwrite=overwrite
+                )
+    assert not calls and not list(tmp_path.glob("*.partial"))

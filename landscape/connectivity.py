@@ -793,7 +793,7 @@ def _write_curve(result: CurveResult, path: Path, *, overwrite: bool) -> Path:
     import h5py
 
     from landscape._version import __version__
-    from landscape.store import _encode_attr
+    from landscape.store import _as_numpy, _encode_attr
 
     _check_out(path, overwrite)
     fields = _fields(result)
@@ -820,7 +820,7 @@ def _write_curve(result: CurveResult, path: Path, *, overwrite: bool) -> Path:
         g = f.create_group("bend", track_order=True)
         g.attrs["names"] = _encode_attr(list(result.names))
         for i, t in enumerate(result.bend):
-            g.create_dataset(str(i), data=t.detach().cpu().numpy(), track_times=False)
+            g.create_dataset(str(i), data=_as_numpy(t), track_times=False)
         for k, v in attrs.items():
             f.attrs[k] = _encode_attr(v)
     tmp.replace(path)

@@ -97,14 +97,17 @@ class Directions:
 def direction_targets(model: nn.Module, states: bool = False) -> tuple[list[str], list[Tensor]]:
     """Names and tensors a direction moves: the parameters, then (``states``) float buffers.
 
-    Buffers are the floating-point ones (BatchNorm ``running_mean`` / ``running_var``);
-    integer counters such as ``num_batches_tracked`` never move.
+    Buffers are the floating-point ones of the state dict (BatchNorm ``running_mean`` /
+    ``running_var``), as Li et al.'s ``states`` mode takes them; integer counters such as
+    ``num_batches_tracked`` and non-persistent buffers (a rotary embedding's
+    ``inv_freq``: constants that no checkpoint holds) never move.
     """
     names = [n for n, _ in model.named_parameters()]
     tensors = [p for _, p in model.named_parameters()]
     if states:
+        persistent = set(model.state_dict(keep_vars=True))
         for n, b in model.named_buffers():
-            if b is not None and b.is_floating_point():
+            if b is not None and b.is_floating_point() and n in persistent:
                 names.append(n)
                 tensors.append(b)
     return names, tensors
@@ -371,9 +374,15 @@ def plane_directions(
     tc = _state_tensors(c, names, tensors)
     x = [u - v for u, v in zip(tb, a, strict=True)]
     y = [u - v for u, v in zip(tc, a, strict=True)]
+    dot = sum(float((u.double() * v.double()).sum()) for u, v in zip(y, x, strict=True))
+    xx = sum(float(v.double().square().sum()) for v in x)
+    yy = sum(float(v.double().square().sum()) for v in y)
+    if not xx * yy - dot * dot > 1e-12 * xx * yy:
+        raise ValueError(
+            "Invalid checkpoints: the three do not span a plane (θ_b − θ_a and θ_c − θ_a are "
+            "zero or parallel)"
+        )
     if orthogonalize:
-        dot = sum(float((u.double() * v.double()).sum()) for u, v in zip(y, x, strict=True))
-        xx = sum(float(v.double().square().sum()) for v in x)
         for u, v in zip(y, x, strict=True):
             u.sub_(v, alpha=dot / xx)
     diffs = [[torch.zeros_like(t) for t in a], x, [u - v for u, v in zip(tc, a, strict=True)]]

@@ -87,3 +87,46 @@ def test_unwritable_out_is_refused_before_any_point(tmp_path):
                     model, (x, y), x="-1:1:3", loss_fn=loss_fn, out=out, overwrite=overwrite
                 )
     assert not calls and not list(tmp_path.glob("*.partial"))
+
+
+class _Rotary(nn.Module):
+    """A linear layer after a non-persistent float buffer (like a rotary ``inv_freq``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("inv_freq", torch.tensor([1.0, 0.5, 0.25]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x * self.inv_freq)
+
+
+def test_checkpoint_directions_skip_non_persistent_buffers(tmp_path):
+    from landscape.directions import interpolation_directions, plane_directions
+
+    torch.manual_seed(0)
+    a, b, c = _Rotary(), _Rotary(), _Rotary()
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    line = interpolation_directions(a, tmp_path / "b.pt")
+    assert line.names == ["lin.weight", "lin.bias"]
+    plane = plane_directions(a, b.state_dict(), c)
+    np.testing.assert_allclose(plane.trajectory, [[0, 0], [1, 0], [0, 1]], atol=1e-12)
+    x = torch.randn(5, 3)
+    y = torch.randint(0, 3, (5,))
+    surf = compute_surface(a, (x, y), x=[1.0], directions=line, progress=False)
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(b(x), y)
+    assert surf.values["train_loss"][0] == pytest.approx(float(want), rel=1e-6)
+
+
+def test_plane_through_collinear_checkpoints_is_a_clear_error():
+    from landscape.directions import plane_directions
+
+    torch.manual_seed(0)
+    a = nn.Linear(3, 2)
+    b = {k: v + 1.0 for k, v in a.state_dict().items()}
+    c = {k: v + 2.0 for k, v in a.state_dict().items()}
+    with pytest.raises(ValueError, match="do not span a plane"):
+        plane_directions(a, b, c)
+    with pytest.raises(ValueError, match="do not span a plane"):
+        plane_directions(a, b, b, orthogonalize=True)

@@ -130,3 +130,13 @@ def test_plane_through_collinear_checkpoints_is_a_clear_error():
         plane_directions(a, b, c)
     with pytest.raises(ValueError, match="do not span a plane"):
         plane_directions(a, b, b, orthogonalize=True)
+
+
+def test_plot_file_of_a_one_row_grid_draws_a_heatmap(tmp_path):
+    pytest.importorskip("matplotlib")
+    from landscape.plotting import plot_file
+
+    model, x, y = _mlp()
+    out = tmp_path / "row.h5"
+    compute_surface(model, (x, y), x="-1:1:3", y=[0.0], out=out, progress=False)
+    assert plot_file(out, tmp_path / "row.png").stat().st_size > 0

@@ -140,3 +140,20 @@ def test_plot_file_of_a_one_row_grid_draws_a_heatmap(tmp_path):
     out = tmp_path / "row.h5"
     compute_surface(model, (x, y), x="-1:1:3", y=[0.0], out=out, progress=False)
     assert plot_file(out, tmp_path / "row.png").stat().st_size > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="landscape/objective.py move_to_device rebuilds a namedtuple from a generator "
+    "(type(obj)(gen)): B.__new__() missing 1 required positional argument",
+)
+def test_surface_of_namedtuple_batches():
+    from collections import namedtuple
+
+    Batch = namedtuple("Batch", "x y")
+    model, x, y = _mlp()
+    batches = [Batch(x[:4], y[:4]), Batch(x[4:], y[4:])]
+    got = compute_surface(model, batches, x=[0.0], progress=False)
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(model(x), y))
+    assert got.values["train_loss"][0] == pytest.approx(want, rel=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -55,3 +56,16 @@ def test_linear_barrier_to_a_model_with_a_non_persistent_buffer():
         with torch.no_grad():
             ends = [float(nn.functional.cross_entropy(m(x), y)) for m in (a, b)]
         np.testing.assert_allclose(res.loss[[0, -1]], ends, rtol=1e-6)
+
+
+def test_sweep_refuses_non_finite_values():
+    from landscape.sweep import SweepSpec
+
+    fixed = {"data": "digits", "model": "mlp"}
+    for grid in (["lr=NaN"], ["lr=0.1,Infinity"], ["lr=-Infinity"]):
+        with pytest.raises(ValueError, match="not a finite number"):
+            SweepSpec.parse(grid, fixed)
+    with pytest.raises(ValueError, match="not a finite number"):
+        SweepSpec.parse({"lr": [0.1, float("nan")]}, fixed)
+    with pytest.raises(ValueError, match="not a finite number"):
+        SweepSpec.parse(["seed=0,1"], {**fixed, "weight_decay": "NaN"})

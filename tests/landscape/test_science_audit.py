@@ -69,3 +69,15 @@ def test_sweep_refuses_non_finite_values():
         SweepSpec.parse({"lr": [0.1, float("nan")]}, fixed)
     with pytest.raises(ValueError, match="not a finite number"):
         SweepSpec.parse(["seed=0,1"], {**fixed, "weight_decay": "NaN"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="landscape/training.py _check_train_arguments tests `lr <= 0` and "
+    "`weight_decay < 0`, which NaN passes; use `not math.isfinite(lr) or lr <= 0`",
+)
+def test_train_refuses_nan_lr_before_any_work():
+    from landscape.training import _check_train_arguments
+
+    with pytest.raises(ValueError, match="Invalid lr"):
+        _check_train_arguments(1, 32, 1, float("nan"), 0.0, "stop", None)

@@ -157,3 +157,20 @@ def test_surface_of_namedtuple_batches():
     with torch.no_grad():
         want = float(nn.functional.cross_entropy(model(x), y))
     assert got.values["train_loss"][0] == pytest.approx(want, rel=1e-6)
+
+
+def test_plots_draw_an_unsorted_grid_in_order():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from landscape.plotting import plot_heatmap, plot_line
+
+    x, y = np.array([1.0, -1.0, 0.0, 0.5]), np.array([0.0, 1.0, -1.0])
+    z = x[None, :] ** 2 + 10 * y[:, None]
+    surf = Surface(x=x, y=y, values={"train_loss": z}, done=np.ones(z.shape, bool))
+    mesh = plot_heatmap(surf).axes[0].collections[0]
+    # cells in increasing x then y: the first row is y = -1, its values x² − 10
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(3, 4)[0], np.sort(x) ** 2 - 10)
+    line = Surface(x=x, y=None, values={"train_loss": x**2}, done=np.ones(4, bool))
+    drawn = plot_line(line).axes[0].lines[0]
+    np.testing.assert_array_equal(drawn.get_xdata(), np.sort(x))
+    np.testing.assert_array_equal(drawn.get_ydata(), np.sort(x) ** 2)

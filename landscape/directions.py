@@ -72,6 +72,9 @@ class Directions:
             the model's current weights.
         trajectory: (T, 2) coordinates of checkpoints projected on the plane, or None.
         attrs: how the directions were made (kind, norm, ignore, seed, explained variance…).
+        fixed: float buffers (name -> value) set at the origin and held on the whole plane,
+            when the origin is not the model's own weights and the directions do not move
+            buffers (PCA: the last checkpoint's BatchNorm statistics), or None.
     """
 
     x: list[Tensor]
@@ -81,6 +84,7 @@ class Directions:
     origin: list[Tensor] | None = None
     trajectory: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Tensor] | None = None
 
     @property
     def ndim(self) -> int:
@@ -440,7 +444,8 @@ def pca_directions(
     :func:`project_onto_plane` (the same plane the surface is evaluated on, so the path
     matches the contours; for the orthonormal axes this is the original's ``cos``
     projection). Three checkpoints suffice: their two differences from the last span
-    the plane.
+    the plane. The last checkpoint's BatchNorm statistics go with θ_T (``fixed``), so
+    the surface at (0, 0) is its loss whatever statistics ``model`` holds.
 
     Args:
         model: the network (its architecture; its weights are not used).
@@ -463,8 +468,9 @@ def pca_directions(
             "plane is spanned by their differences from the last)"
         )
     names, tensors = direction_targets(model, states=False)
-    states = [_state_tensors(s, names, tensors) for s in trajectory]
-    final = states[-1]
+    states = [_state_tensors(s, names, tensors) for s in trajectory[:-1]]
+    final, buffers = _final_state(model, trajectory[-1], names, tensors)
+    states.append(final)
     keep = [not (t.dim() <= 1 and ignore == "biasbn") for t in tensors]
     fin = _flatten(final, keep)
     mat = torch.stack([_flatten(s, keep) - fin for s in states])  # (T, P), last row 0
@@ -508,8 +514,35 @@ def pca_directions(
     if all(isinstance(s, str | Path) for s in trajectory):
         attrs["trajectory_files"] = [str(s) for s in trajectory]
     return Directions(
-        x=dirs[0], y=dirs[1], names=names, states=False, origin=final, trajectory=traj, attrs=attrs
+        x=dirs[0],
+        y=dirs[1],
+        names=names,
+        states=False,
+        origin=final,
+        trajectory=traj,
+        attrs=attrs,
+        fixed=None if buffers is None else dict(zip(*buffers, strict=True)),
     )
+
+
+def _final_state(
+    model: nn.Module, source: StateLike, names: list[str], tensors: list[Tensor]
+) -> tuple[list[Tensor], tuple[list[str], list[Tensor]] | None]:
+    """The last checkpoint's parameters, and its float buffers (names, tensors) if it has them.
+
+    The buffers (BatchNorm running statistics) belong to the plane's origin θ_T: without
+    them the surface would be evaluated with the model's own statistics.
+    """
+    all_names, all_tensors = direction_targets(model, states=True)
+    if len(all_names) > len(names):
+        try:
+            every = _state_tensors(source, all_names, all_tensors)
+        except ValueError:  # a state without buffers (parameters only): the model's own
+            log.info("the last checkpoint holds no buffers: the model's own are used")
+        else:
+            n = len(names)
+            return every[:n], (all_names[n:], every[n:])
+    return _state_tensors(source, names, tensors), None
 
 
 def custom_directions(

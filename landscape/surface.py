@@ -549,26 +549,40 @@ class _Placed:
     dy: list[Tensor] | None
     origin: list[Tensor]
     saved: list[Tensor]
+    n_own: int  # the directions' own tensors come first; then ``fixed`` buffers
 
     @classmethod
     def on(cls, model: nn.Module, directions: Directions, grid: _Grid) -> _Placed:
-        """Match ``directions`` to ``model``'s tensors and move them to their devices."""
+        """Match ``directions`` to ``model``'s tensors and move them to their devices.
+
+        Buffers ``directions.fixed`` are appended with zero directions: set at the origin,
+        held on the whole plane, restored at the end like the rest.
+        """
         names, targets = direction_targets(model, directions.states)
         if names != list(directions.names):
             raise ValueError("Invalid directions: they do not match the model's parameters")
+        n_own = len(names)
+        fixed = {k: v for k, v in (directions.fixed or {}).items() if k not in names}
+        buffers = dict(model.named_buffers())
+        missing = [k for k in fixed if k not in buffers]
+        if missing:
+            raise ValueError(f"Invalid directions: the model has no buffer {missing[0]!r}")
+        names, targets = names + list(fixed), targets + [buffers[k] for k in fixed]
 
-        def place(ts: Sequence[Tensor]) -> list[Tensor]:
+        def place(ts: Sequence[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
             return [
-                d.detach().to(device=t.device, dtype=t.dtype)
-                for d, t in zip(ts, targets, strict=True)
+                d.detach().to(device=t.device, dtype=t.dtype) for d, t in zip(ts, like, strict=True)
             ]
 
-        dx = place(directions.x)
+        own, extra = targets[:n_own], targets[n_own:]
+        zeros = [torch.zeros_like(t) for t in extra]
+        dx = place(directions.x, own) + zeros
         two_d = grid.ys is not None and directions.y is not None
-        dy = place(directions.y) if two_d else None  # type: ignore[arg-type]
+        dy = place(directions.y, own) + zeros if two_d else None  # type: ignore[arg-type]
         saved = tl_clone(targets)
-        origin = place(directions.origin) if directions.origin is not None else saved
-        return cls(directions, names, targets, dx, dy, origin, saved)
+        start = place(directions.origin, own) if directions.origin is not None else saved[:n_own]
+        origin = start + place(list(fixed.values()), extra)
+        return cls(directions, names, targets, dx, dy, origin, saved, n_own)
 
     def evaluator(self, model: nn.Module, objectives: Mapping[str, Objective]) -> _Evaluator:
         """An evaluator of grid points around the origin."""
@@ -641,7 +655,8 @@ def _file_header(
     """What the file holds besides the values: the identity resuming compares, metadata."""
     from landscape._version import __version__
 
-    directions, dx, dy, names = placed.directions, placed.dx, placed.dy, placed.names
+    directions, names, n = placed.directions, placed.names[: placed.n_own], placed.n_own
+    dx, dy = placed.dx[:n], None if placed.dy is None else placed.dy[:n]
     identity = {
         "origin_sha256": _tensor_sha256(placed.origin),
         "directions_sha256": directions.sha256()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,41 @@ def test_plots_draw_an_unsorted_grid_in_order():
     drawn = plot_line(line).axes[0].lines[0]
     np.testing.assert_array_equal(drawn.get_xdata(), np.sort(x))
     np.testing.assert_array_equal(drawn.get_ydata(), np.sort(x) ** 2)
+
+
+def test_pca_plane_origin_carries_the_last_batchnorm_statistics():
+    from landscape.directions import pca_directions
+
+    torch.manual_seed(0)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3))
+
+    x, y = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    model, trajectory = net(), []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(4):
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        trajectory.append(copy.deepcopy(model.state_dict()))
+    fresh = net()  # the architecture only (the docstring's contract)
+    plane = pca_directions(fresh, trajectory)
+    surf = compute_surface(fresh, (x, y), x=[0.0], y=[0.0], directions=plane, progress=False)
+    final = net()
+    final.load_state_dict(trajectory[-1])
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(final.eval()(x), y))
+    assert surf.values["train_loss"][0, 0] == pytest.approx(want, rel=1e-6)
+    for ev in ("loop", "vmap"):  # the statistics are held on the whole plane
+        more = compute_surface(
+            fresh, (x, y), x=[0.0, 0.5], y=[0.0], directions=plane, evaluation=ev
+        )
+        assert more.values["train_loss"][0, 0] == pytest.approx(want, rel=1e-6)
+    # the directions stay aligned with the parameters; the model is left as it was
+    assert len(plane.x) == len(list(fresh.parameters())) and not plane.states
+    assert float(fresh[1].running_var.sum()) == 4.0
+    # parameters-only states still work (the model's own statistics then)
+    params_only = [{k: v for k, v in s.items() if "running" not in k} for s in trajectory]
+    assert pca_directions(fresh, params_only).fixed is None

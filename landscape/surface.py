@@ -382,7 +382,7 @@ def compute_surface(
     placed = _Placed.on(model, directions, grid)
     with joined(dist, device) as ctx:
         objectives = _objectives(model, base, data, test_data, reading, loading, compile_spec)
-        file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs)
+        file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs, out)
         run = _SurfaceRun(grid, file_kw, _Output.of(args), ctx)  # checks (resumes) the file
         ev = placed.evaluator(model, objectives)
         with placed.restored(), run:
@@ -651,8 +651,12 @@ def _file_header(
     loading: _Loading,
     evaluation: str,
     attrs: Mapping[str, Any] | None,
+    out: str | Path | None,
 ) -> dict[str, Any]:
-    """What the file holds besides the values: the identity resuming compares, metadata."""
+    """What the file holds besides the values: the identity resuming compares, metadata.
+
+    The data's content hash is taken only for a file (``out``): resuming compares it.
+    """
     from landscape._version import __version__
 
     directions, names, n = placed.directions, placed.names[: placed.n_own], placed.n_own
@@ -663,7 +667,7 @@ def _file_header(
         if dy is not None
         else directions_sha256(dx, [*names, "ndim=1"]),
         "n_samples": {s: o.n_samples for s, o in objectives.items()},
-        "data_sha256": {s: _data_sha256(o) for s, o in objectives.items()},
+        "data_sha256": {s: _data_sha256(o) for s, o in objectives.items()} if out else None,
         "states": bool(directions.states),
         "splits": list(objectives),
         "metrics": sorted(loading.metrics or {}),

@@ -81,3 +81,18 @@ def test_train_refuses_nan_lr_before_any_work():
 
     with pytest.raises(ValueError, match="Invalid lr"):
         _check_train_arguments(1, 32, 1, float("nan"), 0.0, "stop", None)
+
+
+def test_granulated_tau_refuses_an_axis_no_model_has():
+    from landscape.correlation import granulated_tau
+
+    hp = [{"lr": lr, "bs": bs} for lr in (0.1, 0.01) for bs in (32, 64)]
+    mu, gap = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]
+    with pytest.raises(ValueError, match="Invalid axes: 'lrr'"):
+        granulated_tau(mu, gap, hp, axes=["lrr"])
+    with pytest.raises(ValueError, match="'optimizer'"):
+        granulated_tau(mu, gap, hp, axes={"opt": ["optimizer"]})
+    # by hand: ψ_lr = mean over bs groups of τ over the pair that differs in lr
+    got = granulated_tau(mu, gap, hp, axes=["lr", "bs"])
+    assert got.psi["lr"].value == pytest.approx(1.0)  # both bs groups concordant
+    assert got.psi["bs"].value == pytest.approx(1.0)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.params import ParamSelection, select_parameters, selection_text
+from landscape.params import ParamSelection, as_selection, select_parameters, selection_text
 from landscape.store import directions_sha256
 
 __all__ = [
@@ -306,6 +306,7 @@ def random_directions(
     """
     if ndim not in (1, 2):
         raise ValueError(f"Invalid ndim: {ndim} (expected 1 or 2)")
+    params = as_selection(params)  # read once per direction
     names, _ = direction_targets(model, states)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     kw = {"norm": norm, "ignore": ignore, "states": states, "generator": gen, "params": params}

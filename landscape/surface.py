@@ -39,7 +39,7 @@ from landscape.distributed import (
     shard,
 )
 from landscape.objective import Objective, make_objective
-from landscape.params import ParamSelection
+from landscape.params import ParamSelection, as_selection
 from landscape.store import (
     Surface,
     SurfaceWriter,
@@ -505,7 +505,7 @@ def _objective_argument(
         return base, base.model, base.param_selection
     if data is None and test_data is None:
         raise ValueError("Invalid data: give data, test_data or both")
-    return None, model, params
+    return None, model, as_selection(params)
 
 
 def _grid(x: Any, y: Any) -> _Grid:

@@ -214,3 +214,20 @@ def test_pca_plane_origin_carries_the_last_batchnorm_statistics():
     # parameters-only states still work (the model's own statistics then)
     params_only = [{k: v for k, v in s.items() if "running" not in k} for s in trajectory]
     assert pca_directions(fresh, params_only).fixed is None
+
+
+def test_params_as_a_generator_of_parameters():
+    from landscape.directions import random_directions
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    by_name = random_directions(model, params="2", seed=1)
+    by_gen = random_directions(model, params=model[2].parameters(), seed=1)
+    for a, b in zip(by_name.x + by_name.y, by_gen.x + by_gen.y, strict=True):
+        assert torch.equal(a, b)
+    assert float(by_gen.y[0].abs().sum()) == 0 and float(by_gen.y[2].abs().sum()) > 0
+    x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    surf = compute_surface(
+        model, (x, y), x="-1:1:2", y="-1:1:2", params=model[2].parameters(), seed=1
+    )
+    assert surf.complete and np.isfinite(surf.values["train_loss"]).all()

@@ -96,3 +96,41 @@ def test_granulated_tau_refuses_an_axis_no_model_has():
     got = granulated_tau(mu, gap, hp, axes=["lr", "bs"])
     assert got.psi["lr"].value == pytest.approx(1.0)  # both bs groups concordant
     assert got.psi["bs"].value == pytest.approx(1.0)
+
+
+def test_batchnorm_recompute_with_a_last_batch_of_one_sample():
+    from landscape.connectivity import linear_barrier
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p))
+    x, y = torch.randn(9, 3), torch.randint(0, 3, (9,))
+    res = linear_barrier(a, b, (x, y), num=3, batch_size=4)  # batches of 4, 4 and 1
+    # by hand at α = 0: statistics from the batches of 4 (the sample alone is left out)
+    m = copy.deepcopy(a)
+    with torch.no_grad():
+        h = m[0](x[:8])
+        m[1].running_mean.copy_(h.mean(0))
+        m[1].running_var.copy_((h[:4].var(0) + h[4:].var(0)) / 2)
+        want = float(nn.functional.cross_entropy(m.eval()(x), y))
+    assert res.loss[0] == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        linear_barrier(a, b, (x[:1], y[:1]), num=3)
+    assert linear_barrier(a, b, (x[:1], y[:1]), num=3, recompute_bn=False).loss.shape == (3,)
+
+
+def test_fit_curve_of_a_batchnorm_network_with_a_last_batch_of_one():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+    b = copy.deepcopy(a)
+    x, y = torch.randn(9, 3), torch.randint(0, 3, (9,))
+    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=4)):
+        res = fit_curve(a, b, data, epochs=2, batch_size=4, num=3, progress=False)
+        assert np.isfinite(res.history).all() and np.isfinite(res.curve.loss).all()
+    with pytest.raises(ValueError, match="no batch BatchNorm can train on"):
+        fit_curve(a, b, [(x[:1], y[:1])], epochs=1, num=3, progress=False)

@@ -545,6 +545,8 @@ def plot_spectrum(
         title: figure title.
     """
     items = densities if isinstance(densities, list | tuple) else [densities]
+    if not items:
+        raise ValueError("densities must hold at least one density")
     if labels is not None and len(labels) != len(items):
         raise ValueError(f"labels has {len(labels)} entries for {len(items)} densities")
     specs = [as_spectrum(d, None if labels is None else labels[i]) for i, d in enumerate(items)]

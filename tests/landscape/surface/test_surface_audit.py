@@ -231,3 +231,20 @@ def test_params_as_a_generator_of_parameters():
         model, (x, y), x="-1:1:2", y="-1:1:2", params=model[2].parameters(), seed=1
     )
     assert surf.complete and np.isfinite(surf.values["train_loss"]).all()
+
+
+def test_plots_of_nothing_or_mismatched_labels_are_clear_errors():
+    pytest.importorskip("plotly")
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from landscape.plotting import interactive_line, interactive_spectrum, plot_spectrum
+
+    for call in (lambda: plot_spectrum([]), lambda: interactive_spectrum([])):
+        with pytest.raises(ValueError, match="at least one density"):
+            call()
+    with pytest.raises(ValueError, match="at least one surface"):
+        interactive_line([])
+    x = np.linspace(-1, 1, 3)
+    line = Surface(x=x, y=None, values={"train_loss": x**2}, done=np.ones(3, bool))
+    with pytest.raises(ValueError, match="labels has 2 entries for 1 surfaces"):
+        interactive_line([line], labels=["a", "b"])

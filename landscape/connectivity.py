@@ -146,6 +146,11 @@ def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     ]
 
 
+def _single_value(exc: ValueError) -> bool:
+    """Whether ``exc`` is BatchNorm refusing to train on one value per channel."""
+    return "Expected more than 1 value per channel" in str(exc)
+
+
 @torch.no_grad()
 def recompute_batchnorm(objective: Objective) -> bool:
     """Re-estimate every BatchNorm's running statistics on the objective's data.
@@ -155,6 +160,12 @@ def recompute_batchnorm(objective: Objective) -> bool:
     exact mean over the data and the running variance the sample-weighted mean of the
     batches' variances, with only the BatchNorm layers in training mode (dropout stays
     off). Modes and momenta are restored. Returns whether the model has BatchNorm.
+
+    A batch BatchNorm cannot train on (one sample of a flat layer: a smaller last batch)
+    is left out. Data in such batches only is refused.
+
+    Raises:
+        ValueError: no batch could be used.
     """
     bns = _batchnorms(objective.model)
     if not bns:
@@ -167,16 +178,30 @@ def recompute_batchnorm(objective: Objective) -> bool:
         try:
             seen = 0
             for batch in objective.batches():
+                before = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
                 for bn in bns:
                     bn.momentum = batch.size / (seen + batch.size)
+                try:
+                    if objective.adapter.compute_loss is None:
+                        objective.batch_outputs(batch)
+                    else:
+                        objective.batch_loss(batch)
+                except ValueError as exc:
+                    if not _single_value(exc):
+                        raise
+                    for bn, (mean, var) in zip(bns, before, strict=True):
+                        bn.running_mean.copy_(mean)  # the layers before the failing one
+                        bn.running_var.copy_(var)
+                    continue
                 seen += batch.size
-                if objective.adapter.compute_loss is None:
-                    objective.batch_outputs(batch)
-                else:
-                    objective.batch_loss(batch)
         finally:
             for bn, momentum in zip(bns, momenta, strict=True):
                 bn.momentum = momentum
+    if not seen:
+        raise ValueError(
+            "Invalid data: recomputing BatchNorm statistics needs a batch of at least 2 "
+            "samples (raise the batch size, or pass recompute_bn=False)"
+        )
     return True
 
 
@@ -522,9 +547,14 @@ def _fit_bend(
                         for n, a, b, c in zip(path.names, path.a, path.b, bend, strict=True)
                     }
                     point.update({f"inner.{n}": b.clone() for n, b in others})
-                    out = functional_call(
-                        call, point, (WeightedBatch(batch, parts, 1.0, size, size, 1.0),)
-                    )
+                    try:
+                        out = functional_call(
+                            call, point, (WeightedBatch(batch, parts, 1.0, size, size, 1.0),)
+                        )
+                    except ValueError as exc:  # BatchNorm on one sample (a last batch)
+                        if not _single_value(exc):
+                            raise
+                        continue
                     loss = out if obj.adapter.compute_loss is not None else None
                     if loss is None:
                         loss = obj.adapter.loss_of(out, parts)
@@ -536,7 +566,12 @@ def _fit_bend(
                     step += 1
                     losses.append(float(loss.detach()))
                     sizes.append(size)
-                mean = float(np.average(losses, weights=sizes)) if losses else math.nan
+                if not losses:
+                    raise ValueError(
+                        "Invalid data: no batch BatchNorm can train on (one sample per batch; "
+                        "raise batch_size)"
+                    )
+                mean = float(np.average(losses, weights=sizes))
                 if not math.isfinite(mean):
                     raise FloatingPointError(
                         f"non-finite loss on the curve ({mean}); lower the learning rate (lr)"
@@ -793,7 +828,7 @@ def _write_curve(result: CurveResult, path: Path, *, overwrite: bool) -> Path:
     import h5py
 
     from landscape._version import __version__
-    from landscape.store import _encode_attr
+    from landscape.store import _as_numpy, _encode_attr
 
     _check_out(path, overwrite)
     fields = _fields(result)
@@ -820,7 +855,7 @@ def _write_curve(result: CurveResult, path: Path, *, overwrite: bool) -> Path:
         g = f.create_group("bend", track_order=True)
         g.attrs["names"] = _encode_attr(list(result.names))
         for i, t in enumerate(result.bend):
-            g.create_dataset(str(i), data=t.detach().cpu().numpy(), track_times=False)
+            g.create_dataset(str(i), data=_as_numpy(t), track_times=False)
         for k, v in attrs.items():
             f.attrs[k] = _encode_attr(v)
     tmp.replace(path)

@@ -284,10 +284,18 @@ def _axis_keys(
     if axes is None:
         return population_axes(hparams)
     if isinstance(axes, Mapping):
-        return {str(name): list(keys) for name, keys in axes.items()}
-    if isinstance(axes, str):
-        axes = [axes]
-    return {str(name): [str(name)] for name in axes}
+        spec = {str(name): [str(k) for k in keys] for name, keys in axes.items()}
+    else:
+        spec = {str(name): [str(name)] for name in ([axes] if isinstance(axes, str) else axes)}
+    known = {k for h in hparams for k in h}
+    for name, keys in spec.items():
+        unknown = [k for k in keys if k not in known]
+        if unknown or not keys:
+            raise ValueError(
+                f"Invalid axes: {name!r} names {unknown[0] if unknown else 'no key'!r}, which "
+                f"no model's hyper-parameters hold (keys: {', '.join(sorted(known)) or 'none'})"
+            )
+    return spec
 
 
 def population_axes(hparams: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:

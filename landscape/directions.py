@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.params import ParamSelection, select_parameters, selection_text
+from landscape.params import ParamSelection, as_selection, select_parameters, selection_text
 from landscape.store import directions_sha256
 
 __all__ = [
@@ -72,6 +72,9 @@ class Directions:
             the model's current weights.
         trajectory: (T, 2) coordinates of checkpoints projected on the plane, or None.
         attrs: how the directions were made (kind, norm, ignore, seed, explained variance…).
+        fixed: float buffers (name -> value) set at the origin and held on the whole plane,
+            when the origin is not the model's own weights and the directions do not move
+            buffers (PCA: the last checkpoint's BatchNorm statistics), or None.
     """
 
     x: list[Tensor]
@@ -81,6 +84,7 @@ class Directions:
     origin: list[Tensor] | None = None
     trajectory: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Tensor] | None = None
 
     @property
     def ndim(self) -> int:
@@ -97,14 +101,17 @@ class Directions:
 def direction_targets(model: nn.Module, states: bool = False) -> tuple[list[str], list[Tensor]]:
     """Names and tensors a direction moves: the parameters, then (``states``) float buffers.
 
-    Buffers are the floating-point ones (BatchNorm ``running_mean`` / ``running_var``);
-    integer counters such as ``num_batches_tracked`` never move.
+    Buffers are the floating-point ones of the state dict (BatchNorm ``running_mean`` /
+    ``running_var``), as Li et al.'s ``states`` mode takes them; integer counters such as
+    ``num_batches_tracked`` and non-persistent buffers (a rotary embedding's
+    ``inv_freq``: constants that no checkpoint holds) never move.
     """
     names = [n for n, _ in model.named_parameters()]
     tensors = [p for _, p in model.named_parameters()]
     if states:
+        persistent = set(model.state_dict(keep_vars=True))
         for n, b in model.named_buffers():
-            if b is not None and b.is_floating_point():
+            if b is not None and b.is_floating_point() and n in persistent:
                 names.append(n)
                 tensors.append(b)
     return names, tensors
@@ -299,6 +306,7 @@ def random_directions(
     """
     if ndim not in (1, 2):
         raise ValueError(f"Invalid ndim: {ndim} (expected 1 or 2)")
+    params = as_selection(params)  # read once per direction
     names, _ = direction_targets(model, states)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     kw = {"norm": norm, "ignore": ignore, "states": states, "generator": gen, "params": params}
@@ -371,9 +379,15 @@ def plane_directions(
     tc = _state_tensors(c, names, tensors)
     x = [u - v for u, v in zip(tb, a, strict=True)]
     y = [u - v for u, v in zip(tc, a, strict=True)]
+    dot = sum(float((u.double() * v.double()).sum()) for u, v in zip(y, x, strict=True))
+    xx = sum(float(v.double().square().sum()) for v in x)
+    yy = sum(float(v.double().square().sum()) for v in y)
+    if not xx * yy - dot * dot > 1e-12 * xx * yy:
+        raise ValueError(
+            "Invalid checkpoints: the three do not span a plane (θ_b − θ_a and θ_c − θ_a are "
+            "zero or parallel)"
+        )
     if orthogonalize:
-        dot = sum(float((u.double() * v.double()).sum()) for u, v in zip(y, x, strict=True))
-        xx = sum(float(v.double().square().sum()) for v in x)
         for u, v in zip(y, x, strict=True):
             u.sub_(v, alpha=dot / xx)
     diffs = [[torch.zeros_like(t) for t in a], x, [u - v for u, v in zip(tc, a, strict=True)]]
@@ -431,7 +445,8 @@ def pca_directions(
     :func:`project_onto_plane` (the same plane the surface is evaluated on, so the path
     matches the contours; for the orthonormal axes this is the original's ``cos``
     projection). Three checkpoints suffice: their two differences from the last span
-    the plane.
+    the plane. The last checkpoint's BatchNorm statistics go with θ_T (``fixed``), so
+    the surface at (0, 0) is its loss whatever statistics ``model`` holds.
 
     Args:
         model: the network (its architecture; its weights are not used).
@@ -454,8 +469,9 @@ def pca_directions(
             "plane is spanned by their differences from the last)"
         )
     names, tensors = direction_targets(model, states=False)
-    states = [_state_tensors(s, names, tensors) for s in trajectory]
-    final = states[-1]
+    states = [_state_tensors(s, names, tensors) for s in trajectory[:-1]]
+    final, buffers = _final_state(model, trajectory[-1], names, tensors)
+    states.append(final)
     keep = [not (t.dim() <= 1 and ignore == "biasbn") for t in tensors]
     fin = _flatten(final, keep)
     mat = torch.stack([_flatten(s, keep) - fin for s in states])  # (T, P), last row 0
@@ -499,8 +515,35 @@ def pca_directions(
     if all(isinstance(s, str | Path) for s in trajectory):
         attrs["trajectory_files"] = [str(s) for s in trajectory]
     return Directions(
-        x=dirs[0], y=dirs[1], names=names, states=False, origin=final, trajectory=traj, attrs=attrs
+        x=dirs[0],
+        y=dirs[1],
+        names=names,
+        states=False,
+        origin=final,
+        trajectory=traj,
+        attrs=attrs,
+        fixed=None if buffers is None else dict(zip(*buffers, strict=True)),
     )
+
+
+def _final_state(
+    model: nn.Module, source: StateLike, names: list[str], tensors: list[Tensor]
+) -> tuple[list[Tensor], tuple[list[str], list[Tensor]] | None]:
+    """The last checkpoint's parameters, and its float buffers (names, tensors) if it has them.
+
+    The buffers (BatchNorm running statistics) belong to the plane's origin θ_T: without
+    them the surface would be evaluated with the model's own statistics.
+    """
+    all_names, all_tensors = direction_targets(model, states=True)
+    if len(all_names) > len(names):
+        try:
+            every = _state_tensors(source, all_names, all_tensors)
+        except ValueError:  # a state without buffers (parameters only): the model's own
+            log.info("the last checkpoint holds no buffers: the model's own are used")
+        else:
+            n = len(names)
+            return every[:n], (all_names[n:], every[n:])
+    return _state_tensors(source, names, tensors), None
 
 
 def custom_directions(

@@ -9,7 +9,8 @@ in Python, ``--params`` on the command line):
 - a module prefix (``"encoder.layer.1"`` selects every ``encoder.layer.1.*``);
 - a glob pattern (``"*lora_*"``, ``"*.bias"``), as :mod:`fnmatch` reads it;
 - a parameter tensor of the model;
-- a comma-separated string of the above (``"classifier,*lora_*"``).
+- a comma-separated string of the above (``"classifier,*lora_*"``);
+- a list (or any iterable, ``model.classifier.parameters()``) of the above.
 
 The selection keeps the model's parameter order. For curvature and metrics (which need
 gradients) a prefix or pattern skips frozen parameters and naming one is an error; a
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["ParamSelection", "select_parameters", "selection_text"]
+__all__ = ["ParamSelection", "as_selection", "select_parameters", "selection_text"]
 
 ParamSelection = str | Tensor | Sequence[str | Tensor] | None
 
@@ -44,6 +45,17 @@ def _items(params: ParamSelection) -> list[str | Tensor]:
         else:
             raise ValueError(f"Invalid params: an item of type {type(item).__name__}")
     return out
+
+
+def as_selection(params: ParamSelection) -> ParamSelection:
+    """``params`` made reusable: a one-shot iterable becomes a list.
+
+    ``model.fc.parameters()`` is a generator: read once, it would select nothing the
+    second time (a plane draws two directions, each reading the selection).
+    """
+    if params is None or isinstance(params, str | Tensor | Sequence):
+        return params
+    return list(params)
 
 
 def selection_text(params: ParamSelection) -> str:

@@ -67,6 +67,9 @@ _PAPER_PROJECTION = ("proj_xcoord", "proj_ycoord")
 # The original's PCA direction file (projection.setup_PCA_directions) holds scikit-learn's
 # PCA attributes as datasets of the same names (with the trailing underscore).
 _PAPER_PCA = ("explained_variance_ratio", "explained_variance", "singular_values")
+# torch dtypes without a numpy counterpart
+_NO_NUMPY = {"torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e4m3fnuz"}
+_NO_NUMPY |= {"torch.float8_e5m2", "torch.float8_e5m2fnuz"}
 _RESERVED = {
     "xcoordinates",
     "ycoordinates",
@@ -176,11 +179,23 @@ def directions_sha256(tensors: Sequence[Any], names: Sequence[str] = ()) -> str:
         h.update(name.encode())
         h.update(b"\0")
     for t in tensors:
-        arr = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.asarray(t)
-        h.update(str(arr.dtype).encode())
+        arr = _as_numpy(t)
+        dtype = str(t.dtype) if str(getattr(t, "dtype", "")) in _NO_NUMPY else str(arr.dtype)
+        h.update(dtype.encode())
         h.update(str(arr.shape).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+def _as_numpy(t: Any) -> np.ndarray:
+    """A tensor (or array) as a numpy array; dtypes numpy lacks (bfloat16) as float32.
+
+    The float32 copy is exact (every bfloat16 or float8 value is a float32 value).
+    """
+    if not hasattr(t, "detach"):
+        return np.asarray(t)
+    t = t.detach().cpu().contiguous()
+    return (t.float() if str(t.dtype) in _NO_NUMPY else t).numpy()
 
 
 def _grid_shape(x: np.ndarray, y: np.ndarray | None) -> tuple[int, ...]:
@@ -470,6 +485,33 @@ def open_surface_file(
     tmp = path.with_name(path.name + ".partial")
     # Build the complete file under a temporary name, then rename it into place: a kill
     # during creation never leaves a half-built file under the real name.
+    try:
+        _create(
+            tmp, x, y, fields, shape, attrs, identity, x_direction, y_direction, names, trajectory
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed creation leaves nothing behind
+    return SurfaceWriter(path, h5py.File(path, "r+"), fields, shape)
+
+
+def _create(
+    tmp: Path,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    fields: list[str],
+    shape: tuple[int, ...],
+    attrs: Mapping[str, Any] | None,
+    identity: Mapping[str, Any],
+    x_direction: Sequence[Any] | None,
+    y_direction: Sequence[Any] | None,
+    names: Sequence[str],
+    trajectory: np.ndarray | None,
+) -> None:
+    """Write a complete new surface file at ``tmp`` (see the module docstring)."""
+    import h5py
+
+    path = tmp.with_name(tmp.name.removesuffix(".partial"))
     with h5py.File(tmp, "w", libver="earliest") as f:
         f.create_dataset("xcoordinates", data=x, track_times=False)
         if y is not None:
@@ -486,7 +528,7 @@ def open_surface_file(
             g = f.create_group(gname, track_order=True)
             g.attrs["names"] = _encode_attr(list(names))
             for i, t in enumerate(direction):
-                arr = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+                arr = _as_numpy(t)
                 g.create_dataset(str(i), data=arr, track_times=False)
         if trajectory is not None:
             path_xy = np.asarray(trajectory, dtype=np.float64)
@@ -506,5 +548,3 @@ def open_surface_file(
         for k, v in meta.items():
             f.attrs[k] = _encode_attr(v)
         f.attrs[_IDENTITY_ATTR] = _encode_attr(_canonical(dict(identity)))
-    tmp.replace(path)
-    return SurfaceWriter(path, h5py.File(path, "r+"), fields, shape)

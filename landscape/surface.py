@@ -12,6 +12,7 @@ exactly as given (weights, buffers and train/eval modes).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from landscape._compile import CompileSpec, parse_compile
+from landscape._io import check_output
 from landscape.directions import Directions, custom_directions, direction_targets, random_directions
 from landscape.distributed import (
     DistContext,
@@ -37,7 +39,7 @@ from landscape.distributed import (
     shard,
 )
 from landscape.objective import Objective, make_objective
-from landscape.params import ParamSelection
+from landscape.params import ParamSelection, as_selection
 from landscape.store import (
     Surface,
     SurfaceWriter,
@@ -235,6 +237,38 @@ def _tensor_sha256(tensors: Sequence[Tensor]) -> str:
     return directions_sha256(tensors)
 
 
+def _data_sha256(objective: Objective) -> str:
+    """Content hash of the data evaluated, whatever the batch size.
+
+    Each tensor of a batch (by its position among the batch's tensors) is hashed along
+    the data: every batch when the data is cached, else the first sample only (streamed
+    data is not read twice). Non-tensor leaves (strings, a user's batch object) do not
+    count. So a rerun on other data of the same size is refused, one with another batch
+    size is not.
+    """
+    from torch.utils._pytree import tree_leaves
+
+    hashers: list[Any] = []
+    batches = objective.batches()
+    try:
+        for wb in batches:
+            tensors = [t for t in tree_leaves(wb.data) if isinstance(t, Tensor)]
+            if not objective.cached:
+                tensors = [t[:1] if t.dim() else t for t in tensors]
+            for i, t in enumerate(tensors):
+                if i == len(hashers):
+                    hashers.append(hashlib.sha256(f"{t.dtype}{tuple(t.shape[1:])}".encode()))
+                arr = t.detach().cpu().contiguous().reshape(-1)
+                hashers[i].update(arr.view(torch.uint8).numpy().tobytes())
+            if not objective.cached:
+                break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    return hashlib.sha256("".join(h.hexdigest() for h in hashers).encode()).hexdigest()
+
+
 # --------------------------------------------------------------------------- main loop
 def compute_surface(
     model: nn.Module | Objective,
@@ -314,7 +348,8 @@ def compute_surface(
         states: random directions also move BatchNorm running statistics.
         orthogonalize: make the random η orthogonal to δ.
         seed: seed of the random directions.
-        out: HDF5 file to write (and resume); None keeps the surface in memory only.
+        out: HDF5 file to write (and resume: grid, directions, θ*, data content, splits
+            and metrics must agree; not the batch size, nor ``loss_fn``, ``forward``...).
         overwrite: replace an existing ``out`` from a different computation.
         batch_size: evaluation batch size.
         max_samples: use only the first samples of each split.
@@ -347,7 +382,7 @@ def compute_surface(
     placed = _Placed.on(model, directions, grid)
     with joined(dist, device) as ctx:
         objectives = _objectives(model, base, data, test_data, reading, loading, compile_spec)
-        file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs)
+        file_kw = _file_header(grid, placed, objectives, loading, evaluation, attrs, out)
         run = _SurfaceRun(grid, file_kw, _Output.of(args), ctx)  # checks (resumes) the file
         ev = placed.evaluator(model, objectives)
         with placed.restored(), run:
@@ -470,7 +505,7 @@ def _objective_argument(
         return base, base.model, base.param_selection
     if data is None and test_data is None:
         raise ValueError("Invalid data: give data, test_data or both")
-    return None, model, params
+    return None, model, as_selection(params)
 
 
 def _grid(x: Any, y: Any) -> _Grid:
@@ -514,26 +549,40 @@ class _Placed:
     dy: list[Tensor] | None
     origin: list[Tensor]
     saved: list[Tensor]
+    n_own: int  # the directions' own tensors come first; then ``fixed`` buffers
 
     @classmethod
     def on(cls, model: nn.Module, directions: Directions, grid: _Grid) -> _Placed:
-        """Match ``directions`` to ``model``'s tensors and move them to their devices."""
+        """Match ``directions`` to ``model``'s tensors and move them to their devices.
+
+        Buffers ``directions.fixed`` are appended with zero directions: set at the origin,
+        held on the whole plane, restored at the end like the rest.
+        """
         names, targets = direction_targets(model, directions.states)
         if names != list(directions.names):
             raise ValueError("Invalid directions: they do not match the model's parameters")
+        n_own = len(names)
+        fixed = {k: v for k, v in (directions.fixed or {}).items() if k not in names}
+        buffers = dict(model.named_buffers())
+        missing = [k for k in fixed if k not in buffers]
+        if missing:
+            raise ValueError(f"Invalid directions: the model has no buffer {missing[0]!r}")
+        names, targets = names + list(fixed), targets + [buffers[k] for k in fixed]
 
-        def place(ts: Sequence[Tensor]) -> list[Tensor]:
+        def place(ts: Sequence[Tensor], like: Sequence[Tensor]) -> list[Tensor]:
             return [
-                d.detach().to(device=t.device, dtype=t.dtype)
-                for d, t in zip(ts, targets, strict=True)
+                d.detach().to(device=t.device, dtype=t.dtype) for d, t in zip(ts, like, strict=True)
             ]
 
-        dx = place(directions.x)
+        own, extra = targets[:n_own], targets[n_own:]
+        zeros = [torch.zeros_like(t) for t in extra]
+        dx = place(directions.x, own) + zeros
         two_d = grid.ys is not None and directions.y is not None
-        dy = place(directions.y) if two_d else None  # type: ignore[arg-type]
+        dy = place(directions.y, own) + zeros if two_d else None  # type: ignore[arg-type]
         saved = tl_clone(targets)
-        origin = place(directions.origin) if directions.origin is not None else saved
-        return cls(directions, names, targets, dx, dy, origin, saved)
+        start = place(directions.origin, own) if directions.origin is not None else saved[:n_own]
+        origin = start + place(list(fixed.values()), extra)
+        return cls(directions, names, targets, dx, dy, origin, saved, n_own)
 
     def evaluator(self, model: nn.Module, objectives: Mapping[str, Objective]) -> _Evaluator:
         """An evaluator of grid points around the origin."""
@@ -602,17 +651,23 @@ def _file_header(
     loading: _Loading,
     evaluation: str,
     attrs: Mapping[str, Any] | None,
+    out: str | Path | None,
 ) -> dict[str, Any]:
-    """What the file holds besides the values: the identity resuming compares, metadata."""
+    """What the file holds besides the values: the identity resuming compares, metadata.
+
+    The data's content hash is taken only for a file (``out``): resuming compares it.
+    """
     from landscape._version import __version__
 
-    directions, dx, dy, names = placed.directions, placed.dx, placed.dy, placed.names
+    directions, names, n = placed.directions, placed.names[: placed.n_own], placed.n_own
+    dx, dy = placed.dx[:n], None if placed.dy is None else placed.dy[:n]
     identity = {
         "origin_sha256": _tensor_sha256(placed.origin),
         "directions_sha256": directions.sha256()
         if dy is not None
         else directions_sha256(dx, [*names, "ndim=1"]),
         "n_samples": {s: o.n_samples for s, o in objectives.items()},
+        "data_sha256": {s: _data_sha256(o) for s, o in objectives.items()} if out else None,
         "states": bool(directions.states),
         "splits": list(objectives),
         "metrics": sorted(loading.metrics or {}),
@@ -652,10 +707,12 @@ def _open_existing(
     err = None
     done = np.zeros(shape, dtype=bool)
     out = output.out
-    if ctx.is_main and out is not None and Path(out).exists() and not output.overwrite:
+    if ctx.is_main and out is not None:
         try:
-            writer = open_surface_file(out, fields=None, **file_kw)
-            done = writer.done.copy()
+            check_output(out, what="out")  # a folder, a read-only place: before any work
+            if Path(out).exists() and not output.overwrite:
+                writer = open_surface_file(out, fields=None, **file_kw)
+                done = writer.done.copy()
         except (ValueError, OSError) as exc:
             err = exc
     if ctx.distributed:

@@ -144,6 +144,8 @@ def _coerce(key: str, value: Any, typ: type | None) -> Any:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Invalid {key}: {value!r} is not a finite number")
     if typ is None or (isinstance(value, typ) and not (typ is int and isinstance(value, bool))):
         return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):

@@ -31,19 +31,48 @@ _LOSS_LABELS = {
 
 
 def as_surface(surface: SurfaceLike) -> Any:
-    """Return ``surface`` itself, or the surface stored at that path."""
+    """Return ``surface`` itself, or the surface stored at that path, in increasing order.
+
+    A grid given in another order (``x=[1, -1, 0]``) is drawn sorted: a copy with its
+    coordinates increasing and its values (and ``done``) reordered alike.
+    """
     if isinstance(surface, str | os.PathLike):
         path = Path(surface)
         if not path.exists():
             raise FileNotFoundError(f"surface file not found: {path}")
         from landscape.store import read_surface
 
-        return read_surface(path)
+        surface = read_surface(path)
     if not hasattr(surface, "values") or not hasattr(surface, "x"):
         raise ValueError(
             f"surface must be a landscape.store.Surface or a path, got {type(surface).__name__}"
         )
-    return surface
+    return _sorted_grid(surface)
+
+
+def _sorted_grid(surface: Any) -> Any:
+    """``surface``, or a copy whose coordinates increase (values reordered alike)."""
+    import dataclasses
+
+    x = np.asarray(surface.x, dtype=np.float64)
+    y = None if getattr(surface, "y", None) is None else np.asarray(surface.y, dtype=np.float64)
+    if np.all(np.diff(x) >= 0) and (y is None or np.all(np.diff(y) >= 0)):
+        return surface
+    if not dataclasses.is_dataclass(surface):
+        return surface
+    ix, iy = np.argsort(x, kind="stable"), None if y is None else np.argsort(y, kind="stable")
+
+    def order(a: Any) -> Any:
+        a = np.asarray(a)
+        return a[..., ix] if iy is None else a[iy][:, ix]
+
+    return dataclasses.replace(
+        surface,
+        x=x[ix],
+        y=None if y is None else y[iy],
+        values={k: order(v) for k, v in surface.values.items()},
+        done=order(surface.done),
+    )
 
 
 def surface_ndim(surface: Any) -> int:
@@ -64,7 +93,7 @@ def load_surfaces(
     """Load several surfaces (objects or files) with one label each.
 
     Args:
-        surfaces: surfaces or their files; at least one.
+        surfaces: surfaces or their files; at least one (a single one is taken as such).
         labels: one label per surface; default each surface's file name.
         labels_name: the caller's name for ``labels`` (error messages).
         need_2d: when given, the caller's name: every surface must be 2-D.
@@ -73,6 +102,8 @@ def load_surfaces(
         ValueError: no surface, a 1-D surface where 2-D is needed, or a label count
             that does not match.
     """
+    if isinstance(surfaces, str | os.PathLike) or hasattr(surfaces, "values"):
+        surfaces = [surfaces]  # one surface (or its file) is a list of one, not an iterable
     loaded = [as_surface(s) for s in surfaces]
     if not loaded:
         raise ValueError("surfaces must hold at least one surface")

@@ -42,7 +42,8 @@ def plot_file(
     """Draw ``surface`` into ``out``: picture, interactive page or mesh, by extension.
 
     - ``.png .pdf .svg .jpg .eps .ps``: a matplotlib figure of ``kind`` (see
-      :data:`landscape.plotting.PLOT_KINDS`; default ``contour`` for 2-D, ``line`` 1-D);
+      :data:`landscape.plotting.PLOT_KINDS`; default ``contour`` for 2-D (``heatmap`` for
+      a grid of one row or column), ``line`` 1-D);
     - ``.html``: an offline plotly page (3-D surface for 2-D, curves for 1-D);
     - ``.vtp .vtu .vtk .obj .stl .ply .off``: a mesh of the 2-D surface.
 
@@ -73,6 +74,8 @@ def plot_file(
         return _plot_curve_file(surface, out, log=log, dpi=dpi)
     if kind is None:
         kind = "contour" if two_d else "line"
+        if two_d and min(len(surface.x), len(surface.y)) < 2:
+            kind = "heatmap"  # one row or column: no contour lines to draw
     if ext in MESH_FORMATS:
         return export_surface(surface, out, metric or "train_loss", scale=scale, log=log)
     if ext in (".html", ".htm"):

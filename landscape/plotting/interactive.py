@@ -406,10 +406,9 @@ def interactive_line(
     """
     go = _go()
     items = list(surfaces) if isinstance(surfaces, list | tuple) else [surfaces]
-    loaded = [as_surface(s) for s in items]
+    loaded, names = load_surfaces(items, labels)  # at least one, one label each
     if any(surface_ndim(s) != 1 for s in loaded):
         raise ValueError("interactive_line needs 1-D surfaces")
-    names = list(labels) if labels is not None else [surface_label(s) for s in loaded]
     fig = go.Figure()
     any_acc = False
     for s, name in zip(loaded, names):
@@ -513,6 +512,8 @@ def interactive_spectrum(
     """Spectral densities on a log density axis (one curve per density result or file)."""
     go = _go()
     items = densities if isinstance(densities, list | tuple) else [densities]
+    if not items:
+        raise ValueError("densities must hold at least one density")
     if labels is not None and len(labels) != len(items):
         raise ValueError(f"labels has {len(labels)} entries for {len(items)} densities")
     fig = go.Figure()

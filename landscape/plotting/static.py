@@ -240,6 +240,11 @@ def plot_contour(
     """
     surface = as_surface(surface)
     _require_2d(surface, "a contour plot")
+    if min(len(surface.x), len(surface.y)) < 2:
+        raise ValueError(
+            f"a contour plot needs at least 2 grid points along each axis; this grid has "
+            f"{len(surface.x)} × {len(surface.y)} (use kind='heatmap')"
+        )
     z = metric_values(surface, metric)
     if log:
         z = for_log(z)
@@ -540,6 +545,8 @@ def plot_spectrum(
         title: figure title.
     """
     items = densities if isinstance(densities, list | tuple) else [densities]
+    if not items:
+        raise ValueError("densities must hold at least one density")
     if labels is not None and len(labels) != len(items):
         raise ValueError(f"labels has {len(labels)} entries for {len(items)} densities")
     specs = [as_spectrum(d, None if labels is None else labels[i]) for i, d in enumerate(items)]

@@ -431,6 +431,8 @@ def load_data(
         raise ValueError(f"Invalid val_fraction: {val_fraction} (expected 0 <= f < 1)")
     if n_per_class is not None and int(n_per_class) < 1:
         raise ValueError(f"Invalid n_per_class: {n_per_class} (at least 1)")
+    if not 0.0 <= float(label_noise) <= 1.0:  # NaN too (it would read as no noise)
+        raise ValueError(f"Invalid label_noise: {label_noise} (expected a fraction in [0, 1])")
     if name in ("cifar10", "cifar100"):
         if kwargs:
             raise ValueError(f"Unknown option(s) for {name}: {', '.join(sorted(kwargs))}")
@@ -480,8 +482,6 @@ def load_data(
         noisy, _ = apply_label_noise(ytr, float(label_noise), classes, seed)
         clean = torch.as_tensor(ytr, dtype=torch.int64)
         ytr = noisy
-    elif label_noise < 0:
-        raise ValueError(f"Invalid label_noise: {label_noise} (expected a fraction in [0, 1])")
 
     spec: dict[str, Any] = {
         "name": name,

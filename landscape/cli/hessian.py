@@ -8,7 +8,7 @@ import re
 import sys
 from typing import Any
 
-from landscape.cli._args import positive_int
+from landscape.cli._args import positive_float, positive_int
 from landscape.cli._user import USAGE, add_user_arguments, user_models
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _add_spectrum_arguments(p: argparse.ArgumentParser, trace_methods: tuple[str
     p.add_argument("--which", choices=("largest", "smallest", "magnitude"), default="largest")
     p.add_argument(
         "--tol",
-        type=float,
+        type=positive_float,
         default=1e-3,
         help="relative tolerance: of the residual ‖Hv−λv‖ ≤ tol·|λ| (default 1e-3), or "
         "of the eigenvalue with --criterion eigenvalue",
@@ -79,7 +79,7 @@ def _add_spectrum_arguments(p: argparse.ArgumentParser, trace_methods: tuple[str
     )
     p.add_argument(
         "--target-rel-stderr",
-        type=float,
+        type=positive_float,
         default=None,
         help="stop the trace at this relative standard error",
     )

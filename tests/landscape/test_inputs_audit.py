@@ -183,3 +183,50 @@ def test_namedtuple_batches_are_read_as_tuples():
     data = [NT(x[:4], y[:4]), NT(x[4:], y[4:])]
     loss = Objective(model, data).evaluate()["loss"]
     assert loss == pytest.approx(F.cross_entropy(model(x), y).item())
+
+
+# --------------------------------------------------------------------------- CLI flags
+
+_USER_MODULE = """
+import torch
+from torch import nn
+
+def wide():
+    return nn.Linear(5, 3)
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+"""
+
+
+def test_cli_model_that_fails_on_the_data_is_one_line(tmp_path, monkeypatch, capsys):
+    # Before: the user's model failing on the user's data (a torch RuntimeError: here 5
+    # input features for data of 4; a Hugging Face model given float (inputs, targets))
+    # escaped the dispatcher as a traceback.
+    (tmp_path / "inputs_audit_user.py").write_text(_USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["compare", "--model", "inputs_audit_user:wide", "--data", "inputs_audit_user:data"]
+    rc, err = _cli([*argv, "--metrics", "loss", "--no-progress"], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("landscape compare: error: RuntimeError")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dim", "1", "--y", "-1:1:3"], "--y with --dim 1"),
+        (["--interpolate", "other.pt", "--y", "-1:1:3"], "--y with --interpolate"),
+        (["--interpolate", "other.pt", "--dim", "2"], "--dim 2 with --interpolate"),
+        (["--pca", "run", "--dim", "1"], "--dim 1 with --pca"),
+    ],
+)
+def test_surface_refuses_conflicting_dimension_flags(flags, message, tmp_path, capsys):
+    # Before: a --y of a 1-D surface (and --dim against --interpolate/--pca) was ignored.
+    out = str(tmp_path / "s.h5")
+    rc, err = _cli(["surface", "missing.pt", "--x", "-1:1:3", *flags, "--out", out], capsys)
+    assert rc == 2
+    assert message in err

@@ -230,3 +230,69 @@ def test_surface_refuses_conflicting_dimension_flags(flags, message, tmp_path, c
     rc, err = _cli(["surface", "missing.pt", "--x", "-1:1:3", *flags, "--out", out], capsys)
     assert rc == 2
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--trace-method", "ggn"], "--trace-method without --trace"),
+        (["--trace-products", "5"], "--trace-products without --trace"),
+        (["--target-rel-stderr", "0.1"], "--target-rel-stderr without --trace"),
+        (["--density-steps", "5"], "--density-steps without --density"),
+        (["--density-runs", "2"], "--density-runs without --density"),
+    ],
+)
+def test_hessian_refuses_trace_and_density_options_without_their_switch(
+    flags, message, tmp_path, monkeypatch, capsys
+):
+    # Before: `--trace-method ggn` without --trace computed no trace and said nothing.
+    (tmp_path / "inputs_audit_user.py").write_text(_USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    user = ["--model", "inputs_audit_user:wide", "--data", "inputs_audit_user:data"]
+    rc, err = _cli(["hessian", *user, "--top-k", "1", *flags], capsys)
+    assert rc == 2
+    assert message in err
+
+
+# --------------------------------------------------------------------------- UserModel
+
+
+def _user_module(tmp_path, monkeypatch, text):
+    import importlib
+    import sys
+
+    name = "inputs_audit_user2"
+    (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+    return name
+
+
+def test_user_weights_that_are_a_folder_say_so(tmp_path, monkeypatch):
+    # Before: "FOLDER: no such weights file" for a folder that exists.
+    from landscape.user import UserModel
+
+    name = _user_module(tmp_path, monkeypatch, _USER_MODULE)
+    (tmp_path / "hf").mkdir()
+    user = UserModel(f"{name}:wide", f"{name}:data", tmp_path / "hf")
+    with pytest.raises(ValueError, match="a folder, not a weights file"):
+        user.check()
+    with pytest.raises(ValueError, match="a folder, not a weights file"):
+        user.open()
+
+
+def test_user_data_as_three_loaders_is_refused_clearly(tmp_path, monkeypatch):
+    # Before: the tuple was read as a list of batches: "Invalid batch: a DataLoader".
+    from landscape.user import UserModel
+
+    text = _USER_MODULE + (
+        "\ndef three():\n"
+        "    x, y = data()\n"
+        "    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y))\n"
+        "    return dl, dl, dl\n"
+    )
+    name = _user_module(tmp_path, monkeypatch, text)
+    with pytest.raises(ValueError, match=r"tuple of 3 items .* \(train, test\), or a dict"):
+        UserModel(f"{name}:wide", f"{name}:three").load_data()

@@ -29,7 +29,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,15 +180,40 @@ def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _strip_wrapper(
+    state_dict: Mapping[str, torch.Tensor], names: Iterable[str]
+) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` without a leading ``"P."`` of all its keys, if the rest is ``names``.
+
+    The inner model of a wrapper's checkpoint (a Lightning ``.ckpt`` of ``self.model``,
+    ``model.``-prefixed keys); any other ``state_dict`` is returned as it is.
+    """
+    wanted = set(names)
+    if not state_dict or set(state_dict) == wanted:
+        return state_dict
+    heads = {k.partition(".")[0] for k in state_dict}
+    if len(heads) != 1 or not all("." in k for k in state_dict):
+        return state_dict
+    cut = len(heads.pop()) + 1
+    stripped = {k[cut:]: v for k, v in state_dict.items()}
+    return stripped if set(stripped) == wanted else state_dict
+
+
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike[str]
-) -> None:
+) -> Mapping[str, torch.Tensor]:
     """Load ``state_dict`` into ``model`` or raise a one-line ``ValueError``.
 
     The message names ``source`` and the first key (in the model's order) that is
-    missing, unexpected or of the wrong shape.
+    missing, unexpected or of the wrong shape. Keys that all carry one leading
+    ``"P."`` the model lacks (the checkpoint of a wrapper around the model, as
+    Lightning's ``self.model``) are read without it when the rest fits exactly.
+
+    Returns:
+        the state_dict loaded (without such a prefix).
     """
     target = _unwrap(model).state_dict()
+    state_dict = _strip_wrapper(state_dict, target)
     for key, value in target.items():
         if key not in state_dict:
             raise ValueError(
@@ -208,6 +233,7 @@ def load_state_dict_strict(
                 "(not in the model)"
             )
     _unwrap(model).load_state_dict(dict(state_dict), strict=True)
+    return state_dict
 
 
 def nonfinite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
@@ -365,7 +391,7 @@ def load_checkpoint(
             model = build_model(spec.pop("name", None), **spec)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{p}: cannot rebuild the model ({exc})") from None
-    load_state_dict_strict(model, state_dict, p)
+    state_dict = dict(load_state_dict_strict(model, state_dict, p))
     model.to(loc)
     model.eval()
     return Checkpoint(

@@ -296,3 +296,27 @@ def test_user_data_as_three_loaders_is_refused_clearly(tmp_path, monkeypatch):
     name = _user_module(tmp_path, monkeypatch, text)
     with pytest.raises(ValueError, match=r"tuple of 3 items .* \(train, test\), or a dict"):
         UserModel(f"{name}:wide", f"{name}:three").load_data()
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_wrapper_checkpoint_of_the_model_loads_into_the_model(tmp_path):
+    # A Lightning .ckpt of a LightningModule holding `self.model`: every key is
+    # "model."-prefixed. Before: "first mismatching key '0.weight' (missing from the file)".
+    from landscape.checkpoint import load_checkpoint
+
+    torch.manual_seed(1)
+    inner = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    sd = {f"model.{k}": v for k, v in inner.state_dict().items()}
+    torch.save({"epoch": 1, "global_step": 3, "state_dict": sd}, tmp_path / "light.ckpt")
+    fresh = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    ck = load_checkpoint(tmp_path / "light.ckpt", fresh)
+    for k, v in inner.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    assert set(ck.state_dict) == set(inner.state_dict())
+    # a prefix that does not leave exactly the model's keys is still refused
+    sd["model.extra"] = torch.zeros(1)
+    torch.save({"state_dict": sd}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="does not fit the model"):
+        load_checkpoint(tmp_path / "other.ckpt", fresh)

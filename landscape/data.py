@@ -542,7 +542,14 @@ def as_bundle(
     if isinstance(data, str):
         return load_data(data)
     train_ds = _as_dataset(data, "data")
-    x0, y0 = train_ds[0][0], train_ds[0][1]
+    first = train_ds[0]
+    if not isinstance(first, tuple | list) or len(first) < 2:
+        raise ValueError(
+            f"Invalid data: its samples are {type(first).__name__}s; training reads "
+            "(inputs, target) samples (for dict batches, e.g. Hugging Face ones, train in "
+            "your own loop or the Trainer with the optimizers package)"
+        )
+    x0, y0 = first[0], first[1]
     input_shape = tuple(torch.as_tensor(x0).shape)
     if num_classes is None:
         targets = _all_targets(train_ds)

@@ -512,6 +512,14 @@ def train(
         cleanup_distributed(ctx)
 
 
+def _is_integer(value: Any) -> bool:
+    """Whether ``value`` is a whole number (``1.5`` epochs was read as 1)."""
+    try:
+        return float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def _check_train_arguments(
     epochs: int,
     batch_size: int,
@@ -524,9 +532,9 @@ def _check_train_arguments(
 ) -> None:
     """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
+        if not _is_integer(value) or int(value) < 1:
             raise ValueError(f"Invalid {pname}: {value} (at least 1)")
-    if int(save_every) < 1:
+    if not _is_integer(save_every) or int(save_every) < 1:
         raise ValueError(f"Invalid save_every: {save_every} (at least 1)")
     # ``not 0 < x`` and ``math.isfinite``: NaN and inf are refused too (they would train
     # a step, then stop at a non-finite loss with the advice to lower the learning rate).

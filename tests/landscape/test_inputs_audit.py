@@ -320,3 +320,27 @@ def test_wrapper_checkpoint_of_the_model_loads_into_the_model(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="does not fit the model"):
         load_checkpoint(tmp_path / "other.ckpt", fresh)
+
+
+class _DictSamples(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"input_ids": torch.tensor([i, i]), "labels": torch.tensor(i % 2)}
+
+
+def test_train_on_dict_samples_is_one_clear_error():
+    # Before: KeyError: 0 from as_bundle's `train_ds[0][0]` (a traceback in a script).
+    with pytest.raises(ValueError, match="samples are dicts; training reads"):
+        landscape.train(nn.Linear(2, 2), _DictSamples(), epochs=1, batch_size=2)
+
+
+@pytest.mark.parametrize("option", [{"epochs": 1.5}, {"batch_size": 2.5}, {"save_every": 1.5}])
+def test_train_refuses_fractional_counts(option):
+    # Before: epochs=1.5 trained one epoch and recorded epochs=1.
+    torch.manual_seed(0)
+    data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    kw = {"epochs": 1, "batch_size": 4, **option}
+    with pytest.raises(ValueError, match=f"Invalid {next(iter(option))}"):
+        landscape.train(nn.Linear(3, 2), data, **kw)

@@ -199,6 +199,35 @@ def _strip_wrapper(
     return stripped if set(stripped) == wanted else state_dict
 
 
+def _fill_tied(
+    state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` with the model's tied tensors it leaves out filled from their twin.
+
+    Hugging Face ``save_pretrained`` (safetensors) stores a tied weight once (a causal
+    LM's ``lm_head.weight`` is ``transformer.wte.weight``): a key of the model missing
+    from the file is taken from a key that is in it and shares its storage in the model.
+    """
+    missing = [k for k in target if k not in state_dict]
+    if not missing:
+        return state_dict
+
+    def where(t: torch.Tensor) -> tuple[Any, ...] | None:
+        if t.numel() == 0 or t.device.type == "meta":
+            return None
+        ptr = t.untyped_storage().data_ptr()
+        return ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride())
+
+    present = {where(v): k for k, v in target.items() if k in state_dict}
+    present.pop(None, None)
+    out = dict(state_dict)
+    for key in missing:
+        twin = present.get(where(target[key]))
+        if twin is not None:
+            out[key] = out[twin]
+    return out
+
+
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike[str]
 ) -> Mapping[str, torch.Tensor]:
@@ -207,13 +236,14 @@ def load_state_dict_strict(
     The message names ``source`` and the first key (in the model's order) that is
     missing, unexpected or of the wrong shape. Keys that all carry one leading
     ``"P."`` the model lacks (the checkpoint of a wrapper around the model, as
-    Lightning's ``self.model``) are read without it when the rest fits exactly.
+    Lightning's ``self.model``) are read without it when the rest fits exactly; tied
+    tensors stored once (Hugging Face safetensors) are filled from their twin.
 
     Returns:
-        the state_dict loaded (without such a prefix).
+        the state_dict loaded (without such a prefix, with the tied keys).
     """
     target = _unwrap(model).state_dict()
-    state_dict = _strip_wrapper(state_dict, target)
+    state_dict = _fill_tied(_strip_wrapper(state_dict, target), target)
     for key, value in target.items():
         if key not in state_dict:
             raise ValueError(

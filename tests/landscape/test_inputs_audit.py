@@ -344,3 +344,40 @@ def test_train_refuses_fractional_counts(option):
     kw = {"epochs": 1, "batch_size": 4, **option}
     with pytest.raises(ValueError, match=f"Invalid {next(iter(option))}"):
         landscape.train(nn.Linear(3, 2), data, **kw)
+
+
+class _TiedLM(nn.Module):
+    """A causal LM's tie: the output layer's weight is the embedding's."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(7, 4)
+        self.lm_head = nn.Linear(4, 7, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, ids):
+        return self.lm_head(self.wte(ids))
+
+
+def test_safetensors_with_a_tied_weight_stored_once_loads(tmp_path):
+    # save_pretrained's model.safetensors stores lm_head.weight (tied to wte.weight) once.
+    # Before: "first mismatching key 'lm_head.weight' (missing from the file)".
+    from safetensors.torch import save_file
+
+    from landscape.checkpoint import load_state_dict_strict
+
+    torch.manual_seed(1)
+    saved = _TiedLM()
+    save_file({"wte.weight": saved.wte.weight.detach().clone()}, tmp_path / "m.safetensors")
+    from landscape.user import _safetensors_state
+
+    torch.manual_seed(2)
+    fresh = _TiedLM()
+    loaded = load_state_dict_strict(fresh, _safetensors_state(tmp_path / "m.safetensors"), "m")
+    assert torch.equal(fresh.wte.weight, saved.wte.weight)
+    assert torch.equal(fresh.lm_head.weight, saved.wte.weight)
+    assert set(loaded) == {"wte.weight", "lm_head.weight"}
+    # an untied key missing from the file is still refused
+    untied = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"'1\.weight' \(missing from the file\)"):
+        load_state_dict_strict(untied, dict(untied[0].state_dict(prefix="0.")), "x")

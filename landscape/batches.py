@@ -387,6 +387,8 @@ class BatchAdapter:
         Trainer leaves out unused columns; ``label``/``label_ids`` are passed as ``labels``
         to a forward that takes ``labels`` (as Hugging Face's data collators rename them).
         """
+        if parts.style == PAIR:
+            self._check_pair(model, parts)
         if parts.style != MODEL or self.forward is not None:
             return
         _, unknown = _call_kwargs(model, parts.inputs)
@@ -395,6 +397,34 @@ class BatchAdapter:
                 f"Invalid batch: dict with keys {sorted(parts.inputs)} but "
                 f"{type(_unwrap(model)).__name__}.forward takes no {', '.join(unknown)}; pass "
                 "input_key= and target_key=, forward= or compute_loss="
+            )
+
+    def _check_pair(self, model: nn.Module, parts: BatchParts) -> None:
+        """Refuse floating inputs of another dtype than the model's, and labels of int32.
+
+        Both fail deep inside torch otherwise (``mat1 and mat2 must have the same dtype``,
+        ``expected scalar type Long``), in some computations and not in others.
+        """
+        inputs, targets = parts.inputs, parts.targets
+        if isinstance(inputs, Tensor) and inputs.is_floating_point() and self.forward is None:
+            dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+            if len(dtypes) == 1 and inputs.dtype not in dtypes:
+                (dtype,) = dtypes
+                raise ValueError(
+                    f"Invalid batch: inputs of {inputs.dtype} but the model's parameters are "
+                    f"{dtype}; convert one to the other (e.g. inputs.to({dtype}) in the data, "
+                    f"or model.to({inputs.dtype}))"
+                )
+        if (
+            self.loss_fn is None
+            and isinstance(targets, Tensor)
+            and not targets.is_floating_point()
+            and not targets.is_complex()
+            and targets.dtype not in (torch.int64, torch.uint8)
+        ):
+            raise ValueError(
+                f"Invalid batch: targets of {targets.dtype}; the default cross-entropy needs "
+                "int64 class labels (targets.long() in the data), or pass loss_fn="
             )
 
     # ------------------------------------------------------------------ computing

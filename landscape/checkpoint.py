@@ -29,7 +29,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,15 +180,70 @@ def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _strip_wrapper(
+    state_dict: Mapping[str, torch.Tensor], names: Iterable[str]
+) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` without a leading ``"P."`` of all its keys, if the rest is ``names``.
+
+    The inner model of a wrapper's checkpoint (a Lightning ``.ckpt`` of ``self.model``,
+    ``model.``-prefixed keys); any other ``state_dict`` is returned as it is.
+    """
+    wanted = set(names)
+    if not state_dict or set(state_dict) == wanted:
+        return state_dict
+    heads = {k.partition(".")[0] for k in state_dict}
+    if len(heads) != 1 or not all("." in k for k in state_dict):
+        return state_dict
+    cut = len(heads.pop()) + 1
+    stripped = {k[cut:]: v for k, v in state_dict.items()}
+    return stripped if set(stripped) == wanted else state_dict
+
+
+def _fill_tied(
+    state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` with the model's tied tensors it leaves out filled from their twin.
+
+    Hugging Face ``save_pretrained`` (safetensors) stores a tied weight once (a causal
+    LM's ``lm_head.weight`` is ``transformer.wte.weight``): a key of the model missing
+    from the file is taken from a key that is in it and shares its storage in the model.
+    """
+    missing = [k for k in target if k not in state_dict]
+    if not missing:
+        return state_dict
+
+    def where(t: torch.Tensor) -> tuple[Any, ...] | None:
+        if t.numel() == 0 or t.device.type == "meta":
+            return None
+        ptr = t.untyped_storage().data_ptr()
+        return ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride())
+
+    present = {where(v): k for k, v in target.items() if k in state_dict}
+    present.pop(None, None)
+    out = dict(state_dict)
+    for key in missing:
+        twin = present.get(where(target[key]))
+        if twin is not None:
+            out[key] = out[twin]
+    return out
+
+
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike[str]
-) -> None:
+) -> Mapping[str, torch.Tensor]:
     """Load ``state_dict`` into ``model`` or raise a one-line ``ValueError``.
 
     The message names ``source`` and the first key (in the model's order) that is
-    missing, unexpected or of the wrong shape.
+    missing, unexpected or of the wrong shape. Keys that all carry one leading
+    ``"P."`` the model lacks (the checkpoint of a wrapper around the model, as
+    Lightning's ``self.model``) are read without it when the rest fits exactly; tied
+    tensors stored once (Hugging Face safetensors) are filled from their twin.
+
+    Returns:
+        the state_dict loaded (without such a prefix, with the tied keys).
     """
     target = _unwrap(model).state_dict()
+    state_dict = _fill_tied(_strip_wrapper(state_dict, target), target)
     for key, value in target.items():
         if key not in state_dict:
             raise ValueError(
@@ -208,6 +263,7 @@ def load_state_dict_strict(
                 "(not in the model)"
             )
     _unwrap(model).load_state_dict(dict(state_dict), strict=True)
+    return state_dict
 
 
 def nonfinite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
@@ -365,7 +421,7 @@ def load_checkpoint(
             model = build_model(spec.pop("name", None), **spec)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{p}: cannot rebuild the model ({exc})") from None
-    load_state_dict_strict(model, state_dict, p)
+    state_dict = dict(load_state_dict_strict(model, state_dict, p))
     model.to(loc)
     model.eval()
     return Checkpoint(

@@ -431,6 +431,8 @@ def load_data(
         raise ValueError(f"Invalid val_fraction: {val_fraction} (expected 0 <= f < 1)")
     if n_per_class is not None and int(n_per_class) < 1:
         raise ValueError(f"Invalid n_per_class: {n_per_class} (at least 1)")
+    if not 0.0 <= float(label_noise) <= 1.0:  # NaN too (it would read as no noise)
+        raise ValueError(f"Invalid label_noise: {label_noise} (expected a fraction in [0, 1])")
     if name in ("cifar10", "cifar100"):
         if kwargs:
             raise ValueError(f"Unknown option(s) for {name}: {', '.join(sorted(kwargs))}")
@@ -480,8 +482,6 @@ def load_data(
         noisy, _ = apply_label_noise(ytr, float(label_noise), classes, seed)
         clean = torch.as_tensor(ytr, dtype=torch.int64)
         ytr = noisy
-    elif label_noise < 0:
-        raise ValueError(f"Invalid label_noise: {label_noise} (expected a fraction in [0, 1])")
 
     spec: dict[str, Any] = {
         "name": name,
@@ -542,7 +542,14 @@ def as_bundle(
     if isinstance(data, str):
         return load_data(data)
     train_ds = _as_dataset(data, "data")
-    x0, y0 = train_ds[0][0], train_ds[0][1]
+    first = train_ds[0]
+    if not isinstance(first, tuple | list) or len(first) < 2:
+        raise ValueError(
+            f"Invalid data: its samples are {type(first).__name__}s; training reads "
+            "(inputs, target) samples (for dict batches, e.g. Hugging Face ones, train in "
+            "your own loop or the Trainer with the optimizers package)"
+        )
+    x0, y0 = first[0], first[1]
     input_shape = tuple(torch.as_tensor(x0).shape)
     if num_classes is None:
         targets = _all_targets(train_ds)

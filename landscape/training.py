@@ -487,7 +487,11 @@ def train(
         NonFiniteLoss: a non-finite loss with ``nonfinite="stop"``.
     """
     args = dict(locals())  # this call's arguments by name (the configuration, the options)
-    _check_train_arguments(epochs, batch_size, save_every, lr, weight_decay, nonfinite, out)
+    _check_train_arguments(
+        epochs, batch_size, save_every, lr, momentum, weight_decay, nonfinite, out
+    )
+    if int(eval_batch_size) < 1:
+        raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
     full_hparams = _resolve_hparams(optimizer, hparams)
     bundle = _train_data(
         data, augment, data_dir, seed, label_noise, n_per_class, val_fraction, data_kwargs
@@ -508,25 +512,37 @@ def train(
         cleanup_distributed(ctx)
 
 
+def _is_integer(value: Any) -> bool:
+    """Whether ``value`` is a whole number (``1.5`` epochs was read as 1)."""
+    try:
+        return float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def _check_train_arguments(
     epochs: int,
     batch_size: int,
     save_every: int,
     lr: float,
+    momentum: float,
     weight_decay: float,
     nonfinite: str,
     out: str | Path | None,
 ) -> None:
     """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
+        if not _is_integer(value) or int(value) < 1:
             raise ValueError(f"Invalid {pname}: {value} (at least 1)")
-    if int(save_every) < 1:
+    if not _is_integer(save_every) or int(save_every) < 1:
         raise ValueError(f"Invalid save_every: {save_every} (at least 1)")
-    if lr <= 0:
+    # ``not 0 < x`` and ``math.isfinite``: NaN and inf are refused too (they would train
+    # a step, then stop at a non-finite loss with the advice to lower the learning rate).
+    if not (0 < lr and math.isfinite(lr)):
         raise ValueError(f"Invalid lr: {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"Invalid weight_decay: {weight_decay}")
+    for pname, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+        if not (0 <= value and math.isfinite(value)):
+            raise ValueError(f"Invalid {pname}: {value}")
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected 'stop' or 'continue')")
     if out is not None:
@@ -645,6 +661,8 @@ def _train(
     resume_path = _prepare_run_dir(run_dir, config, opts["resume"], ctx)
     _seed_all(config["seed"])
     run = _Trainer(model_in, mspec, bundle, config, ctx, opts, run_dir, use_amp)
+    if run_dir is not None and ctx.is_main:
+        _write_config(run_dir, config)
     start_epoch = run.start(resume_path)
     train_ds = _train_set_on_device(bundle.train, ctx.device, opts["max_device_bytes"])
 
@@ -689,9 +707,11 @@ def _train(
 def _prepare_run_dir(
     run_dir: Path | None, config: Mapping[str, Any], resume: bool, ctx: DistContext
 ) -> Path | None:
-    """Check (or clear) the run folder and write its config; the checkpoint to resume from.
+    """Check (or clear) the run folder; the checkpoint to resume from.
 
-    Rank 0 decides, every rank follows.
+    Rank 0 decides, every rank follows. The config is written by :func:`_write_config`
+    once the model and the optimizer are built: a bad option refused there leaves no
+    ``config.json`` behind, so the corrected command is not taken for another run.
     """
     resume_path: Path | None = None
     if run_dir is not None and ctx.is_main:
@@ -701,10 +721,14 @@ def _prepare_run_dir(
         else:
             _clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     resume_path = broadcast_object(resume_path, ctx)
     barrier(ctx)
     return resume_path
+
+
+def _write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """Write the run's ``config.json`` (what a resumed run is compared with)."""
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _build_net(

@@ -176,6 +176,17 @@ def _state_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _check_weights_path(path: Path) -> None:
+    """Refuse a missing weights file, or a folder given as one."""
+    if path.is_dir():
+        raise ValueError(
+            f"{path}: a folder, not a weights file (a Hugging Face save_pretrained folder "
+            "goes to --model)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+
+
 def _safetensors_state(path: Path) -> dict[str, Tensor]:
     try:
         from safetensors.torch import load_file
@@ -216,6 +227,13 @@ def _splits(obj: Any, spec: str) -> UserData:
         return UserData(obj.get("train"), obj.get("val"), obj.get("test"), spec)
     if isinstance(obj, tuple) and len(obj) == 2 and not all(isinstance(t, Tensor) for t in obj):
         return UserData(obj[0], None, obj[1], spec)
+    if isinstance(obj, tuple | list) and any(isinstance(t, DataLoader | Dataset) for t in obj):
+        # several loaders in a tuple other than (train, test): not batches of one split
+        raise ValueError(
+            f"--data {spec}: returned a {type(obj).__name__} of {len(obj)} items holding data "
+            "loaders or datasets; expected one split, (train, test), or a dict with keys "
+            "among train, val and test"
+        )
     if obj is None:
         raise ValueError(f"--data {spec}: returned None (expected data, or (train, test))")
     return UserData(obj, None, None, spec)
@@ -276,8 +294,8 @@ class UserModel:
         if self.data is not None:
             load_object(self.data, "--data")
         self.objective_options()
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise FileNotFoundError(f"{os.fspath(self.weights)}: no such weights file")
+        if self.weights is not None:
+            _check_weights_path(Path(self.weights))
 
     def loss_paths(self) -> dict[str, str]:
         """The loss's import path by its keyword (``loss_fn`` or ``compute_loss``), if named."""
@@ -383,8 +401,7 @@ class UserModel:
         weights_sha = state_sha = None
         if self.weights is not None:
             path = Path(self.weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such weights file")
+            _check_weights_path(path)
             if path.suffix == ".safetensors":
                 state = _strip_prefix(_safetensors_state(path))
                 load_state_dict_strict(model, state, path)

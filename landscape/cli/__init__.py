@@ -6,10 +6,10 @@ Each subcommand lives in its own module ``landscape/cli/<name>.py`` exposing
 functions that the subcommand calls.
 
 Exit codes: 0 done; 2 a user error (bad option, missing, corrupt or refused file, an
-output that cannot be written), reported as one line ``landscape CMD: error: ...`` on
-stderr, never a traceback (``-vv`` shows it); 3 training stopped at a non-finite loss
-(the run folder keeps the checkpoints written before); 130 interrupted (Ctrl-C; the
-output files hold what was finished).
+output that cannot be written, a model that fails on the data given to it), reported as
+one line ``landscape CMD: error: ...`` on stderr, never a traceback (``-vv`` shows it);
+3 training stopped at a non-finite loss (the run folder keeps the checkpoints written
+before); 130 interrupted (Ctrl-C; the output files hold what was finished).
 """
 
 from __future__ import annotations
@@ -106,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"landscape {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Anything else, most often the user's own model failing on the user's data (a
+        # torch RuntimeError, a TypeError of its forward): its first line, not a traceback.
+        if args.verbose >= 2:
+            raise
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        print(
+            f"landscape {args.command}: error: {text} (-vv shows the traceback)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

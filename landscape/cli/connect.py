@@ -6,21 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from landscape.cli._args import positive_int
+from landscape.cli._args import positive_float, positive_int
 from landscape.cli._user import add_user_arguments, user_models
 
 # What --out may end in: a curve file extends the 1-D surface layout.
 CURVE_SUFFIXES = (".h5", ".hdf5")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +38,7 @@ def register(subparsers: Any) -> None:
         help="quadratic Bezier curve (default) or polygonal chain through the bend",
     )
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs of the fit (20)")
-    p.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate (0.05)")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (0.05)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay (0)")
     p.add_argument(

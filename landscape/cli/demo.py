@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from landscape.cli._args import comma_list
+from landscape.cli._args import comma_list, finite_float, positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="mlp", help="model name (default mlp, 64 hidden units)")
     p.add_argument("--epochs", type=int, default=60, help="epochs per optimizer (default 60)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    p.add_argument("--label-noise", type=float, default=0.4,
+    p.add_argument(
+        "--lr", type=positive_float, default=0.05, help="peak learning rate (default 0.05)"
+    )
+    p.add_argument(
+        "--weight-decay", type=finite_float, default=0.0, help="weight decay (default 0)"
+    )
+    p.add_argument("--label-noise", type=finite_float, default=0.4,
                    help="fraction of training labels replaced by another class (default 0.4; "
                         "test labels are never noised)")  # fmt: skip
     p.add_argument("--n-per-class", type=int, default=50,
@@ -40,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint every N epochs, which the PCA paths and the "
                         "trajectory metrics use (default epochs // 10, at least 1)")  # fmt: skip
     p.add_argument("--grid", type=int, default=21, help="random-plane grid side (default 21)")
-    p.add_argument("--span", type=float, default=1.0, help="random plane covers [-span, span]²")
+    p.add_argument(
+        "--span", type=positive_float, default=1.0, help="random plane covers [-span, span]²"
+    )
     p.add_argument("--pca-grid", type=int, default=15, help="PCA-plane grid side (0: none)")
     p.add_argument("--metrics", type=comma_list, default=list(DEMO_METRICS),
                    help=f"comma-separated (default {','.join(DEMO_METRICS)})")  # fmt: skip

@@ -8,7 +8,7 @@ import re
 import sys
 from typing import Any
 
-from landscape.cli._args import positive_int
+from landscape.cli._args import positive_float, positive_int
 from landscape.cli._user import USAGE, add_user_arguments, user_models
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _add_spectrum_arguments(p: argparse.ArgumentParser, trace_methods: tuple[str
     p.add_argument("--which", choices=("largest", "smallest", "magnitude"), default="largest")
     p.add_argument(
         "--tol",
-        type=float,
+        type=positive_float,
         default=1e-3,
         help="relative tolerance: of the residual ‖Hv−λv‖ ≤ tol·|λ| (default 1e-3), or "
         "of the eigenvalue with --criterion eigenvalue",
@@ -70,18 +70,23 @@ def _add_spectrum_arguments(p: argparse.ArgumentParser, trace_methods: tuple[str
         help="cap on Hessian-vector products for the eigenvalues (default 100)",
     )
     p.add_argument("--trace", action="store_true", help="estimate the trace")
-    p.add_argument("--trace-method", choices=trace_methods, default="hutchpp")
+    p.add_argument(
+        "--trace-method",
+        choices=trace_methods,
+        default=None,
+        help="with --trace: the estimator (default hutchpp)",
+    )
     p.add_argument(
         "--trace-products",
         type=positive_int,
-        default=60,
-        help="products (probes for fd) for the trace (default 60)",
+        default=None,
+        help="with --trace: products (probes for fd) for the trace (default 60)",
     )
     p.add_argument(
         "--target-rel-stderr",
-        type=float,
+        type=positive_float,
         default=None,
-        help="stop the trace at this relative standard error",
+        help="with --trace: stop the trace at this relative standard error",
     )
     p.add_argument(
         "--per-layer",
@@ -89,8 +94,15 @@ def _add_spectrum_arguments(p: argparse.ArgumentParser, trace_methods: tuple[str
         help="also per-layer traces and per-layer top eigenvalues",
     )
     p.add_argument("--density", action="store_true", help="spectral density (SLQ)")
-    p.add_argument("--density-runs", type=positive_int, default=5)
-    p.add_argument("--density-steps", type=positive_int, default=60)
+    p.add_argument(
+        "--density-runs", type=positive_int, default=None, help="with --density: SLQ runs (5)"
+    )
+    p.add_argument(
+        "--density-steps",
+        type=positive_int,
+        default=None,
+        help="with --density: Lanczos steps per SLQ run (60)",
+    )
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,6 +168,27 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# The options of the trace and of the density, with their defaults (None on the parser,
+# so that one given without its --trace / --density is refused instead of ignored).
+_NEEDS_SWITCH = {
+    "trace_method": ("trace", "hutchpp"),
+    "trace_products": ("trace", 60),
+    "target_rel_stderr": ("trace", None),
+    "density_runs": ("density", 5),
+    "density_steps": ("density", 60),
+}
+
+
+def _options_need_their_switch(args: argparse.Namespace) -> None:
+    """Refuse a trace or density option without ``--trace``/``--density``; fill defaults."""
+    for key, (switch, default) in _NEEDS_SWITCH.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+        elif not getattr(args, switch):
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"Invalid options: {flag} without --{switch} (nothing to apply it to)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``landscape hessian``."""
     import torch
@@ -179,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if not users and args.checkpoint is None:
         raise ValueError(f"no checkpoint given ({USAGE})")
     source = users[0] if users else args.checkpoint
+    _options_need_their_switch(args)
     try:
         summary = hessian_summary_checkpoint(
             source,

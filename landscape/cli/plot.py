@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landscape.cli._args import comma_list
+from landscape.cli._args import comma_list, finite_float, positive_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log", action="store_true", help="logarithmic levels / colour / height / axis")
     p.add_argument("--levels", type=int, default=None, help="number of contour levels (default 30)")
-    p.add_argument("--vmin", type=float, default=None, help="lower end of the colour range")
-    p.add_argument("--vmax", type=float, default=None, help="upper end of the colour range")
+    p.add_argument("--vmin", type=finite_float, default=None, help="lower end of the colour range")
+    p.add_argument("--vmax", type=finite_float, default=None, help="upper end of the colour range")
     p.add_argument(
-        "--scale", type=float, default=None, help="height scale of mesh exports (default 1)"
+        "--scale",
+        type=positive_float,
+        default=None,
+        help="height scale of mesh exports (default 1)",
     )
     p.add_argument("--dpi", type=int, default=150, help="resolution of raster images")
     p.set_defaults(func=run)

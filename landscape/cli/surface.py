@@ -53,7 +53,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--out", required=True, help="HDF5 file (.h5, .hdf5) to write (resumed if it exists)"
     )
-    p.add_argument("--dim", type=int, choices=(1, 2), default=2, help="1-D or 2-D (default 2)")
+    p.add_argument(
+        "--dim",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="1-D or 2-D (default 2; --interpolate is 1-D, --pca 2-D)",
+    )
     p.add_argument(
         "--x",
         type=_grid,
@@ -64,9 +70,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--y",
         type=_grid,
-        default="-1:1:51",
+        default=None,
         metavar="START:STOP:NUM",
-        help="grid along the second direction (default -1:1:51)",
+        help="grid along the second direction of a 2-D surface (default -1:1:51)",
     )
     p.add_argument(
         "--norm",
@@ -128,6 +134,29 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _dimension(args: argparse.Namespace) -> int:
+    """The surface's dimension, from ``--dim``, ``--interpolate`` (1-D) and ``--pca`` (2-D).
+
+    Conflicting flags are refused: a ``--y`` of a 1-D surface was silently ignored.
+    """
+    if args.interpolate is not None and args.pca is not None:
+        raise ValueError("Invalid options: --interpolate and --pca exclude each other")
+    if args.params is not None and (args.interpolate is not None or args.pca is not None):
+        raise ValueError(
+            "Invalid options: --params selects what random directions move, not "
+            "--interpolate or --pca directions"
+        )
+    implied = 1 if args.interpolate is not None else 2 if args.pca is not None else None
+    flag = "--interpolate" if args.interpolate is not None else "--pca"
+    if implied is not None and args.dim is not None and args.dim != implied:
+        raise ValueError(f"Invalid options: --dim {args.dim} with {flag} (it is {implied}-D)")
+    dim = implied or args.dim or 2
+    if dim == 1 and args.y is not None:
+        why = f"{flag} draws a line" if implied == 1 else "--dim 1"
+        raise ValueError(f"Invalid options: --y with {why} (a 1-D surface has no y grid)")
+    return dim
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute the surface the arguments describe."""
     from landscape._io import check_output
@@ -139,13 +168,14 @@ def run(args: argparse.Namespace) -> int:
     users = user_models(args, args.checkpoint)
     if not users and args.checkpoint is None:
         raise ValueError(f"no checkpoint given ({USAGE})")
+    dim = _dimension(args)
 
     surface = surface_from_checkpoint(
         users[0] if users else args.checkpoint,
         out=args.out,
-        dim=args.dim,
+        dim=dim,
         x=args.x,
-        y=args.y,
+        y=parse_grid("-1:1:51") if args.y is None else args.y,
         norm=args.norm,
         ignore=None if args.ignore == "none" else args.ignore,
         states=args.states,

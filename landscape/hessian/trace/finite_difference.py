@@ -52,16 +52,28 @@ def default_loss_step(dtype: torch.dtype, params: Sequence[Tensor] | None = None
     if params is None:
         return delta
     norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+    if not math.isfinite(norm):  # non-finite weights: the products say so, not the step
+        return delta
     return delta * max(norm, 1.0)
 
 
-def _loss_value(obj: Objective) -> float:
-    """The exactly weighted mean loss, accumulated in float64, without autograd."""
+def _loss_value(obj: Objective, where: str = "at these weights") -> float:
+    """The exactly weighted mean loss, accumulated in float64, without autograd.
+
+    Raises ``ValueError`` when it is not finite (a second difference of it would be NaN
+    or infinite, not a curvature).
+    """
     total = 0.0
     with obj.eval_mode(), torch.inference_mode():
         for batch in obj.batches():
             total += float(obj.batch_loss(batch).double()) * batch.weight
-    return obj.all_reduce_float(total)
+    total = obj.all_reduce_float(total)
+    if not math.isfinite(total):
+        raise ValueError(
+            f"Invalid value: the loss is not finite ({total}) {where}; the finite-difference "
+            "trace needs a finite loss"
+        )
+    return total
 
 
 def _loss_at(
@@ -70,7 +82,7 @@ def _loss_at(
     with torch.no_grad():
         tl_add_(work, vs, alpha=step)
     try:
-        return _loss_value(obj)
+        return _loss_value(obj, f"at a probe's perturbed weights (step {step:.3g})")
     finally:
         with torch.no_grad():
             tl_copy_(work, saved)

@@ -396,6 +396,11 @@ def _batch_outputs(
         leaf = out.detach().requires_grad_(True)
         (r,) = torch.autograd.grad(loss_of_outputs(leaf, batch.targets), leaf)
     lam = _output_hessians(loss_of_outputs, out, batch.targets, batch.weight / batch.size)
+    if not all(bool(torch.isfinite(t).all()) for t in (out, r, lam)):
+        raise ValueError(
+            "Invalid value: the model's outputs, or the loss's derivatives in them, hold nan "
+            "or inf (the loss is not finite at these weights on this data)"
+        )
     return out, r.detach(), lam
 
 

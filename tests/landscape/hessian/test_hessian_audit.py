@@ -21,6 +21,7 @@ from landscape.hessian import (
     ggn_trace,
     lanczos_eigen,
     layer_eigenvalues,
+    power_iteration,
 )
 
 
@@ -174,3 +175,36 @@ def test_tied_unused_batchnorm_dropout_model_matches_dense_truth(method):
     assert torch.allclose(low.eigenvalues, ev[:2], atol=1e-6)
     assert model.training and model.bn.training and model.drop.training
     assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+
+
+class WithUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.a, self.unused = nn.Linear(4, 3), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+def test_power_iteration_on_a_zero_block_returns_zero_eigenvalues_not_nan():
+    model = WithUnused().double()
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,))
+    op = HessianOperator(model, "unused", data=(x, y))
+    res = power_iteration(op, k=2, max_products=20, progress=False)
+    assert res.eigenvalues.tolist() == [0.0, 0.0] and res.converged
+    assert all(torch.isfinite(t).all() for v in res.eigenvectors for t in v)
+
+
+def test_power_iteration_past_the_rank_finds_the_zero_eigenvalue():
+    # the output layer's block under cross-entropy with 2 classes: rank 1 per input
+    # direction; asking for more pairs than the nonzero spectrum gives 0, not nan
+    torch.manual_seed(9)
+    model = nn.Linear(1, 2, bias=False).double()
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(6, 1, generator=g, dtype=torch.float64), torch.randint(0, 2, (6,))
+    op = HessianOperator(model, data=(x, y))
+    ev = torch.linalg.eigvalsh(_truth(model, [(x, y)], ["weight"])).flip(0)
+    res = power_iteration(op, k=2, tol=1e-10, max_products=50, progress=False)
+    assert torch.allclose(res.eigenvalues, ev, atol=1e-10)

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from landscape.batches import math_attention
 from landscape.distributed import DistContext, broadcast_object
-from landscape.objective import Objective, make_objective, move_to_device
+from landscape.objective import Objective, make_objective, move_to_device, rebuild
 from landscape.params import ParamSelection, select_parameters
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_, tl_norm
 
@@ -110,7 +110,7 @@ def _cast_floating(obj: Any, dtype: torch.dtype) -> Any:
     if isinstance(obj, dict):
         return {k: _cast_floating(v, dtype) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(_cast_floating(v, dtype) for v in obj)
+        return rebuild(obj, (_cast_floating(v, dtype) for v in obj))
     return obj
 
 

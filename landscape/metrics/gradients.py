@@ -18,7 +18,7 @@ from landscape.metrics._base import (
     set_weights_,
 )
 from landscape.metrics.registry import register_metric
-from landscape.objective import Objective
+from landscape.objective import Objective, rebuild
 from optimizers._foreach import tl_copy_, tl_dot, tl_norm
 
 __all__ = ["grad_cosine", "grad_norm", "split_objective"]
@@ -57,7 +57,7 @@ def _index(obj: Any, idx: Tensor) -> Any:
     if isinstance(obj, Mapping):
         return {k: _index(v, idx) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(_index(v, idx) for v in obj)
+        return rebuild(obj, (_index(v, idx) for v in obj))
     raise ValueError(f"Invalid data: cannot index inputs of type {type(obj).__name__}")
 
 
@@ -70,7 +70,7 @@ def _concat(parts: list[Any]) -> Any:
     if isinstance(first, Mapping):
         return {k: _concat([p[k] for p in parts]) for k in first}
     if isinstance(first, tuple | list):
-        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+        return rebuild(first, (_concat([p[i] for p in parts]) for i in range(len(first))))
     raise ValueError(f"Invalid data: cannot concatenate inputs of type {type(first).__name__}")
 
 

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from landscape.hessian._checks import check_integers, check_real
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.eigen._result import EigenResult
 from landscape.hessian.operator import HessianOperator
@@ -34,6 +35,8 @@ def power_iteration(
     accuracy. ``max_products`` caps the products per eigenpair. ``converged`` reports the
     Rayleigh-quotient rule; ``residuals`` are ``‖H v − λ v‖`` of the last iterate.
     """
+    check_integers(k=k, max_products=max_products)
+    check_real("tol", tol)
     if k < 1 or k > op.dim:
         raise ValueError(f"Invalid k: {k} (must be in [1, {op.dim}])")
     if not tol > 0:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import FiniteDifferenceWarning, HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr, reached
@@ -102,6 +103,7 @@ def _check_arguments(form: str, num_probes: int, h: float | None, on_failure: st
     """Raise ``ValueError`` for a bad option of :func:`fd_trace` (before any pass)."""
     if form not in _FORMS:
         raise ValueError(f"Invalid form: {form!r} (expected one of {_FORMS})")
+    check_integers(num_probes=num_probes)
     if num_probes < 1:
         raise ValueError(f"Invalid num_probes: {num_probes} (must be >= 1)")
     if h is not None and not h > 0:

@@ -17,12 +17,17 @@ from torch.func import functional_call
 
 from landscape.hessian import (
     HessianOperator,
+    block_trace,
     fd_trace,
     ggn_trace,
+    hutchinson_trace,
+    hutchpp_trace,
     lanczos_eigen,
     layer_eigenvalues,
     power_iteration,
+    slq_density,
 )
+from landscape.hessian.summary import hessian_summary
 
 
 def _truth(model, batches, names):
@@ -208,3 +213,38 @@ def test_power_iteration_past_the_rank_finds_the_zero_eigenvalue():
     ev = torch.linalg.eigvalsh(_truth(model, [(x, y)], ["weight"])).flip(0)
     res = power_iteration(op, k=2, tol=1e-10, max_products=50, progress=False)
     assert torch.allclose(res.eigenvalues, ev, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [2.5, None, "3"])
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("k", lambda op, v: lanczos_eigen(op, k=v)),
+        ("max_products", lambda op, v: lanczos_eigen(op, max_products=v)),
+        ("k", lambda op, v: power_iteration(op, k=v)),
+        ("k", lambda op, v: layer_eigenvalues(op, k=v)),
+        ("num_products", lambda op, v: hutchinson_trace(op, num_products=v)),
+        ("num_products", lambda op, v: hutchpp_trace(op, num_products=v)),
+        ("num_products", lambda op, v: block_trace(op, num_products=v)),
+        ("num_products", lambda op, v: ggn_trace(op, num_products=v)),
+        ("num_probes", lambda op, v: fd_trace(op, num_probes=v)),
+        ("num_steps", lambda op, v: slq_density(op, num_steps=v)),
+        ("num_runs", lambda op, v: slq_density(op, num_runs=v)),
+        ("top_k", lambda op, v: hessian_summary(op.objective, top_k=v, progress=False)),
+    ],
+)
+def test_a_count_that_is_not_an_integer_is_one_clear_error(name, call, bad):
+    model = WithUnused().double()
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,))
+    op = HessianOperator(model, data=(x, y))
+    with pytest.raises(ValueError, match=f"Invalid {name}: .*expected an integer"):
+        call(op, bad)
+
+
+def test_hessian_summary_refuses_max_products_zero_before_any_work():
+    model = WithUnused().double()
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,))
+    with pytest.raises(ValueError, match="Invalid max_products: 0"):
+        hessian_summary(model, (x, y), top_k=2, max_products=0, progress=False)

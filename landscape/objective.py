@@ -64,6 +64,7 @@ __all__ = [
     "eval_mode",
     "make_objective",
     "move_to_device",
+    "rebuild",
 ]
 
 MetricFn = Callable[[Any, Any], Tensor | float]
@@ -114,8 +115,15 @@ class WeightedBatch:
         return self.parts.targets
 
 
+def rebuild(obj: tuple | list, items: Iterable[Any]) -> tuple | list:
+    """A tuple or list of ``obj``'s type holding ``items`` (named tuples by position)."""
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*items)
+    return type(obj)(items)
+
+
 def move_to_device(obj: Any, device: torch.device) -> Any:
-    """Move tensors (also inside tuples, lists and dicts) to ``device``."""
+    """Move tensors (also inside tuples, named tuples, lists and dicts) to ``device``."""
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):

@@ -12,7 +12,10 @@ Products:
   with several batches every product recomputes each batch's gradient graph and
   accumulates ``Σ_b (n_b/N) H_b v`` (exact sample weights).
 - ``method="forward"``: forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``
-  per batch (no graph kept between products).
+  per batch (no graph kept between products). Not with an embedding that has a
+  ``padding_idx`` among the parameters (autograd freezes its padding row, forward mode
+  does not, so the products would not be symmetric): ``"exact"`` is used, with a warning
+  (``"auto"``: silently).
 - ``method="auto"``: forward-over-reverse where it is faster. With a single batch the
   kept graph (``"exact"``) is used, since one backward per product beats any recomputation;
   with several batches the first product computes its first two batches both ways
@@ -59,7 +62,7 @@ from torch import Tensor, nn
 from landscape._tree import rebuild
 from landscape.batches import math_attention
 from landscape.distributed import DistContext, broadcast_object
-from landscape.objective import Objective, make_objective, move_to_device
+from landscape.objective import Objective, make_objective, move_to_device, rebuild
 from landscape.params import ParamSelection, select_parameters
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_, tl_norm
 
@@ -97,6 +100,8 @@ def default_fd_step(dtype: torch.dtype, params: Sequence[Tensor] | None = None) 
     if params is None:
         return delta
     norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+    if not math.isfinite(norm):  # non-finite weights: the products say so, not the step
+        return delta
     return delta * max(norm, 1.0)
 
 
@@ -303,8 +308,39 @@ class HessianOperator:
         self.fd_retried = 0
         self._fd_base: tuple[list[Tensor], list[Tensor]] | None = None  # θ, ∇L(θ)
         self._agreed = False  # method="auto" under dist: the processes agreed on one
+        if self.method in ("forward", "auto"):
+            self._refuse_forward_on_padding_rows()
 
     # ------------------------------------------------------------------ construction
+    def _refuse_forward_on_padding_rows(self) -> None:
+        """Use ``"exact"`` when an embedding with ``padding_idx`` is among the parameters.
+
+        Autograd treats an embedding's padding row as frozen (its gradient is always zero
+        and nothing flows back into it), but forward mode does not: ``jvp`` of the
+        gradient then gives a non-symmetric "Hessian" (zero rows, non-zero columns for
+        the padding row), unlike the double backward. The exact products are kept.
+        """
+        work = {id(p) for p in self._work}
+        padded = [
+            name
+            for name, m in self._obj.model.named_modules()
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag)
+            and m.padding_idx is not None
+            and id(m.weight) in work
+        ]
+        if not padded:
+            return
+        message = (
+            f"forward-over-reverse Hessian products differ from the double backward on the "
+            f"padding row of the embedding {padded[0]!r} (padding_idx, frozen by autograd); "
+            "using method='exact'"
+        )
+        if self.method == "forward":
+            warnings.warn(message, UserWarning, stacklevel=3)
+        else:
+            logger.info(message)
+        self.method = "exact"
+
     @staticmethod
     def _select(objective: Objective, params: ParamSelection) -> list[Tensor]:
         if params is None:

@@ -44,6 +44,7 @@ from torch import nn
 
 from landscape._io import RESUME_ADVICE, differences, read_json_to_resume, write_atomically
 from landscape.distributed import DistContext, broadcast_object, is_main_process, joined
+from landscape.hessian._checks import check_integers
 from landscape.hessian.density.slq import slq_density
 from landscape.hessian.eigen.blocks import layer_eigenvalues
 from landscape.hessian.eigen.lanczos import lanczos_eigen
@@ -119,11 +120,16 @@ def _check_options(
     top_k: int,
     basis_device: str | torch.device | None = None,
     basis_dtype: torch.dtype | None = None,
+    max_products: int = 1,
 ) -> None:
+    check_integers(max_products=max_products)
+    if max_products < 1:
+        raise ValueError(f"Invalid max_products: {max_products} (must be >= 1)")
     if trace_method not in TRACE_METHODS:
         raise ValueError(
             f"Invalid trace_method: {trace_method!r} (expected one of {TRACE_METHODS})"
         )
+    check_integers(top_k=top_k)
     if top_k < 0:
         raise ValueError(f"Invalid top_k: {top_k}")
     if basis_device is not None:
@@ -282,12 +288,14 @@ def hessian_summary(
         model: the network (with ``data``), or a ready :class:`Objective`.
         data: anything :class:`Objective` accepts.
         loss_fn: batch-mean loss (default cross-entropy).
-        top_k: eigenpairs by :func:`lanczos_eigen` (0 skips them).
+        top_k: eigenpairs by :func:`lanczos_eigen` (0 skips them; at most the number of
+            parameters: a larger ``top_k`` gives them all).
         which: ``"largest"``, ``"smallest"`` or ``"magnitude"``.
         tol: relative tolerance of the eigenpairs.
         criterion: what ``tol`` bounds: ``"residual"`` ``‖Hv − λv‖`` or ``"eigenvalue"``
             (the eigenvalue's error estimate; see :func:`lanczos_eigen`).
-        max_products: cap on products for the eigenpairs.
+        max_products: cap on products for the eigenpairs (at least 1; raised to ``top_k``
+            when smaller).
         trace: estimate ``Tr(H)``.
         trace_method: ``"hutchpp"`` (Hutch++, Rademacher sketch), ``"hutchinson"``,
             ``"block"`` (:func:`block_trace`, per layer), ``"fd"`` (CR-SAM's loss form) or
@@ -340,7 +348,7 @@ def hessian_summary(
         SummaryInterrupted: a ``KeyboardInterrupt`` while writing to ``out`` (it says
             which parts the file holds).
     """
-    _check_options(trace_method, top_k, basis_device, basis_dtype)
+    _check_options(trace_method, top_k, basis_device, basis_dtype, max_products)
     out_path = _out_path(out)
     arguments = dict(locals())  # this call's arguments by name
     with _processes(model, device, dist) as ctx:
@@ -549,7 +557,9 @@ def _summary_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     bound = inspect.signature(hessian_summary).bind(None, None, **kwargs)
     bound.apply_defaults()
     a = bound.arguments
-    _check_options(a["trace_method"], a["top_k"], a["basis_device"], a["basis_dtype"])
+    _check_options(
+        a["trace_method"], a["top_k"], a["basis_device"], a["basis_dtype"], a["max_products"]
+    )
     return a
 
 

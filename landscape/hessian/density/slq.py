@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import lanczos_run, ritz
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr
@@ -138,6 +139,7 @@ def slq_density(
     Raises:
         ValueError: a bad option (before any product).
     """
+    check_integers(num_runs=num_runs, num_steps=num_steps, grid_size=grid_size)
     if num_runs < 1:
         raise ValueError(f"Invalid num_runs: {num_runs} (must be >= 1)")
     if num_steps < 1:

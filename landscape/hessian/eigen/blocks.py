@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from landscape.hessian._blocks import block_param_names, validate_grouping
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.eigen._result import EigenResult
 from landscape.hessian.eigen.lanczos import lanczos_eigen
@@ -150,6 +151,7 @@ def layer_eigenvalues(
             f"Invalid op_or_objective: a {type(op_or_objective).__name__}; expected a "
             "HessianOperator or an Objective"
         )
+    check_integers(k=k, max_products=max_products)
     if k < 1:
         raise ValueError(f"Invalid k: {k} (must be >= 1)")
     if max_products < k:

@@ -43,6 +43,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from landscape.hessian._checks import check_integers, check_real
 from landscape.hessian._krylov import LanczosState, lanczos_run, ritz
 from landscape.hessian.eigen._result import EigenResult
 from landscape.hessian.operator import HessianOperator
@@ -104,6 +105,8 @@ def _check_arguments(
     op: HessianOperator, k: int, which: str, tol: float, max_products: int, criterion: str
 ) -> None:
     """Raise ``ValueError`` for a bad option of :func:`lanczos_eigen` (before any product)."""
+    check_integers(k=k, max_products=max_products)
+    check_real("tol", tol)
     if k < 1:
         raise ValueError(f"Invalid k: {k} (must be >= 1)")
     if k > op.dim:

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from landscape.hessian._checks import check_integers, check_real
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.eigen._result import EigenResult
 from landscape.hessian.operator import HessianOperator
@@ -13,6 +14,8 @@ from landscape.hessian.operator import HessianOperator
 __all__ = ["power_iteration"]
 
 logger = logging.getLogger(__name__)
+
+_NULL = 1e-12  # ``‖(I − UUᵀ) H v‖ ≤ _NULL·max(|λ|, tiny)``: nothing left to iterate on
 
 
 def power_iteration(
@@ -32,6 +35,8 @@ def power_iteration(
     accuracy. ``max_products`` caps the products per eigenpair. ``converged`` reports the
     Rayleigh-quotient rule; ``residuals`` are ``‖H v − λ v‖`` of the last iterate.
     """
+    check_integers(k=k, max_products=max_products)
+    check_real("tol", tol)
     if k < 1 or k > op.dim:
         raise ValueError(f"Invalid k: {k} (must be in [1, {op.dim}])")
     if not tol > 0:
@@ -46,9 +51,13 @@ def power_iteration(
     products = 0
     unverified = getattr(op, "unverified_products", 0)
 
-    def deflate(v: torch.Tensor) -> torch.Tensor:
+    def orthogonal(v: torch.Tensor) -> torch.Tensor:
         for u in found:
             v = v - torch.dot(u, v) * u
+        return v
+
+    def deflate(v: torch.Tensor) -> torch.Tensor:
+        v = orthogonal(v)
         return v / torch.linalg.vector_norm(v)
 
     with progress_bar(k * max_products, "power iteration", progress) as bar:
@@ -67,7 +76,13 @@ def power_iteration(
                     break
                 lam = new
                 if step + 1 < max_products:
-                    v = deflate(hv)
+                    w = orthogonal(hv)
+                    if float(torch.linalg.vector_norm(w)) <= _NULL * max(abs(new), 1e-300):
+                        # H v has nothing left outside the pairs found (H v = 0 on the
+                        # null space): v is an eigenvector, its eigenvalue ``new`` (0)
+                        ok = True
+                        break
+                    v = w / torch.linalg.vector_norm(w)
             assert lam is not None
             values.append(lam)
             residuals.append(res)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from landscape.hessian._blocks import group_blocks, validate_grouping
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import HessianOperator, random_vector
 from landscape.hessian.trace._result import (
@@ -298,6 +299,7 @@ def block_trace(
         used (``"pilot"``, ``"size"``, or ``"exact"`` when every block was exact).
     """
     _check_arguments(blocks, estimator, allocation, min_probes)
+    check_integers(num_products=num_products)
     groups = group_blocks(op, blocks)
     if num_products < 3 * len(groups):
         raise ValueError(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import FiniteDifferenceWarning, HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr, reached
@@ -52,16 +53,28 @@ def default_loss_step(dtype: torch.dtype, params: Sequence[Tensor] | None = None
     if params is None:
         return delta
     norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+    if not math.isfinite(norm):  # non-finite weights: the products say so, not the step
+        return delta
     return delta * max(norm, 1.0)
 
 
-def _loss_value(obj: Objective) -> float:
-    """The exactly weighted mean loss, accumulated in float64, without autograd."""
+def _loss_value(obj: Objective, where: str = "at these weights") -> float:
+    """The exactly weighted mean loss, accumulated in float64, without autograd.
+
+    Raises ``ValueError`` when it is not finite (a second difference of it would be NaN
+    or infinite, not a curvature).
+    """
     total = 0.0
     with obj.eval_mode(), torch.inference_mode():
         for batch in obj.batches():
             total += float(obj.batch_loss(batch).double()) * batch.weight
-    return obj.all_reduce_float(total)
+    total = obj.all_reduce_float(total)
+    if not math.isfinite(total):
+        raise ValueError(
+            f"Invalid value: the loss is not finite ({total}) {where}; the finite-difference "
+            "trace needs a finite loss"
+        )
+    return total
 
 
 def _loss_at(
@@ -70,7 +83,7 @@ def _loss_at(
     with torch.no_grad():
         tl_add_(work, vs, alpha=step)
     try:
-        return _loss_value(obj)
+        return _loss_value(obj, f"at a probe's perturbed weights (step {step:.3g})")
     finally:
         with torch.no_grad():
             tl_copy_(work, saved)
@@ -90,6 +103,7 @@ def _check_arguments(form: str, num_probes: int, h: float | None, on_failure: st
     """Raise ``ValueError`` for a bad option of :func:`fd_trace` (before any pass)."""
     if form not in _FORMS:
         raise ValueError(f"Invalid form: {form!r} (expected one of {_FORMS})")
+    check_integers(num_probes=num_probes)
     if num_probes < 1:
         raise ValueError(f"Invalid num_probes: {num_probes} (must be >= 1)")
     if h is not None and not h > 0:

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from landscape.hessian._blocks import group_blocks, validate_grouping
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import HessianOperator, _cast_floating
 from landscape.hessian.trace._result import (
@@ -396,6 +397,11 @@ def _batch_outputs(
         leaf = out.detach().requires_grad_(True)
         (r,) = torch.autograd.grad(loss_of_outputs(leaf, batch.targets), leaf)
     lam = _output_hessians(loss_of_outputs, out, batch.targets, batch.weight / batch.size)
+    if not all(bool(torch.isfinite(t).all()) for t in (out, r, lam)):
+        raise ValueError(
+            "Invalid value: the model's outputs, or the loss's derivatives in them, hold nan "
+            "or inf (the loss is not finite at these weights on this data)"
+        )
     return out, r.detach(), lam
 
 
@@ -710,6 +716,7 @@ def ggn_trace(
     """
     validate_grouping(blocks)
     _check_arguments(target_rel_stderr, output_probes, chunk_size)
+    check_integers(num_products=num_products)
     groups = group_blocks(op, blocks)
     if num_products < len(groups):
         raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr, reached
@@ -40,6 +41,7 @@ def hutchinson_trace(
         distribution: ``"rademacher"`` (default, least variance) or ``"gaussian"``.
         progress: progress bar (``None``: only on a terminal).
     """
+    check_integers(num_products=num_products, min_samples=min_samples)
     if num_products < 1:
         raise ValueError(f"Invalid num_products: {num_products} (must be >= 1)")
     if target_rel_stderr is not None and not target_rel_stderr > 0:

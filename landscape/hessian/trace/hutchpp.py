@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import lanczos_run, progress_bar
 from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace._result import TraceResult, mean_stderr
@@ -57,6 +58,9 @@ def hutchpp_trace(
     """
     if sketch not in _SKETCHES:
         raise ValueError(f"Invalid sketch: {sketch!r} (expected one of {_SKETCHES})")
+    check_integers(num_products=num_products, min_samples=min_samples)
+    if sketch_size is not None:
+        check_integers(sketch_size=sketch_size)
     if num_products < 3:
         raise ValueError(f"Invalid num_products: {num_products} (must be >= 3)")
     if target_rel_stderr is not None and not target_rel_stderr > 0:

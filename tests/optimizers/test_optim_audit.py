@@ -32,7 +32,6 @@ from torch.nn.utils.parametrizations import spectral_norm
 import optimizers as O
 
 ALL = pytest.mark.parametrize("cfg", CONFIGS, ids=repr)
-WHOLE_BATCH = pytest.mark.parametrize("cfg", [c for c in CONFIGS if not c.splits_batch], ids=repr)
 IDENTITY = [c for c in CONFIGS if c.identity is not None and not c.splits_batch]
 
 

@@ -561,8 +561,19 @@ class SharpnessAwareOptimizer(Optimizer):
             ctx.k = get_kernels(False)
 
     def _finish(self, ctx: StepContext, d: list[Tensor], synced: bool, scaler: Any) -> None:
-        """Restore θ, write ``d`` into ``.grad``, reduce it under DDP, let the base step."""
+        """Restore θ, write ``d`` into ``.grad``, reduce it under DDP, let the base step.
+
+        ``synced``: ``d`` is the last pass's gradient (DDP reduced it).  Otherwise ``d`` is
+        a combination of the passes, defined on :attr:`StepContext.params` only: a tensor
+        that had no gradient at θ but got one at a moved point (a branch the moved weights
+        switched on) holds a raw, unreduced gradient of the last pass, and is not stepped.
+        """
         self._restore()
+        if not synced:
+            taking_part = {id(p) for p in ctx.params}
+            for p in self._trainable():
+                if id(p) not in taking_part:
+                    p.grad = None
         if _is_ddp(self.model) and not synced:
             _all_reduce_mean_(d)
         for p, g in zip(ctx.params, d):

@@ -32,7 +32,6 @@ from torch.nn.utils.parametrizations import spectral_norm
 import optimizers as O
 
 ALL = pytest.mark.parametrize("cfg", CONFIGS, ids=repr)
-WHOLE_BATCH = pytest.mark.parametrize("cfg", [c for c in CONFIGS if not c.splits_batch], ids=repr)
 IDENTITY = [c for c in CONFIGS if c.identity is not None and not c.splits_batch]
 
 
@@ -904,3 +903,46 @@ def test_agnostic_sam_on_a_batch_of_one_says_what_to_do():
     xs, ys = torch.randn(3, 3), torch.randint(0, 2, (3,))  # a smaller last batch: fine
     opt.step(_closure(net, opt, xs, ys))
     assert not torch.equal(flat(net.parameters()), before)
+
+
+class _Switched(nn.Module):
+    """A branch (``expert``) the weights θ leave off and the moved weights switch on."""
+
+    def __init__(self, threshold: float | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.head, self.expert = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(3, 2)
+        self.double()
+        self.threshold = threshold
+        self.expert_calls = 0
+
+    def forward(self, x):
+        h = self.lin(x)
+        out = self.head(h)
+        if abs(float(h.detach().mean()) - self.threshold) > 1e-3:  # off at θ only
+            self.expert_calls += 1
+            out = out + self.expert(x)
+        return out
+
+
+@pytest.mark.parametrize(
+    "cfg", [c for c in CONFIGS if c.name in ("gsam", "gam", "fad", "crsam")], ids=repr
+)
+def test_a_branch_switched_on_only_at_a_moved_point_is_not_stepped(cfg):
+    """A combination rule's direction covers the tensors with a gradient at θ: the branch
+    keeps still, the rest steps as without it (not by a raw gradient of the last pass)."""
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    with torch.no_grad():
+        threshold = float(_Switched(0.0).lin(x).mean())
+    m1, m2 = _Switched(threshold), _Switched(threshold)
+    before = m1.expert.weight.detach().clone()
+    o1 = cfg.cls(m1.parameters(), torch.optim.SGD, **cfg.hparams, **cfg.base_kwargs)
+    trained = [*m2.lin.parameters(), *m2.head.parameters()]
+    o2 = cfg.cls(trained, torch.optim.SGD, **cfg.hparams, **cfg.base_kwargs)
+    o1.step(_closure(m1, o1, x, y))
+    o2.step(_closure(m2, o2, x, y))
+    assert m1.expert_calls > 0  # the moved weights did switch the branch on
+    assert torch.equal(m1.expert.weight, before)
+    assert m1.expert.weight.grad is None
+    for a, b in zip([*m1.lin.parameters(), *m1.head.parameters()], trained, strict=True):
+        assert torch.equal(a, b)

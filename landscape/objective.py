@@ -64,7 +64,6 @@ __all__ = [
     "eval_mode",
     "make_objective",
     "move_to_device",
-    "rebuild",
 ]
 
 MetricFn = Callable[[Any, Any], Tensor | float]
@@ -113,13 +112,6 @@ class WeightedBatch:
     def targets(self) -> Any:
         """The targets (labels), or None."""
         return self.parts.targets
-
-
-def rebuild(obj: tuple | list, items: Iterable[Any]) -> tuple | list:
-    """A tuple or list of ``obj``'s type holding ``items`` (named tuples by position)."""
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*items)
-    return type(obj)(items)
 
 
 def move_to_device(obj: Any, device: torch.device) -> Any:

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from landscape._tree import rebuild
 from landscape.batches import math_attention
 from landscape.distributed import DistContext, broadcast_object
-from landscape.objective import Objective, make_objective, move_to_device, rebuild
+from landscape.objective import Objective, make_objective, move_to_device
 from landscape.params import ParamSelection, select_parameters
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_, tl_norm
 

@@ -19,7 +19,7 @@ from landscape.metrics._base import (
     set_weights_,
 )
 from landscape.metrics.registry import register_metric
-from landscape.objective import Objective, rebuild
+from landscape.objective import Objective
 from optimizers._foreach import tl_copy_, tl_dot, tl_norm
 
 __all__ = ["grad_cosine", "grad_norm", "split_objective"]

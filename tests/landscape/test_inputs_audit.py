@@ -172,12 +172,6 @@ def test_int32_labels_with_the_default_cross_entropy_are_one_clear_error():
 NT = collections.namedtuple("NT", "x y")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objective.py move_to_device/_take rebuild a tuple with type(obj)(generator), "
-    "which a namedtuple's constructor refuses (TypeError, a traceback in the CLI); fix: "
-    "type(obj)(*items) when hasattr(obj, '_fields'), or torch.utils._pytree.tree_map",
-)
 def test_namedtuple_batches_are_read_as_tuples():
     model, x, y = _tiny()
     data = [NT(x[:4], y[:4]), NT(x[4:], y[4:])]

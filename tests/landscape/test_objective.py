@@ -172,7 +172,8 @@ def test_namedtuple_batches_reach_every_reader():
         torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
     op = HessianOperator(model, data=data, dtype=torch.float64)
     v = torch.randn(op.dim, dtype=torch.float64)
-    twin = HessianOperator(model, data=[(x.double(), y)], dtype=torch.float64)
+    plain = [tuple(b) for b in data]
+    twin = HessianOperator(model, data=plain, dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), twin.matvec(v))
     a, b = [0, 3, 17, 20, 5], [1, 2, 18, 9]
     got = grad_cosine(obj, subsets=(a, b)).value

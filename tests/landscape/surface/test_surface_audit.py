@@ -144,11 +144,6 @@ def test_plot_file_of_a_one_row_grid_draws_a_heatmap(tmp_path):
     assert plot_file(out, tmp_path / "row.png").stat().st_size > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="landscape/objective.py move_to_device rebuilds a namedtuple from a generator "
-    "(type(obj)(gen)): B.__new__() missing 1 required positional argument",
-)
 def test_surface_of_namedtuple_batches():
     from collections import namedtuple
 

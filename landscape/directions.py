@@ -575,7 +575,8 @@ def custom_directions(
 
     Args:
         model: the network.
-        x: δ, aligned with ``list(model.parameters())``, or with the selected parameters
+        x: δ (tensors or arrays, e.g. from :func:`~landscape.store.read_directions`),
+            aligned with ``list(model.parameters())``, or with the selected parameters
             ``params`` (e.g. eigenvectors of a :class:`~landscape.hessian.HessianOperator`,
             which spans the parameters requiring grad): the others then get zeros.
         y: η, or None for a line.
@@ -591,7 +592,7 @@ def custom_directions(
         if d is None:
             out.append(None)
             continue
-        d = list(d)
+        d = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in d]
         if len(d) == sum(keep) and len(d) != len(tensors):
             it = iter(d)
             d = [next(it) if k else torch.zeros_like(p) for k, p in zip(keep, tensors, strict=True)]

@@ -263,3 +263,13 @@ def test_filter_normalisation_of_a_zero_filter_in_float16():
     assert all(torch.isfinite(t).all() for t in dirs.x)
     row = dirs.x[0][0].float()
     assert float(row.norm()) == pytest.approx(float(model.weight.detach().float().norm()), rel=1e-2)
+
+
+def test_directions_read_back_from_a_file_give_the_same_surface(tmp_path):
+    model, x, y = _mlp()
+    out = tmp_path / "s.h5"
+    first = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:2", out=out, progress=False)
+    dx, dy, names = read_directions(out)
+    assert names == [n for n, _ in model.named_parameters()]
+    again = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:2", directions=(dx, dy))
+    np.testing.assert_array_equal(again.values["train_loss"], first.values["train_loss"])

@@ -81,7 +81,8 @@ class BarrierResult:
         alphas: the grid of α (or t) on the path (0 is network A, 1 network B).
         loss: the loss at each α.
         acc: the accuracy (percent) at each α, or None when it does not apply.
-        barrier: ``max_α [L(α) − ((1−α) L(0) + α L(1))]`` (≥ 0 up to rounding at the ends).
+        barrier: ``max_α [L(α) − ((1−α) L(0) + α L(1))]`` (≥ 0 up to rounding at the ends;
+            NaN when the loss is NaN at some α).
         alpha_max: the α where the barrier is reached.
         error_barrier: the same for the error rate ``100 − acc`` (percentage points), or
             None.
@@ -130,11 +131,16 @@ class BarrierResult:
 
 
 def _barrier(alphas: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """``max_α [v(α) − ((1 − α) v(0) + α v(1))]`` and its α; NaN when a value is NaN.
+
+    A point whose loss is NaN (diverged) leaves the maximum undefined: the barrier of the
+    other points would understate it. An infinite loss gives an infinite barrier.
+    """
     line = (1.0 - alphas) * values[0] + alphas * values[-1]
     gap = values - line
-    if not np.isfinite(gap).any():
+    if np.isnan(gap).any():
         return math.nan, math.nan
-    i = int(np.nanargmax(gap))
+    i = int(np.argmax(gap))
     return float(gap[i]), float(alphas[i])
 
 

@@ -173,10 +173,26 @@ def normalize_direction(
     norm: str = "filter",
     ignore: str | None = "biasbn",
 ) -> None:
-    """Rescale ``direction`` in place against ``weights`` (see the module docstring)."""
+    """Rescale ``direction`` in place against ``weights`` (see the module docstring).
+
+    Half-precision tensors are rescaled in float32 (a zero filter would otherwise get
+    ``0 · inf = nan`` in float16, whose range cannot hold ``‖w‖ / 1e-10``).
+    """
     _check_norm(norm, ignore)
     if len(direction) != len(weights):
         raise ValueError(f"Invalid direction: {len(direction)} tensors for {len(weights)} weights")
+    wide = (torch.float32, torch.float64)
+    work = [d if d.dtype in wide else d.float() for d in direction]
+    _normalize_(work, [w if w.dtype in wide else w.float() for w in weights], norm, ignore)
+    for d, u in zip(direction, work, strict=True):
+        if u is not d:
+            d.copy_(u)
+
+
+def _normalize_(
+    direction: Sequence[Tensor], weights: Sequence[Tensor], norm: str, ignore: str | None
+) -> None:
+    """:func:`normalize_direction` on float32 or float64 tensors."""
     for d, w in zip(direction, weights, strict=True):
         if d.dim() <= 1 and ignore == "biasbn":
             d.zero_()
@@ -559,7 +575,8 @@ def custom_directions(
 
     Args:
         model: the network.
-        x: δ, aligned with ``list(model.parameters())``, or with the selected parameters
+        x: δ (tensors or arrays, e.g. from :func:`~landscape.store.read_directions`),
+            aligned with ``list(model.parameters())``, or with the selected parameters
             ``params`` (e.g. eigenvectors of a :class:`~landscape.hessian.HessianOperator`,
             which spans the parameters requiring grad): the others then get zeros.
         y: η, or None for a line.
@@ -575,7 +592,7 @@ def custom_directions(
         if d is None:
             out.append(None)
             continue
-        d = list(d)
+        d = [t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in d]
         if len(d) == sum(keep) and len(d) != len(tensors):
             it = iter(d)
             d = [next(it) if k else torch.zeros_like(p) for k, p in zip(keep, tensors, strict=True)]

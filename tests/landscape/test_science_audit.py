@@ -134,3 +134,15 @@ def test_fit_curve_of_a_batchnorm_network_with_a_last_batch_of_one():
         assert np.isfinite(res.history).all() and np.isfinite(res.curve.loss).all()
     with pytest.raises(ValueError, match="no batch BatchNorm can train on"):
         fit_curve(a, b, [(x[:1], y[:1])], epochs=1, num=3, progress=False)
+
+
+def test_barrier_of_a_path_with_a_nan_point_is_nan():
+    from landscape.connectivity import BarrierResult
+
+    t = np.linspace(0, 1, 5)
+    res = BarrierResult.from_values(t, np.array([1.0, 3.0, np.nan, 1.5, 1.0]), None)
+    assert np.isnan(res.barrier) and np.isnan(res.alpha_max)
+    res = BarrierResult.from_values(t, np.array([1.0, 3.0, np.inf, 1.5, 1.0]), None)
+    assert res.barrier == np.inf and res.alpha_max == 0.5
+    res = BarrierResult.from_values(t, np.array([1.0, 3.0, 2.0, 1.5, 2.0]), None)
+    assert res.barrier == pytest.approx(1.75) and res.alpha_max == 0.25

@@ -243,3 +243,28 @@ def test_plots_of_nothing_or_mismatched_labels_are_clear_errors():
     line = Surface(x=x, y=None, values={"train_loss": x**2}, done=np.ones(3, bool))
     with pytest.raises(ValueError, match="labels has 2 entries for 1 surfaces"):
         interactive_line([line], labels=["a", "b"])
+
+
+def test_filter_normalisation_of_a_zero_filter_in_float16():
+    from landscape.directions import custom_directions, normalize_direction
+
+    d = [torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float16)]
+    normalize_direction(d, [torch.ones(2, 2, dtype=torch.float16)], "filter")
+    assert torch.isfinite(d[0]).all() and d[0][1].abs().sum() == 0
+    model = nn.Linear(3, 2).half()
+    v = [torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2, dtype=torch.float16)]
+    v[0][0] = 1.0  # an eigenvector-like direction with a zero row
+    dirs = custom_directions(model, v, normalize="layer")
+    assert all(torch.isfinite(t).all() for t in dirs.x)
+    row = dirs.x[0][0].float()
+    assert float(row.norm()) == pytest.approx(float(model.weight.detach().float().norm()), rel=1e-2)
+
+
+def test_directions_read_back_from_a_file_give_the_same_surface(tmp_path):
+    model, x, y = _mlp()
+    out = tmp_path / "s.h5"
+    first = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:2", out=out, progress=False)
+    dx, dy, names = read_directions(out)
+    assert names == [n for n, _ in model.named_parameters()]
+    again = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:2", directions=(dx, dy))
+    np.testing.assert_array_equal(again.values["train_loss"], first.values["train_loss"])

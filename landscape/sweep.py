@@ -419,13 +419,14 @@ def _check_run(run: SweepRun) -> None:
     where = f"run {run.name}: "
     try:
         _check_train_arguments(
-            kw.get("epochs", 10),
-            kw.get("batch_size", 128),
-            kw.get("save_every", 1),
-            kw.get("lr", 0.1),
-            kw.get("weight_decay", 5e-4),
-            "stop",
-            None,
+            epochs=kw.get("epochs", 10),
+            batch_size=kw.get("batch_size", 128),
+            save_every=kw.get("save_every", 1),
+            lr=kw.get("lr", 0.1),
+            momentum=kw.get("momentum", 0.9),
+            weight_decay=kw.get("weight_decay", 5e-4),
+            nonfinite="stop",
+            out=None,
         )
         _resolve_hparams(kw.get("optimizer", "sgd"), kw["hparams"])
         if not 0.0 <= kw.get("label_noise", 0.0) <= 1.0:

@@ -71,16 +71,13 @@ def test_sweep_refuses_non_finite_values():
         SweepSpec.parse(["seed=0,1"], {**fixed, "weight_decay": "NaN"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="landscape/training.py _check_train_arguments tests `lr <= 0` and "
-    "`weight_decay < 0`, which NaN passes; use `not math.isfinite(lr) or lr <= 0`",
-)
 def test_train_refuses_nan_lr_before_any_work():
     from landscape.training import _check_train_arguments
 
-    with pytest.raises(ValueError, match="Invalid lr"):
-        _check_train_arguments(1, 32, 1, float("nan"), 0.0, "stop", None)
+    ok = dict(epochs=1, batch_size=32, save_every=1, lr=0.1, momentum=0.9, weight_decay=0.0)
+    for name in ("lr", "momentum", "weight_decay"):
+        with pytest.raises(ValueError, match=f"Invalid {name}"):
+            _check_train_arguments(**{**ok, name: float("nan")}, nonfinite="stop", out=None)
 
 
 def test_granulated_tau_refuses_an_axis_no_model_has():

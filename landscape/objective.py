@@ -635,7 +635,7 @@ class Objective:
         """
         if create_graph and self.distributed:
             raise ValueError("Invalid create_graph: not when processes share the data (dist=)")
-        params = list(self.params if params is None else params)
+        params = self.require_params(params)
         grads = [torch.zeros_like(p) for p in params]
         with self.eval_mode(), torch.enable_grad():
             for batch in self.batches():
@@ -648,11 +648,25 @@ class Objective:
                         g.add_(part.detach() if not create_graph else part)
         return self.all_reduce(grads) if self.distributed else grads
 
+    def require_params(self, params: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """``params`` (default the objective's) as a list; ``ValueError`` when empty.
+
+        A model whose parameters are all frozen can be evaluated, but it has no gradient.
+        """
+        params = list(self.params if params is None else params)
+        if not params:
+            raise ValueError(
+                "Invalid params: no parameter requiring grad (every parameter of the model "
+                "is frozen); gradients, curvature and sharpness need some: set "
+                "requires_grad=True or select parameters with params="
+            )
+        return params
+
     def loss_and_gradient(
         self, params: Sequence[Tensor] | None = None
     ) -> tuple[float, list[Tensor]]:
         """The weighted mean loss and its gradient in one pass over the data."""
-        params = list(self.params if params is None else params)
+        params = self.require_params(params)
         grads = [torch.zeros_like(p) for p in params]
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         with self.eval_mode(), torch.enable_grad():

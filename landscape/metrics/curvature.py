@@ -151,7 +151,8 @@ def trace(
             ``num_products`` probes) or ``"ggn"``
             (:func:`~landscape.hessian.ggn_trace`: the Gauss–Newton part exactly from
             per-sample gradients, the residual's diagonal blocks probed; needs a
-            mean-reduced loss and tensor outputs).
+            mean-reduced loss and tensor outputs, or a ``ModelOutput``/dict with
+            ``logits``, with ``loss_fn``).
         num_products: Hessian-vector products (the maximum with a target).
         target_rel_stderr: stop once ``stderr ≤ target·|Tr|``.
         seed: seed of the probes.

@@ -188,6 +188,7 @@ def grad_cosine(
         progress: unused.
     """
     check_positive("rho", rho, allow_zero=True)
+    objective.require_params()
     if perturb not in _PERTURB:
         raise ValueError(f"Invalid perturb: {perturb!r} (expected one of {', '.join(_PERTURB)})")
     obj_a, obj_b = _subset_objectives(objective, subsets, other_data, seed)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from landscape.batches import logits_of
 from landscape.hessian._blocks import group_blocks, validate_grouping
 from landscape.hessian._checks import check_integers
 from landscape.hessian._krylov import progress_bar
@@ -79,6 +80,19 @@ _CHUNK_BYTES = 256 * 2**20  # per-sample gradients held at once by default
 _LOSS_RTOL = 1e-5
 
 
+def _logits(outputs: Any) -> Any:
+    """The logits of a ``ModelOutput`` (``.logits``) or dict (``["logits"]``), else ``outputs``.
+
+    What the loss of the outputs reads (:func:`~landscape.batches.logits_of`); other
+    non-tensor outputs (tuples) are left for :func:`_check_batch` to refuse.
+    """
+    if isinstance(getattr(outputs, "logits", None), Tensor) or (
+        isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), Tensor)
+    ):
+        return logits_of(outputs)
+    return outputs
+
+
 class _Outputs(nn.Module):
     """``forward(inputs) -> outputs`` of an objective's model, for ``torch.func``."""
 
@@ -88,7 +102,7 @@ class _Outputs(nn.Module):
         self._objective = objective
 
     def forward(self, inputs: Any) -> Any:
-        return self._objective.outputs(inputs)
+        return _logits(self._objective.outputs(inputs))
 
 
 class _ResidualData:
@@ -337,7 +351,7 @@ def _hooked_terms(
     handles = [m.register_forward_hook(hook(name)) for name, (m, _) in mods.items()]
     try:
         with torch.enable_grad():
-            out = obj.outputs(inputs)
+            out = _logits(obj.outputs(inputs))
     finally:
         for h in handles:
             h.remove()
@@ -389,7 +403,7 @@ def _batch_outputs(
     the outputs lose their per-sample shape.
     """
     with torch.no_grad():
-        out = obj.outputs(batch.inputs)
+        out = _logits(obj.outputs(batch.inputs))
     per_sample = isinstance(out, Tensor) and out.dim() >= 1 and out.shape[0] == batch.size
     if check or not per_sample:
         _check_batch(obj, out, batch.targets, batch.size)
@@ -710,9 +724,10 @@ def ggn_trace(
         the ``allocation`` of residual products per block.
 
     Raises:
-        ValueError: bad arguments; model outputs that are not a tensor with a leading batch
-            dimension; a loss that is not the mean of per-sample losses; samples that are
-            not independent in eval mode.
+        ValueError: bad arguments; model outputs that are not a tensor (or a
+            ``ModelOutput``/dict whose ``logits`` are one) with a leading batch dimension;
+            a loss that is not the mean of per-sample losses; samples that are not
+            independent in eval mode.
     """
     validate_grouping(blocks)
     _check_arguments(target_rel_stderr, output_probes, chunk_size)

@@ -248,3 +248,29 @@ def test_hessian_summary_refuses_max_products_zero_before_any_work():
     x, y = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,))
     with pytest.raises(ValueError, match="Invalid max_products: 0"):
         hessian_summary(model, (x, y), top_k=2, max_products=0, progress=False)
+
+
+class DictOutput(nn.Module):
+    """A model returning ``{"logits": ...}`` like a Hugging Face ``ModelOutput``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(10)
+        self.body, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return {"logits": self.head(torch.tanh(self.body(x)))}
+
+
+def test_ggn_trace_reads_the_logits_of_a_model_output():
+    model = DictOutput().double()
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (9,))
+    data = [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])]
+    names = [n for n, _ in model.named_parameters()]
+    plain = nn.Sequential(model.body, nn.Tanh(), model.head)  # same weights, tensor outputs
+    truth = _truth(plain, data, ["0.weight", "0.bias", "2.weight", "2.bias"])
+    op = HessianOperator(model, data=data, loss_fn=F.cross_entropy)
+    assert op.param_names == names
+    res = ggn_trace(op, num_products=40, progress=False)
+    assert res.value == pytest.approx(float(truth.trace()), rel=1e-10)

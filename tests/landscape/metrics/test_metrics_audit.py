@@ -54,3 +54,23 @@ def test_named_tuple_batches_in_a_float64_twin_and_a_gradient_split():
     assert res["grad_cosine"].value == pytest.approx(
         float(fa @ fb / fa.norm() / fb.norm()), abs=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "grad_norm",
+        "grad_curvature",
+        "sam_sharpness",
+        "average_sharpness",
+        "eps_sharpness",
+        "grad_cosine",
+    ],
+)
+def test_a_fully_frozen_model_is_one_clear_error_for_metrics_that_need_gradients(name):
+    model, (x, y) = _mlp(), _xy()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="Invalid params: no parameter requiring grad"):
+        compute_metrics(model, (x, y), [name], progress=False)
+    assert compute_metrics(model, (x, y), ["loss"], progress=False)["loss"].value > 0

@@ -7,11 +7,16 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, hessian
+from torch.func import functional_call
 
 
 def dense_hessian(model, x, y, loss_fn=F.cross_entropy, names=None):
-    """The exact float64 Hessian of ``loss_fn(model(x), y)`` w.r.t. the named parameters."""
+    """The exact float64 Hessian of ``loss_fn(model(x), y)`` w.r.t. the named parameters.
+
+    Reverse over reverse (``torch.autograd.functional.hessian``): ``torch.func.hessian``
+    (forward over reverse, vmapped) gives wrong off-diagonal entries for LayerNorm models
+    in torch 2.13 (``test_dense_reference_of_a_layernorm_model``).
+    """
     m64 = copy.deepcopy(model).double()
     params = dict(m64.named_parameters())
     names = list(params) if names is None else list(names)
@@ -27,7 +32,7 @@ def dense_hessian(model, x, y, loss_fn=F.cross_entropy, names=None):
         out = functional_call(m64, {**fixed, **ps}, (x64,))
         return loss_fn(out, y64)
 
-    return hessian(loss)(flat)
+    return torch.autograd.functional.hessian(loss, flat)
 
 
 def tanh_mlp(seed=0, d_in=5, hidden=6, classes=3):

@@ -113,7 +113,7 @@ def dense_hessian(model, x, y):
     was = model.training
     model.eval()
     try:
-        H = torch.func.hessian(f)(flat0)
+        H = torch.autograd.functional.hessian(f, flat0)  # not torch.func's: LayerNorm
         g = torch.func.grad(f)(flat0)
     finally:
         model.train(was)

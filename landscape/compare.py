@@ -51,7 +51,7 @@ from landscape.metrics import compute_metrics, validate_metric_names
 from landscape.metrics._base import MetricResult, progress_bar
 from landscape.metrics.registry import route_options
 from landscape.objective import OBJECTIVE_OPTIONS
-from landscape.params import ParamSelection, selection_text
+from landscape.params import ParamSelection, as_selection, selection_text
 from landscape.user import UserCheckpoint, UserModel
 
 __all__ = [
@@ -355,6 +355,7 @@ def compare_models(
         progress: progress bars (``None``: only on a terminal).
         **options: metric options shared by the metrics that take them.
     """
+    params = as_selection(params)  # a generator is read once
     reading = {
         "forward": forward,
         "compute_loss": compute_loss,
@@ -604,6 +605,7 @@ def compare_checkpoints(
         CompareInterrupted: a ``KeyboardInterrupt`` while writing to ``out``; it says how
             many rows the file holds.
     """
+    params = as_selection(params)  # a generator is read once
     args = dict(locals())  # this call's arguments by name (the settings, the measuring)
     files = _expand_paths(paths)
     names = _check_common(metrics, options, per_metric, labels, len(files))

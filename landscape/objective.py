@@ -55,7 +55,7 @@ from landscape.batches import (
     logits_of,
 )
 from landscape.distributed import DistContext, all_gather_object, all_reduce
-from landscape.params import ParamSelection, select_parameters
+from landscape.params import ParamSelection, as_selection, select_parameters
 
 __all__ = [
     "OBJECTIVE_OPTIONS",
@@ -254,6 +254,7 @@ class Objective:
         sharded: bool = False,
         compile: bool | str | CompileSpec = False,
     ) -> None:
+        params = as_selection(params)  # a generator is read once (derive() reads it again)
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: a {type(model).__name__}, expected a nn.Module")
         if batch_size < 1:

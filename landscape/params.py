@@ -20,7 +20,7 @@ surface may move frozen weights when they are selected.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from torch import Tensor, nn
 
@@ -51,11 +51,13 @@ def as_selection(params: ParamSelection) -> ParamSelection:
     """``params`` made reusable: a one-shot iterable becomes a list.
 
     ``model.fc.parameters()`` is a generator: read once, it would select nothing the
-    second time (a plane draws two directions, each reading the selection).
+    second time (a plane draws two directions, each reading the selection). Other
+    iterables are left as they are (they can be read again; a DataLoader passed by
+    mistake is not read here).
     """
-    if params is None or isinstance(params, str | Tensor | Sequence):
-        return params
-    return list(params)
+    if isinstance(params, Iterator):  # generators, filter(), iter(...): read once
+        return list(params)
+    return params
 
 
 def selection_text(params: ParamSelection) -> str:

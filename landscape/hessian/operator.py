@@ -63,7 +63,7 @@ from landscape._tree import rebuild
 from landscape.batches import math_attention
 from landscape.distributed import DistContext, broadcast_object
 from landscape.objective import Objective, make_objective, move_to_device
-from landscape.params import ParamSelection, select_parameters
+from landscape.params import ParamSelection, as_selection, select_parameters
 from optimizers._foreach import tl_add_, tl_clone, tl_copy_, tl_norm
 
 __all__ = ["FiniteDifferenceWarning", "HessianOperator", "default_fd_step"]
@@ -223,6 +223,7 @@ class HessianOperator:
         reuse_graph: bool | None = None,
         dist: DistContext | None = None,
     ) -> None:
+        params = as_selection(params)  # a generator is read once
         if isinstance(objective, nn.Module):
             if data is None:
                 if _looks_like_data(objective, params):

@@ -52,7 +52,7 @@ from landscape.hessian.operator import HessianOperator
 from landscape.hessian.trace.hutchinson import hutchinson_trace
 from landscape.hessian.trace.select import TRACE_METHODS, estimate_trace
 from landscape.objective import OBJECTIVE_OPTIONS, Objective, make_objective
-from landscape.params import ParamSelection
+from landscape.params import ParamSelection, as_selection
 from landscape.user import UserCheckpoint, UserModel
 
 __all__ = [
@@ -350,6 +350,7 @@ def hessian_summary(
     """
     _check_options(trace_method, top_k, basis_device, basis_dtype, max_products)
     out_path = _out_path(out)
+    params = as_selection(params)  # a generator is read once
     arguments = dict(locals())  # this call's arguments by name
     with _processes(model, device, dist) as ctx:
         obj = _summary_objective(arguments, ctx)

@@ -19,7 +19,7 @@ from torch import nn
 from landscape.distributed import DistContext, cleanup_distributed, init_distributed
 from landscape.metrics._base import MetricCache, MetricResult, progress_bar
 from landscape.objective import Objective, make_objective
-from landscape.params import ParamSelection
+from landscape.params import ParamSelection, as_selection
 
 __all__ = [
     "METRICS",
@@ -235,6 +235,7 @@ def compute_metrics(
     Raises:
         ValueError: for unknown metric names or options (before any computation).
     """
+    params = as_selection(params)  # a generator is read once
     selected = validate_metric_names(names)
     routed = route_options(selected, options, per_metric)
     own_ctx = dist is None and isinstance(model, nn.Module)

@@ -381,3 +381,21 @@ def test_safetensors_with_a_tied_weight_stored_once_loads(tmp_path):
     untied = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"'1\.weight' \(missing from the file\)"):
         load_state_dict_strict(untied, dict(untied[0].state_dict(prefix="0.")), "x")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "rho=0.1", "--rho", "0.2"], "--rho 0.2 and --set rho=0.1 disagree"),
+        (["--set", "rho=0.1", "--set", "rho=0.3"], "--set rho=0.1 and rho=0.3 disagree"),
+        (["--max-samples", "0"], "argument --max-samples"),
+        (["--batch-size", "-1"], "argument --batch-size"),
+    ],
+)
+def test_compare_refuses_conflicting_or_nonsense_options(flags, message, tmp_path, capsys):
+    # Before: --rho silently overrode --set rho=, a repeated --set kept the last value,
+    # and --max-samples 0 / --batch-size -1 reached the library.
+    ckpt = str(tmp_path / "missing.pt")
+    rc, err = _cli(["compare", ckpt, ckpt, "--metrics", "sam_sharpness", *flags], capsys)
+    assert rc == 2
+    assert message in err

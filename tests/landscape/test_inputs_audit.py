@@ -399,3 +399,9 @@ def test_compare_refuses_conflicting_or_nonsense_options(flags, message, tmp_pat
     rc, err = _cli(["compare", ckpt, ckpt, "--metrics", "sam_sharpness", *flags], capsys)
     assert rc == 2
     assert message in err
+
+
+def test_data_option_of_the_wrong_type_is_named():
+    # Before: `--data-arg n_train=abc` said only "invalid literal for int() with base 10".
+    with pytest.raises(ValueError, match=r"synthetic \(n_train='abc'\)"):
+        load_data("synthetic", n_train="abc")

@@ -405,3 +405,20 @@ def test_data_option_of_the_wrong_type_is_named():
     # Before: `--data-arg n_train=abc` said only "invalid literal for int() with base 10".
     with pytest.raises(ValueError, match=r"synthetic \(n_train='abc'\)"):
         load_data("synthetic", n_train="abc")
+
+
+@pytest.mark.parametrize("hidden", [[0], [-1], "64", [16.5], [True]])
+def test_mlp_refuses_nonsense_widths(hidden):
+    # Before: [0] built a network whose output is constant, [-1] failed inside torch,
+    # "64" built two layers of widths 6 and 4.
+    from landscape.models import build_model
+
+    with pytest.raises(ValueError, match="Invalid hidden"):
+        build_model("mlp", in_channels=1, input_size=(4, 4), num_classes=3, hidden=hidden)
+
+
+def test_mlp_hidden_as_one_integer_is_one_layer():
+    from landscape.models import build_model
+
+    m = build_model("mlp", in_channels=1, input_size=(4, 4), num_classes=3, hidden=8)
+    assert [layer.out_features for layer in m.modules() if isinstance(layer, nn.Linear)] == [8, 3]

@@ -336,6 +336,10 @@ def build_model(
     if int(num_classes) < 1:
         raise ValueError(f"Invalid num_classes: {num_classes}")
     size = _spatial(input_size)
+    for key in ("width", "hidden") if name != "mlp" else ():
+        value = kwargs.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"Invalid {key}: {value!r} for model {name!r} (an integer >= 1)")
     try:
         if name == "mlp":
             return MLP(int(in_channels) * math.prod(size), int(num_classes), **kwargs)

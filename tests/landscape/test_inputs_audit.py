@@ -422,3 +422,21 @@ def test_mlp_hidden_as_one_integer_is_one_layer():
 
     m = build_model("mlp", in_channels=1, input_size=(4, 4), num_classes=3, hidden=8)
     assert [layer.out_features for layer in m.modules() if isinstance(layer, nn.Linear)] == [8, 3]
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        ("cnn", {"width": 0}),
+        ("cnn", {"width": -2}),
+        ("cnn", {"hidden": 0}),
+        ("resnet20", {"width": 0}),
+    ],
+)
+def test_conv_models_refuse_nonsense_sizes(name, option):
+    # Before: a torch RuntimeError (width 0 or -2), or a network with a 0-unit layer
+    # whose output is constant (cnn hidden=0).
+    from landscape.models import build_model
+
+    with pytest.raises(ValueError, match=f"Invalid {next(iter(option))}"):
+        build_model(name, in_channels=1, input_size=(8, 8), num_classes=3, **option)

@@ -440,3 +440,47 @@ def test_conv_models_refuse_nonsense_sizes(name, option):
 
     with pytest.raises(ValueError, match=f"Invalid {next(iter(option))}"):
         build_model(name, in_channels=1, input_size=(8, 8), num_classes=3, **option)
+
+
+class _DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return {"out": self.lin(x)}
+
+
+def test_output_without_logits_is_one_clear_error():
+    # Before: "cross_entropy_loss(): argument 'input' must be Tensor, not dict".
+    _, x, y = _tiny()
+    with pytest.raises(ValueError, match=r"a dict with keys \['out'\], no logits"):
+        Objective(_DictOut(), (x, y)).evaluate()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"compute_loss": lambda m, b: 1.0}, "compute_loss: it returned a float"),
+        (
+            {"compute_loss": lambda m, b: F.cross_entropy(m(b[0]), b[1], reduction="none")},
+            r"compute_loss: it returned a tensor of shape \(10,\)",
+        ),
+        (
+            {"loss_fn": lambda out, t: F.cross_entropy(out, t, reduction="none")},
+            r"loss_fn: it returned a tensor of shape \(10,\)",
+        ),
+        (
+            {"compute_loss": lambda m, b: (F.cross_entropy(m(b[0]), b[1]), "ten")},
+            "n_items is 'ten'",
+        ),
+    ],
+)
+def test_losses_that_are_not_a_mean_are_one_clear_error(option, message):
+    # Before: AttributeError 'float' object has no attribute 'detach', "only one element
+    # tensors can be converted to Python scalars", "invalid literal for int()".
+    model, x, y = _tiny()
+    with pytest.raises(ValueError, match=message):
+        obj = Objective(model, (x, y), **option)
+        obj.evaluate()
+        obj.gradient()

@@ -537,3 +537,29 @@ def test_report_refuses_an_unreadable_checkpoint_input(tmp_path, capsys):
     rc, err = _cli([*argv, "--out", str(tmp_path / "r.html")], capsys)
     assert rc == 2
     assert "bad.pt" in err
+
+
+class _Payload:
+    """Unpickling it would call print (never happens: weights_only refuses it)."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_refused_pickle_and_torchscript_say_what_and_never_advise_weights_only_false(
+    tmp_path, capsys
+):
+    # Before: torch's message, with terminal escapes, advising to re-run with
+    # weights_only=False ("can result in arbitrary code execution").
+    from landscape.checkpoint import read_checkpoint
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": _Payload()}, tmp_path / "p.pt")
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), tmp_path / "j.pt")
+    with pytest.raises(ValueError) as exc:
+        read_checkpoint(tmp_path / "p.pt")
+    msg = str(exc.value)
+    assert "refused: it holds a Python object (print)" in msg
+    assert "weights_only` set to `False`" not in msg and "\x1b" not in msg
+    assert "unpickled!" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="a TorchScript archive"):
+        read_checkpoint(tmp_path / "j.pt")

@@ -576,3 +576,15 @@ def test_demo_settings_refuse_nan_span():
 
     with pytest.raises(ValueError, match="Invalid span"):
         _check_settings(4, 5, 8, 1, math.nan, 0.0, 0, ["loss"], [])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="objective.py _make_source compares inputs.shape[0] with targets.shape[0]: a "
+    "0-d target (one unbatched sample, (x[0], y[0])) raises IndexError 'tuple index out of "
+    "range'; fix: refuse a pair whose tensors have no batch dimension with a ValueError",
+)
+def test_an_unbatched_pair_is_one_clear_error():
+    model, x, y = _tiny()
+    with pytest.raises(ValueError, match="Invalid data"):
+        Objective(model, (x[0], y[0]))

@@ -251,6 +251,21 @@ def math_attention() -> Iterator[None]:
         yield
 
 
+def _scalar_loss(value: Any, what: str) -> Tensor:
+    """``value`` if it is a one-element tensor (a batch's mean loss), else a clear error."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value
+    got = (
+        f"a tensor of shape {tuple(value.shape)}"
+        if isinstance(value, Tensor)
+        else (f"a {type(value).__name__}")
+    )
+    raise ValueError(
+        f"Invalid {what}: it returned {got}; expected the batch's mean loss as a one-element "
+        "tensor (a reduction='none' loss needs .mean(); a Python float has no gradient)"
+    )
+
+
 class BatchAdapter:
     """Reads a batch, runs the model on it and gives its mean loss and item count.
 
@@ -450,15 +465,26 @@ class BatchAdapter:
                     "'loss' or leading scalar); give it labels, or pass loss_fn= or compute_loss="
                 )
             return loss
-        fn = self.loss_fn if self.loss_fn is not None else F.cross_entropy
-        return fn(logits_of(outputs), parts.targets)
+        logits = logits_of(outputs)
+        if self.loss_fn is None:
+            if not isinstance(logits, Tensor):
+                what = type(outputs).__name__
+                if isinstance(outputs, Mapping):
+                    what += f" with keys {sorted(map(str, outputs))}"
+                raise ValueError(
+                    f"Invalid model output: a {what}, no logits for the default cross-entropy "
+                    "(return a tensor, a tuple starting with one, or a dict or ModelOutput "
+                    "with 'logits'; or pass loss_fn= or compute_loss=)"
+                )
+            return F.cross_entropy(logits, parts.targets)
+        return _scalar_loss(self.loss_fn(logits, parts.targets), "loss_fn")
 
     def loss(self, model: nn.Module, parts: BatchParts) -> Tensor:
         """The (differentiable) mean loss of one batch."""
         if parts.style == CUSTOM:
             assert self.compute_loss is not None
             res = self.compute_loss(model, parts.inputs)
-            return res[0] if isinstance(res, tuple | list) else res
+            return _scalar_loss(res[0] if isinstance(res, tuple | list) else res, "compute_loss")
         return self.loss_of(self.outputs(model, parts), parts)
 
     def custom_count(self, model: nn.Module, parts: BatchParts) -> int | None:
@@ -472,5 +498,10 @@ class BatchAdapter:
                     "Invalid compute_loss: it must return a loss or (loss, n_items), "
                     f"not a {len(res)}-tuple"
                 )
-            return int(res[1])
+            try:
+                return int(res[1])
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"Invalid compute_loss: its n_items is {res[1]!r}, not an integer"
+                ) from None
         return None

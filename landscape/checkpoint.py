@@ -148,7 +148,31 @@ def read_checkpoint(
     try:
         return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # corrupt zip, truncated file, refused global, ...
-        raise ValueError(f"{p}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise ValueError(f"{p}: {_unreadable(exc)}") from None
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words.
+
+    torch's own message advises ``weights_only=False`` (running the file's code), spans
+    lines and carries terminal escapes; say instead what was refused.
+    """
+    text = str(exc)
+    if "TorchScript" in text:
+        return (
+            "not a readable checkpoint (a TorchScript archive of torch.jit.save; save "
+            "model.state_dict() instead)"
+        )
+    if "Weights only load failed" in text:
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"not a readable checkpoint (refused: it holds a Python object{what} that "
+            "torch.load(weights_only=True) does not run, and the file is never unpickled; "
+            "keep tensors and plain containers, e.g. torch.save(model.state_dict(), path), "
+            "or use a .safetensors file)"
+        )
+    return f"not a readable checkpoint ({_first_line(exc)})"
 
 
 def check_readable(path: str | os.PathLike[str]) -> None:

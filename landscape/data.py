@@ -452,6 +452,11 @@ def load_data(
             raise ValueError(
                 f"Unknown option(s) for {name}: {', '.join(bad)} (allowed: {', '.join(allowed)})"
             ) from None
+        except ValueError as exc:
+            if not kwargs:
+                raise
+            given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise ValueError(f"Invalid option for {name} ({given}): {exc}") from None
     xtr = np.asarray(xtr, dtype=np.float32)
     ytr = np.asarray(ytr, dtype=np.int64)
 

@@ -68,16 +68,31 @@ class _ConvNet(nn.Module):
         return x
 
 
+def _widths(hidden: Any) -> list[int]:
+    """The hidden widths: a sequence of integers of at least 1 (an int: one layer)."""
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = [hidden]
+    ok = isinstance(hidden, Sequence) and not isinstance(hidden, str | bytes)
+    if ok:
+        ok = all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)
+    if not ok:
+        raise ValueError(
+            f"Invalid hidden: {hidden!r} (a list of layer widths of at least 1, e.g. [64, 64])"
+        )
+    return [int(h) for h in hidden]
+
+
 class MLP(nn.Module):
     """Multi-layer perceptron on flattened inputs."""
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 256)):
         super().__init__()
+        widths = _widths(hidden)
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True)]
-            width = int(h)
+        for h in widths:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
@@ -321,6 +336,10 @@ def build_model(
     if int(num_classes) < 1:
         raise ValueError(f"Invalid num_classes: {num_classes}")
     size = _spatial(input_size)
+    for key in ("width", "hidden") if name != "mlp" else ():
+        value = kwargs.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"Invalid {key}: {value!r} for model {name!r} (an integer >= 1)")
     try:
         if name == "mlp":
             return MLP(int(in_channels) * math.prod(size), int(num_classes), **kwargs)

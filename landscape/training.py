@@ -488,7 +488,7 @@ def train(
     """
     args = dict(locals())  # this call's arguments by name (the configuration, the options)
     _check_train_arguments(
-        epochs, batch_size, save_every, lr, momentum, weight_decay, nonfinite, out
+        epochs, batch_size, save_every, lr, weight_decay, nonfinite, out, momentum=momentum
     )
     if int(eval_batch_size) < 1:
         raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
@@ -525,10 +525,11 @@ def _check_train_arguments(
     batch_size: int,
     save_every: int,
     lr: float,
-    momentum: float,
     weight_decay: float,
     nonfinite: str,
     out: str | Path | None,
+    *,
+    momentum: float = 0.0,
 ) -> None:
     """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from landscape.cli._args import comma_list
+from landscape.cli._args import comma_list, positive_int
 from landscape.cli._user import USAGE, add_user_arguments, user_models
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,13 @@ def add_measurement_arguments(p: argparse.ArgumentParser, what: str) -> None:
     """
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
     p.add_argument(
-        "--max-samples", type=int, default=None, metavar="N", help="use the first N samples"
+        "--max-samples",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="use the first N samples",
     )
-    p.add_argument("--batch-size", type=int, default=256, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--labels", type=comma_list, default=None, help=f"comma-separated {what} labels")
 
@@ -59,11 +63,22 @@ def metric_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     """The shared and per-metric options of :func:`add_metric_option_arguments`' flags."""
     from landscape.metrics import parse_option_assignments
 
+    seen: dict[str, str] = {}
+    for item in args.assignments:  # a KEY given twice: one value would be dropped
+        key, _, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if seen.setdefault(key, value) != value:
+            raise ValueError(f"Invalid options: --set {key}={seen[key]} and {key}={value} disagree")
     options, per_metric = parse_option_assignments(args.assignments)
-    for _, dest, _, _ in _OPTION_FLAGS:
+    for flag, dest, _, _ in _OPTION_FLAGS:
         value = getattr(args, f"opt_{dest}")
-        if value is not None:
-            options[dest] = value
+        if value is None:
+            continue
+        if dest in options and options[dest] != value:  # one of them was silently dropped
+            raise ValueError(
+                f"Invalid options: {flag} {value} and --set {dest}={options[dest]} disagree"
+            )
+        options[dest] = value
     return options, per_metric
 
 

@@ -415,21 +415,13 @@ class BatchAdapter:
             )
 
     def _check_pair(self, model: nn.Module, parts: BatchParts) -> None:
-        """Refuse floating inputs of another dtype than the model's, and labels of int32.
+        """Refuse int32 labels for the default cross-entropy.
 
-        Both fail deep inside torch otherwise (``mat1 and mat2 must have the same dtype``,
-        ``expected scalar type Long``), in some computations and not in others.
+        It fails deep inside torch otherwise (``expected scalar type Long``). Inputs of
+        another floating dtype than the model's are not refused here (a model may cast
+        them itself): :meth:`outputs` explains the error when the forward fails on them.
         """
-        inputs, targets = parts.inputs, parts.targets
-        if isinstance(inputs, Tensor) and inputs.is_floating_point() and self.forward is None:
-            dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-            if len(dtypes) == 1 and inputs.dtype not in dtypes:
-                (dtype,) = dtypes
-                raise ValueError(
-                    f"Invalid batch: inputs of {inputs.dtype} but the model's parameters are "
-                    f"{dtype}; convert one to the other (e.g. inputs.to({dtype}) in the data, "
-                    f"or model.to({inputs.dtype}))"
-                )
+        targets = parts.targets
         if (
             self.loss_fn is None
             and isinstance(targets, Tensor)
@@ -453,7 +445,13 @@ class BatchAdapter:
             if parts.style != MODEL:
                 return model(**parts.inputs)
             return model(**_call_kwargs(model, parts.inputs)[0])
-        return model(parts.inputs)
+        try:
+            return model(parts.inputs)
+        except RuntimeError as exc:
+            hint = _dtype_mismatch(model, parts.inputs)
+            if hint is None:
+                raise
+            raise ValueError(hint) from exc
 
     def loss_of(self, outputs: Any, parts: BatchParts) -> Tensor:
         """The batch's mean loss from the model's outputs."""
@@ -505,3 +503,22 @@ class BatchAdapter:
                     f"Invalid compute_loss: its n_items is {res[1]!r}, not an integer"
                 ) from None
         return None
+
+
+def _dtype_mismatch(model: nn.Module, inputs: Any) -> str | None:
+    """Why a forward failed, when its floating inputs are of another dtype than the model's.
+
+    ``mat1 and mat2 must have the same dtype`` from deep inside torch becomes a sentence
+    saying what to convert; None when the dtypes agree (the error is something else).
+    """
+    if not (isinstance(inputs, Tensor) and inputs.is_floating_point()):
+        return None
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1 or inputs.dtype in dtypes:
+        return None
+    (dtype,) = dtypes
+    return (
+        f"Invalid batch: inputs of {inputs.dtype} but the model's parameters are {dtype}; "
+        f"convert one to the other (e.g. inputs.to({dtype}) in the data, or "
+        f"model.to({inputs.dtype}))"
+    )

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -217,7 +218,7 @@ def _check_settings(
     for name, value in (*sizes, ("save_every", save_every)):
         if value < 1 or (name == "grid" and value < 2):
             raise ValueError(f"Invalid {name}: {value}")
-    if span <= 0:
+    if not 0 < span < math.inf:  # NaN too
         raise ValueError(f"Invalid span: {span}")
     if not 0 <= label_noise <= 1:
         raise ValueError(f"Invalid label_noise: {label_noise} (a fraction in [0, 1])")

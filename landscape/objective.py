@@ -438,6 +438,12 @@ class Objective:
             and all(isinstance(t, Tensor) for t in data)
         ):
             inputs, targets = data
+            if inputs.dim() == 0 or targets.dim() == 0:
+                raise ValueError(
+                    f"Invalid data: a pair of tensors of shapes {tuple(inputs.shape)} and "
+                    f"{tuple(targets.shape)}; both need a leading batch dimension (one sample: "
+                    "x[None], y[None], or x[:1], y[:1])"
+                )
             if inputs.shape[0] != targets.shape[0]:
                 raise ValueError(
                     f"Invalid data: {inputs.shape[0]} inputs but {targets.shape[0]} targets"

@@ -57,6 +57,7 @@ class ReportInputs:
     spectra: list[tuple[str, Any]] = field(default_factory=list)
     runs: list[tuple[str, list[dict]]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    given_checkpoints: list[Path] = field(default_factory=list)  # named as inputs
 
     def empty(self) -> bool:
         """True when there is nothing to show."""
@@ -112,6 +113,7 @@ def collect_report_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
                 raise ValueError(f"{path}: neither a comparison nor a spectral density JSON")
         elif suffix in (".pt", ".pth"):
             inputs.checkpoints.append(path)
+            inputs.given_checkpoints.append(path)
         else:
             raise ValueError(
                 f"report input {path} is not a run folder, .h5, .json, .jsonl or .pt file"
@@ -376,6 +378,12 @@ def _add_computed_comparison(
     if models and not compute_metrics:
         raise ValueError("models were given without compute_metrics (the metrics to compute)")
     if not compute_metrics:
+        if collected.given_checkpoints:
+            raise ValueError(
+                f"report input {collected.given_checkpoints[0]} is a checkpoint: it is "
+                "measured only with compute_metrics (--compute METRICS); give the metrics or "
+                "leave it out"
+            )
         return
     if not collected.checkpoints and not models:
         raise ValueError("compute_metrics was given but the inputs hold no checkpoint")

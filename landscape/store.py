@@ -202,11 +202,10 @@ def _grid_shape(x: np.ndarray, y: np.ndarray | None) -> tuple[int, ...]:
     return (len(x),) if y is None else (len(y), len(x))
 
 
-def _corrupt(path: Path, exc: BaseException) -> ValueError:
-    return ValueError(
-        f"{path}: not a readable surface file ({type(exc).__name__}: {exc}); "
-        "delete it or overwrite it (--overwrite / overwrite=True)"
-    )
+def _corrupt(path: Path, exc: BaseException, output: bool = False) -> ValueError:
+    """The error for a file that is not a surface file; the overwrite advice for outputs."""
+    advice = "; delete it or overwrite it (--overwrite / overwrite=True)" if output else ""
+    return ValueError(f"{path}: not a readable surface file ({type(exc).__name__}: {exc}){advice}")
 
 
 # --------------------------------------------------------------------------- reading
@@ -454,7 +453,7 @@ def open_surface_file(
         try:
             f = h5py.File(path, "r+")
         except OSError as exc:
-            raise _corrupt(path, exc) from exc
+            raise _corrupt(path, exc, output=True) from exc
         try:
             if fields is None:
                 fields = list(_decode_attr(f.attrs.get("fields", _JSON_PREFIX + "[]")))
@@ -465,11 +464,11 @@ def open_surface_file(
             _check_identity(path, f, identity, x, y, fields)
             for name in (*fields, "done"):
                 if f[name].shape != shape:
-                    raise _corrupt(path, ValueError(f"{name} has shape {f[name].shape}"))
+                    raise _corrupt(path, ValueError(f"{name} has shape {f[name].shape}"), True)
             writer = SurfaceWriter(path, f, fields, shape)
         except KeyError as exc:
             f.close()
-            raise _corrupt(path, exc) from exc
+            raise _corrupt(path, exc, output=True) from exc
         except BaseException:
             f.close()
             raise

@@ -140,14 +140,35 @@ def test_float64_data_for_a_float32_model_is_one_clear_error():
     # Before: "mat1 and mat2 must have the same dtype" from inside torch at the first
     # evaluation (and from other places in other computations).
     model, x, y = _tiny()
-    with pytest.raises(ValueError, match=r"inputs of torch.float64 .* torch.float32"):
-        Objective(model, (x.double(), y))
+    obj = Objective(model, (x.double(), y))
+    for compute in (obj.evaluate, obj.gradient):
+        with pytest.raises(ValueError, match=r"inputs of torch.float64 .* torch.float32"):
+            compute()
 
 
 def test_float32_data_for_a_float64_model_is_one_clear_error():
     model, x, y = _tiny()
     with pytest.raises(ValueError, match=r"model.to\(torch.float32\)|inputs.to\(torch.float64\)"):
-        Objective(model.double(), [(x, y)])
+        Objective(model.double(), [(x, y)]).evaluate()
+
+
+def test_a_model_that_casts_its_inputs_itself_is_not_refused():
+    """The dtype of the inputs is the model's business when its forward converts them."""
+
+    class Casting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _tiny()[0]
+
+        def forward(self, x):
+            return self.inner(x.to(torch.float32))
+
+    model, x, y = _tiny()
+    casting = Casting()
+    casting.inner.load_state_dict(model.state_dict())
+    obj = Objective(casting, (x.double(), y))
+    assert obj.evaluate()["loss"] == pytest.approx(F.cross_entropy(model(x), y).item())
+    assert len(obj.gradient()) == len(list(model.parameters()))
 
 
 def test_matching_dtypes_and_a_forward_still_pass():
@@ -483,12 +504,6 @@ def test_losses_that_are_not_a_mean_are_one_clear_error(option, message):
 # --------------------------------------------------------------------------- other areas
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hessian/summary.py _check_options tests only `top_k < 0`: top_k=nan returns a "
-    "summary without eigenvalues and top_k=1.5 fails with a TypeError inside Lanczos; fix: "
-    "refuse a top_k that is not an integer >= 0 (operator.index)",
-)
 @pytest.mark.parametrize("top_k", [math.nan, 1.5])
 def test_hessian_summary_refuses_a_top_k_that_is_not_a_count(top_k):
     from landscape.hessian.summary import hessian_summary
@@ -498,13 +513,6 @@ def test_hessian_summary_refuses_a_top_k_that_is_not_a_count(top_k):
         hessian_summary(model, (x, y), top_k=top_k, progress=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py's reader ends 'not a readable surface file' with 'delete it or "
-    "overwrite it (--overwrite / overwrite=True)', advice for an output, given for plot's "
-    "input (plot has no --overwrite); fix: the overwrite advice only where the file is an "
-    "output (surface/connect), e.g. a flag of the reader",
-)
 def test_plot_of_a_corrupt_surface_file_gives_no_overwrite_advice(tmp_path, capsys):
     bad = tmp_path / "s.h5"
     bad.write_text("not hdf5\n")
@@ -514,13 +522,6 @@ def test_plot_of_a_corrupt_surface_file_gives_no_overwrite_advice(tmp_path, caps
     assert "--overwrite" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report.py collect_inputs takes any .pt as a checkpoint without reading it; "
-    "without --compute it is never opened, so a text file named x.pt is silently left out "
-    "of the page (rc 0); fix: read_checkpoint (weights_only) each .pt when collected, or "
-    "refuse .pt inputs without --compute",
-)
 def test_report_refuses_an_unreadable_checkpoint_input(tmp_path, capsys):
     from landscape.compare import compare_models
 
@@ -559,12 +560,6 @@ def test_refused_pickle_and_torchscript_say_what_and_never_advise_weights_only_f
         read_checkpoint(tmp_path / "j.pt")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="demo.py _check_settings tests `span <= 0` and `0 <= label_noise <= 1`, which NaN "
-    "passes: run_demo(span=nan) trains every optimizer (a minute) before parse_grid refuses "
-    "'nan:nan:21'; fix: `not 0 < span < inf` (the CLI now refuses it when parsing)",
-)
 def test_demo_settings_refuse_nan_span():
     from landscape.demo import _check_settings
 
@@ -572,12 +567,6 @@ def test_demo_settings_refuse_nan_span():
         _check_settings(4, 5, 8, 1, math.nan, 0.0, 0, ["loss"], [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objective.py _make_source compares inputs.shape[0] with targets.shape[0]: a "
-    "0-d target (one unbatched sample, (x[0], y[0])) raises IndexError 'tuple index out of "
-    "range'; fix: refuse a pair whose tensors have no batch dimension with a ValueError",
-)
 def test_an_unbatched_pair_is_one_clear_error():
     model, x, y = _tiny()
     with pytest.raises(ValueError, match="Invalid data"):

@@ -372,6 +372,10 @@ def compute_surface(
     Returns:
         The surface (on every rank).
     """
+    if not isinstance(model, nn.Module | Objective):
+        raise ValueError(
+            f"Invalid model: a {type(model).__name__}; expected a torch.nn.Module or an Objective"
+        )
     args = dict(locals())  # this call's arguments by name, grouped by the specs below
     _check_evaluation(evaluation, points_per_batch)
     compile_spec = _compile_spec(compile, evaluation, model)

@@ -363,13 +363,14 @@ def hessian_summary(
 def _eigen_part(
     op: HessianOperator, s: dict[str, Any], run: _RunOptions
 ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
+    k = min(s["top_k"], op.dim)
     res = lanczos_eigen(
         op,
-        k=min(s["top_k"], op.dim),
+        k=k,
         which=s["which"],
         tol=s["tol"],
         criterion=s["criterion"],
-        max_products=max(s["max_products"], s["top_k"]),
+        max_products=max(s["max_products"], k),
         seed=s["seed"],
         progress=run.progress,
         **run.basis,

@@ -571,3 +571,17 @@ def test_an_unbatched_pair_is_one_clear_error():
     model, x, y = _tiny()
     with pytest.raises(ValueError, match="Invalid data"):
         Objective(model, (x[0], y[0]))
+
+
+def test_compute_surface_of_no_model_and_summary_of_a_huge_top_k():
+    from landscape.hessian.summary import hessian_summary
+    from landscape.surface import compute_surface
+
+    model, x, y = _tiny()
+    with pytest.raises(ValueError, match="Invalid model: a NoneType"):
+        compute_surface(None, (x, y), x=[0.0], progress=False)
+    # top_k above the parameter count: all of them, in at most that many products
+    dim = sum(p.numel() for p in model.parameters())
+    res = hessian_summary(model.double(), (x.double(), y), top_k=10**9, progress=False)
+    assert len(res["eigen"]["eigenvalues"]) == dim
+    assert res["products"] <= dim + 1

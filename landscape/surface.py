@@ -372,12 +372,8 @@ def compute_surface(
     Returns:
         The surface (on every rank).
     """
-    if not isinstance(model, nn.Module | Objective):
-        raise ValueError(
-            f"Invalid model: a {type(model).__name__}; expected a torch.nn.Module or an Objective"
-        )
     args = dict(locals())  # this call's arguments by name, grouped by the specs below
-    _check_evaluation(evaluation, points_per_batch)
+    _check_call(model, evaluation, points_per_batch)
     compile_spec = _compile_spec(compile, evaluation, model)
     reading, loading = _BatchReading.of(args), _Loading.of(args)
     base, model, params = _objective_argument(model, data, test_data, reading, params)
@@ -489,6 +485,15 @@ def _check_evaluation(evaluation: str, points_per_batch: int) -> None:
         raise ValueError(f"Invalid evaluation: {evaluation!r}; expected one of {EVALUATION_MODES}")
     if points_per_batch < 1:
         raise ValueError(f"Invalid points_per_batch: {points_per_batch}")
+
+
+def _check_call(model: Any, evaluation: str, points_per_batch: int | None) -> None:
+    """Refuse, before any work, a model that is not a module and an unknown evaluation."""
+    if not isinstance(model, nn.Module | Objective):
+        raise ValueError(
+            f"Invalid model: a {type(model).__name__}; expected a torch.nn.Module or an Objective"
+        )
+    _check_evaluation(evaluation, points_per_batch)
 
 
 def _objective_argument(

@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - exercised only without transfor
     ) from err
 
 from optimizers._base import BatchPart, SharpnessAwareOptimizer
-from optimizers._registry import build_optimizer
+from optimizers._registry import OPTIMIZERS, build_optimizer
 from optimizers.agnostic_sam import AgnosticSAM
 
 __all__ = ["SharpnessAwareTrainer"]
@@ -73,6 +73,35 @@ def _check_args(args: Any) -> None:
         raise ValueError(
             "Invalid TrainingArguments: this transformers version clips the first pass's "
             "gradient; set max_grad_norm=0 (or upgrade transformers)"
+        )
+
+
+_SET_BY_TRAINER = {
+    "params": "the Trainer's parameter groups",
+    "model": "the Trainer's model",
+    "lr": "TrainingArguments(learning_rate=...)",
+    "weight_decay": "TrainingArguments(weight_decay=...)",
+}
+
+
+def _check_sam_request(name: str | None, kwargs: dict[str, Any] | None) -> None:
+    """Refuse, at construction, a ``sam_optimizer``/``sam_kwargs`` pair that cannot build.
+
+    ``lr`` and ``weight_decay`` come from the ``TrainingArguments`` (a ``weight_decay``
+    in ``sam_kwargs`` would be overridden by the parameter groups' own, silently).
+    """
+    if name is None:
+        if kwargs:
+            raise ValueError("Invalid arguments: sam_kwargs without sam_optimizer")
+        return
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"Invalid sam_optimizer: {name!r} (expected one of {', '.join(OPTIMIZERS)})"
+        )
+    clash = sorted(set(kwargs or {}) & set(_SET_BY_TRAINER))
+    if clash:
+        raise ValueError(
+            f"Invalid sam_kwargs: {clash[0]!r} is set by the Trainer ({_SET_BY_TRAINER[clash[0]]})"
         )
 
 
@@ -117,8 +146,9 @@ class SharpnessAwareTrainer(Trainer):
         **kwargs: As for ``transformers.Trainer``.
 
     Raises:
-        ValueError: ``fp16=True``, DeepSpeed, FSDP, or an optimizer that is not
-            sharpness-aware.
+        ValueError: ``fp16=True``, DeepSpeed, FSDP, an optimizer that is not
+            sharpness-aware, a ``sam_optimizer`` name that is not one, or ``sam_kwargs``
+            giving what the Trainer sets (``lr``, ``weight_decay``, ``model``).
 
     Example:
         >>> opt = SAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, rho=0.05)
@@ -141,6 +171,7 @@ class SharpnessAwareTrainer(Trainer):
             self._loss_shifts_labels = True  # read by the Trainer's item count
         if sam_optimizer is not None and self.optimizer is not None:
             raise ValueError("Invalid arguments: give sam_optimizer or optimizers, not both")
+        _check_sam_request(sam_optimizer, sam_kwargs)
         self.sam_optimizer = sam_optimizer
         self.sam_kwargs = dict(sam_kwargs or {})
         self._window: list[tuple[nn.Module, dict[str, Any], Any]] = []

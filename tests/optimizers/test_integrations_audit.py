@@ -1,0 +1,128 @@
+"""Audit of the integrations: the optimizers inside the Trainer, Lightning and own loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from test_integrations_transformers import (
+    LR,
+    TokenData,
+    max_diff,
+    tiny_gpt2,
+)
+from transformers import TrainingArguments, get_linear_schedule_with_warmup
+
+import optimizers as O
+from optimizers.integrations.transformers import SharpnessAwareTrainer
+
+
+def targs(tmp_path, **kw) -> TrainingArguments:
+    args = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        train_sampling_strategy="sequential",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    args.update(kw)
+    return TrainingArguments(**args)
+
+
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "model"])
+def test_sam_kwargs_the_trainer_sets_are_refused_at_construction(tmp_path, key):
+    # weight_decay was silently overridden by the groups' args.weight_decay; lr and model
+    # gave a TypeError from inside create_optimizer at train()
+    with pytest.raises(ValueError, match=f"Invalid sam_kwargs: '{key}' is set by the Trainer"):
+        SharpnessAwareTrainer(
+            model=tiny_gpt2(),
+            args=targs(tmp_path),
+            train_dataset=TokenData(4),
+            sam_optimizer="sam",
+            sam_kwargs={key: 0.5},
+        )
+
+
+@pytest.mark.parametrize("name", ["sgd", "bogus"])
+def test_sam_optimizer_name_checked_at_construction(tmp_path, name):
+    with pytest.raises(ValueError, match="Invalid sam_optimizer"):
+        SharpnessAwareTrainer(
+            model=tiny_gpt2(), args=targs(tmp_path), train_dataset=TokenData(4), sam_optimizer=name
+        )
+
+
+def test_sam_kwargs_without_sam_optimizer_refused(tmp_path):
+    model = tiny_gpt2()
+    opt = O.SAM(model.parameters(), torch.optim.SGD, lr=LR)
+    with pytest.raises(ValueError, match="sam_kwargs without sam_optimizer"):
+        SharpnessAwareTrainer(
+            model=model,
+            args=targs(tmp_path),
+            train_dataset=TokenData(4),
+            optimizers=(opt, None),
+            sam_kwargs={"rho": 0.1},
+        )
+
+
+def test_gsam_rho_follows_the_trainers_warmup(tmp_path):
+    data = TokenData(20)
+
+    def gsam(model):
+        return O.GSAM(
+            model.parameters(), torch.optim.SGD, rho_max=0.2, rho_min=0.0, lr=LR, momentum=0.9
+        )
+
+    model = tiny_gpt2()
+    args = targs(tmp_path, lr_scheduler_type="linear", warmup_steps=2, max_steps=5)
+    SharpnessAwareTrainer(
+        model=model, args=args, train_dataset=data, optimizers=(gsam(model), None)
+    ).train()
+    ref = tiny_gpt2()
+    opt = gsam(ref)
+    sched = get_linear_schedule_with_warmup(opt, 2, 5)
+    for s in range(5):
+        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
+
+        def closure(ids=ids, labels=labels):
+            opt.zero_grad()
+            loss = ref(input_ids=ids, labels=labels).loss
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        sched.step()
+    assert max_diff(model, ref) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["sam", "momentum_sam"])
+def test_trainer_resume_equals_uninterrupted(tmp_path, name):
+    data = TokenData(16)
+    kw = {"momentum": 0.9, **({"rho": 0.5} if name == "momentum_sam" else {})}
+
+    def trainer(out, **extra):
+        model = tiny_gpt2()
+        args = targs(
+            out, save_strategy="steps", save_steps=2, lr_scheduler_type="linear", warmup_steps=1
+        )
+        return model, SharpnessAwareTrainer(
+            model=model, args=args, train_dataset=data, sam_optimizer=name, sam_kwargs=kw
+        )
+
+    full, tr = trainer(tmp_path / "a")
+    tr.train()
+    resumed, tr = trainer(tmp_path / "b")
+    tr.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert max_diff(full, resumed) == 0.0
+    saved = torch.load(tmp_path / "a" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert all("momentum_buffer" in v for v in saved["state"].values())

@@ -14,7 +14,8 @@ same batch.  :class:`SharpnessAwareTrainer` keeps the Trainer's loop and fills t
    clipping.  (Clipping the first pass's gradient instead would change GSAM, GAM and FAD.)
 
 Supported: gradient accumulation (each pass is the gradient of the whole accumulated
-batch at one point), ``bf16=True`` (autocast, no loss scaling), a learning-rate
+batch at one point; Agnostic-SAM's parts are the parts of that whole batch, so
+micro-batches of one sample work), ``bf16=True`` (autocast, no loss scaling), a learning-rate
 scheduler, ``max_grad_norm``.  Refused at construction with a ``ValueError``: ``fp16=True``
 (the Trainer's GradScaler unscales the first pass's gradient in place before the other
 passes run), DeepSpeed and FSDP (they own the optimizer step).  Under DDP the first pass
@@ -55,6 +56,29 @@ def _without_backward(accelerator: Any) -> Iterator[None]:
         yield
     finally:
         del accelerator.backward
+
+
+class _Rows(BatchPart):
+    """Fixed rows of one micro-batch: the share of a :class:`BatchPart` of the window."""
+
+    def __init__(self, part: BatchPart, rows: slice) -> None:
+        super().__init__(part.fraction, part.which)
+        self.rows = rows
+
+    def slice(self, n: int) -> slice:
+        """The rows, whatever ``n``."""
+        return self.rows
+
+
+def _rows(inputs: dict[str, Any]) -> int:
+    """The number of samples of a micro-batch (the first dimension of its tensors)."""
+    for value in inputs.values():
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError(
+        "Invalid batch: AgnosticSAM splits the batch along the first dimension of its "
+        f"tensors, and this one has none (keys: {', '.join(map(str, inputs))})"
+    )
 
 
 def _check_args(args: Any) -> None:
@@ -257,17 +281,39 @@ class SharpnessAwareTrainer(Trainer):
         def closure(part: BatchPart | None = None) -> Tensor:
             self._sam.zero_grad()
             total = torch.zeros((), device=self.args.device)
-            for i, (model, inputs, n) in enumerate(window):
-                if part is not None:
-                    # a part's gradient is normalised by the rule: its scale does not matter
-                    inputs, n = part.select(inputs), None
-                last = i == len(window) - 1
+            items = window if part is None else self._window_part(window, part)
+            for i, (model, inputs, n) in enumerate(items):
+                last = i == len(items) - 1
                 sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
                 with sync:
                     total = total + Trainer.training_step(self, model, inputs, n)
             return total
 
         return closure
+
+    def _window_part(
+        self, window: list[tuple[nn.Module, dict[str, Any], Any]], part: BatchPart
+    ) -> list[tuple[nn.Module, dict[str, Any], Any]]:
+        """Agnostic-SAM's part of the whole accumulated batch, micro-batch by micro-batch.
+
+        The rows of the window are counted end to end and ``part`` splits them (so a
+        micro-batch of one sample is fine); each micro-batch contributes the rows of the
+        part it holds, and the part's loss is its mean over its counted items, as for the
+        whole window.
+        """
+        sizes = [_rows(inputs) for _, inputs, _ in window]
+        whole = part.slice(sum(sizes))
+        out, start = [], 0
+        for (model, inputs, _), n in zip(window, sizes):
+            lo, hi = max(whole.start - start, 0), min(whole.stop - start, n)
+            start += n
+            if lo < hi:
+                out.append((model, _Rows(part, slice(lo, hi)).select(inputs)))
+        count_items = getattr(self, "_get_num_items_in_batch", None)
+        n_items = (
+            None if count_items is None else count_items([i for _, i in out], self.args.device)
+        )
+        return [(model, inputs, n_items) for model, inputs in out]
 
     def _sharpness_aware_step(self, inner: Callable[..., Any], **kwargs: Any) -> Any:
         """What ``optimizer.step()`` does when the Trainer calls it: the further passes."""

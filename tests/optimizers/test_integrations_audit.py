@@ -126,3 +126,39 @@ def test_trainer_resume_equals_uninterrupted(tmp_path, name):
     assert max_diff(full, resumed) == 0.0
     saved = torch.load(tmp_path / "a" / "checkpoint-2" / "optimizer.pt", weights_only=True)
     assert all("momentum_buffer" in v for v in saved["state"].values())
+
+
+@pytest.mark.parametrize("micro", [2, 1])
+def test_agnostic_sam_splits_the_accumulated_batch(tmp_path, micro):
+    # The parts are those of the whole accumulated batch (as every other pass is its
+    # gradient): per-micro-batch splits differed from the big batch, and micro-batches of
+    # one sample were refused ("Invalid batch size: 1").
+    data = TokenData(12)
+
+    def agnostic(model):
+        return O.AgnosticSAM(model.parameters(), torch.optim.SGD, lr=LR, model=model)
+
+    model = tiny_gpt2()
+    args = targs(
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=4 // micro,
+    )
+    SharpnessAwareTrainer(
+        model=model, args=args, train_dataset=data, optimizers=(agnostic(model), None)
+    ).train()
+    ref = tiny_gpt2()
+    opt = agnostic(ref)
+    for s in range(3):
+        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
+
+        def closure(part=None, ids=ids, labels=labels):
+            opt.zero_grad()
+            x, y = (ids, labels) if part is None else (ids[part], labels[part])
+            loss = ref(input_ids=x, labels=y).loss
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    assert max_diff(model, ref) < 1e-6

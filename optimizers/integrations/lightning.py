@@ -46,7 +46,8 @@ of ``fit`` with a ``ValueError`` (:func:`check_lightning_trainer` does the same 
   on the ``LightningOptimizer``, ``self.manual_backward`` in the closure).
 
 The callback also gives each optimizer built without ``model=`` the module (or, under
-DDP, the wrapped module) so that BatchNorm statistics are frozen in the extra passes.
+DDP, the wrapped module) so that BatchNorm statistics are frozen in the extra passes
+(and ASAM's ``T`` follows the parameter names, as with ``model=``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from torch import nn
 
 from optimizers._base import SharpnessAwareOptimizer
 from optimizers.agnostic_sam import AgnosticSAM
+from optimizers.integrations._attach import attach_model
 
 __all__ = ["SharpnessAwareCallback", "check_lightning_trainer"]
 
@@ -113,7 +115,7 @@ def check_lightning_trainer(trainer: Any, module: Any) -> None:
     target = wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else module
     for o in opts:
         if o.model is None:
-            o.model = target
+            attach_model(o, target)
 
 
 class SharpnessAwareCallback(pl.Callback):

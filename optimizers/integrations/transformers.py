@@ -44,6 +44,7 @@ except ImportError as err:  # pragma: no cover - exercised only without transfor
 from optimizers._base import BatchPart, SharpnessAwareOptimizer
 from optimizers._registry import OPTIMIZERS, build_optimizer
 from optimizers.agnostic_sam import AgnosticSAM
+from optimizers.integrations._attach import attach_model
 
 __all__ = ["SharpnessAwareTrainer"]
 
@@ -265,7 +266,7 @@ class SharpnessAwareTrainer(Trainer):
         """
         opt = self._sam
         if opt.model is None or isinstance(model, nn.parallel.DistributedDataParallel):
-            opt.model = model
+            attach_model(opt, model)
         if not self._window and opt._perturbs_first:
             opt.first_step()  # Momentum-SAM: its only pass runs at the perturbed point
         self._window.append((model, dict(inputs), num_items_in_batch))

@@ -162,3 +162,39 @@ def test_agnostic_sam_splits_the_accumulated_batch(tmp_path, micro):
 
         opt.step(closure)
     assert max_diff(model, ref) < 1e-6
+
+
+def test_trainer_gives_asam_the_names_of_the_model(tmp_path):
+    # ASAM built without model= (a warning: names unknown, the "dim" rule) is given the
+    # model by the Trainer; its T must then follow the names (LayerNorm scales are
+    # "weight"s), as for ASAM(..., model=model). The names stayed unknown.
+    data = TokenData(12)
+    model = tiny_gpt2()
+    with pytest.warns(UserWarning, match="have no name"):
+        opt = O.ASAM(model.parameters(), torch.optim.SGD, lr=LR, rho=2.0)
+    SharpnessAwareTrainer(
+        model=model, args=targs(tmp_path, max_steps=3), train_dataset=data, optimizers=(opt, None)
+    ).train()
+    ref = tiny_gpt2()
+    ro = O.ASAM(ref.parameters(), torch.optim.SGD, lr=LR, rho=2.0, model=ref)
+    for s in range(3):
+        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
+
+        def closure(ids=ids, labels=labels):
+            ro.zero_grad()
+            loss = ref(input_ids=ids, labels=labels).loss
+            loss.backward()
+            return loss
+
+        ro.step(closure)
+    assert max_diff(model, ref) < 1e-6
+
+
+def test_lightning_callback_gives_asam_the_names_of_the_module():
+    pytest.importorskip("lightning.pytorch")
+    import test_integrations_lightning as tl
+
+    module = tl.Module("asam")  # configure_optimizers: no model=, the callback sets it
+    tl.fit(module)  # (ASAM warns at construction that it knows no names yet)
+    # the BatchNorm scale is a "weight": T = |θ| + eta, as with ASAM(..., model=model)
+    assert tl.max_diff(module.net, tl.plain_loop("asam")) < 1e-6

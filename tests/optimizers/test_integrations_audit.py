@@ -198,3 +198,16 @@ def test_lightning_callback_gives_asam_the_names_of_the_module():
     tl.fit(module)  # (ASAM warns at construction that it knows no names yet)
     # the BatchNorm scale is a "weight": T = |θ| + eta, as with ASAM(..., model=model)
     assert tl.max_diff(module.net, tl.plain_loop("asam")) < 1e-6
+
+
+@pytest.mark.parametrize("swap", ["swapped", "model_twice"])
+def test_batch_closure_refuses_a_model_for_the_optimizer(swap):
+    # swapped: a TypeError deep in the batch adapter; the model twice: ran, silently
+    from optimizers.integrations import batch_closure
+
+    net = torch.nn.Linear(4, 3)
+    opt = O.SAM(net.parameters(), torch.optim.SGD, lr=0.1, model=net)
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    args = (net, opt) if swap == "swapped" else (net, net)
+    with pytest.raises(ValueError, match=r"Invalid (optimizer|model)"):
+        batch_closure(*args, (x, y))

@@ -237,11 +237,15 @@ class SharpnessAwareTrainer(Trainer):
                 f"Invalid optimizer: {type(opt).__name__} is not sharpness-aware (pass "
                 "optimizers=(SAM(...), None) or sam_optimizer='sam')"
             )
-        if getattr(opt.step, "_sharpness_aware_trainer", None) is self:
+        previous = getattr(opt.step, "_sharpness_aware_trainer", None)
+        if previous is self:
             return
-        self._sam = opt
-        opt.base_optimizer.register_step_pre_hook(self._clip_direction)
         inner = opt.step
+        if previous is not None:  # a Trainer built before on this optimizer: unhook it
+            previous._clip_hook.remove()
+            inner = inner.__wrapped__
+        self._sam = opt
+        self._clip_hook = opt.base_optimizer.register_step_pre_hook(self._clip_direction)
 
         @functools.wraps(inner)
         def step(closure: Callable[..., Any] | None = None, **kwargs: Any) -> Any:

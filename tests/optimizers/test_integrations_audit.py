@@ -211,3 +211,22 @@ def test_batch_closure_refuses_a_model_for_the_optimizer(swap):
     args = (net, opt) if swap == "swapped" else (net, net)
     with pytest.raises(ValueError, match=r"Invalid (optimizer|model)"):
         batch_closure(*args, (x, y))
+
+
+def test_a_second_trainer_on_the_same_optimizer_replaces_the_first(tmp_path):
+    # The first Trainer's clipping hook stayed on the base optimizer: a second Trainer
+    # with max_grad_norm=0 still clipped the direction to the first one's 1e-3.
+    data = TokenData(8)
+    model = tiny_gpt2()
+    opt = O.SAM(model.parameters(), torch.optim.SGD, lr=LR, rho=0.05, model=model)
+    first = targs(tmp_path, max_steps=1, max_grad_norm=1e-3)
+    SharpnessAwareTrainer(model=model, args=first, train_dataset=data, optimizers=(opt, None))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = SharpnessAwareTrainer(
+        model=model, args=targs(tmp_path, max_steps=1), train_dataset=data, optimizers=(opt, None)
+    )
+    trainer.train()
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    (norm,) = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    assert norm > 0.1
+    assert step.norm().item() / LR == pytest.approx(norm, rel=1e-4)  # SGD: Δθ = −lr·d

@@ -271,14 +271,32 @@ class SharpnessAwareTrainer(Trainer):
         opt = self._sam
         if opt.model is None or isinstance(model, nn.parallel.DistributedDataParallel):
             attach_model(opt, model)
-        if not self._window and opt._perturbs_first:
-            opt.first_step()  # Momentum-SAM: its only pass runs at the perturbed point
-        self._window.append((model, dict(inputs), num_items_in_batch))
-        if not isinstance(opt, AgnosticSAM):
-            return super().training_step(model, inputs, num_items_in_batch)
-        # Agnostic-SAM's first pass is a part of the batch: here only the loss, at θ
-        with torch.no_grad(), _without_backward(self.accelerator):
-            return super().training_step(model, inputs, num_items_in_batch)
+        try:
+            if not self._window and opt._perturbs_first:
+                opt.first_step()  # Momentum-SAM: its only pass runs at the perturbed point
+            self._window.append((model, dict(inputs), num_items_in_batch))
+            if not isinstance(opt, AgnosticSAM):
+                return super().training_step(model, inputs, num_items_in_batch)
+            # Agnostic-SAM's first pass is a part of the batch: here only the loss, at θ
+            with torch.no_grad(), _without_backward(self.accelerator):
+                return super().training_step(model, inputs, num_items_in_batch)
+        except BaseException:
+            self._abandon_step()
+            raise
+
+    def _abandon_step(self) -> None:
+        """After an exception (an interrupt, OOM) inside a step: back to θ, nothing kept.
+
+        The micro-batches of the step are dropped (the next step must not replay them),
+        and Momentum-SAM's move to the perturbed point is undone, so that evaluating or
+        saving after the exception sees θ.
+        """
+        self._window = []
+        opt = self._sam
+        pending, opt._pending = opt._pending, None
+        if pending is not None:
+            pending.freeze.close()
+            opt._restore()
 
     def _replay(self, window: list[tuple[nn.Module, dict[str, Any], Any]]) -> Callable[..., Any]:
         """The closure of one step: the Trainer's ``training_step`` over the window."""
@@ -327,8 +345,12 @@ class SharpnessAwareTrainer(Trainer):
             raise ValueError("Invalid call: optimizer.step() without a training_step before it")
         closure = self._replay(window)
         if self._sam._pending is not None:  # Momentum-SAM, after first_step()
-            while not self._sam.second_step(**kwargs):
-                closure()
+            try:
+                while not self._sam.second_step(**kwargs):
+                    closure()
+            except BaseException:
+                self._abandon_step()
+                raise
             return None
         return inner(closure, **kwargs)
 

@@ -230,3 +230,58 @@ def test_a_second_trainer_on_the_same_optimizer_replaces_the_first(tmp_path):
     (norm,) = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
     assert norm > 0.1
     assert step.norm().item() / LR == pytest.approx(norm, rel=1e-4)  # SGD: Δθ = −lr·d
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _FailOnce(SharpnessAwareTrainer):
+    """Raises (as a KeyboardInterrupt or an OOM would) in the forward of call ``fail_at``."""
+
+    fail_at = 0
+
+    def compute_loss(self, model, inputs, **kwargs):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == self.fail_at:
+            raise _Interrupted
+        return super().compute_loss(model, inputs, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "fail_at", "steps"), [("momentum_sam", 3, 2), ("sam", 2, 1)])
+def test_an_interrupted_step_leaves_theta_and_no_stale_micro_batch(tmp_path, name, fail_at, steps):
+    # Momentum-SAM's weights stayed at the perturbed point after an exception in the
+    # Trainer's forward (seen by evaluate/save_model); any optimizer kept the
+    # interrupted micro-batches and replayed them in the next step.
+    data = TokenData(8)
+    model = tiny_gpt2()
+    opt = O.build_optimizer(name, model.parameters(), model=model, lr=LR, rho=0.5)
+    args = targs(
+        tmp_path, max_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=2
+    )
+    trainer = _FailOnce(model=model, args=args, train_dataset=data, optimizers=(opt, None))
+    trainer.fail_at = fail_at
+    ref = tiny_gpt2()
+    ro = O.build_optimizer(name, ref.parameters(), model=ref, lr=LR, rho=0.5)
+
+    def ref_step(s):
+        def closure():
+            ro.zero_grad()
+            loss = ref(
+                input_ids=data.ids[4 * s : 4 * s + 4], labels=data.labels[4 * s : 4 * s + 4]
+            ).loss
+            loss.backward()
+            return loss
+
+        ro.step(closure)
+
+    done = (fail_at - 1) // 2  # the steps completed before the failure
+    with pytest.raises(_Interrupted):
+        trainer.train()
+    for s in range(done):
+        ref_step(s)
+    assert max_diff(model, ref) < 1e-6  # at θ after the steps done
+    trainer.train()  # the run again, from its first batch
+    for s in range(steps):
+        ref_step(s)
+    assert max_diff(model, ref) < 1e-6

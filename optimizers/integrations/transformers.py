@@ -325,6 +325,13 @@ class SharpnessAwareTrainer(Trainer):
         whole window.
         """
         sizes = [_rows(inputs) for _, inputs, _ in window]
+        if sum(sizes) < 2:
+            raise ValueError(
+                f"Invalid batch size: {sum(sizes)} (AgnosticSAM splits the batch of a step "
+                "into a train and a validation part: raise per_device_train_batch_size or "
+                "gradient_accumulation_steps, or set dataloader_drop_last=True for a last "
+                "batch of one)"
+            )
         whole = part.slice(sum(sizes))
         out, start = [], 0
         for (model, inputs, _), n in zip(window, sizes):

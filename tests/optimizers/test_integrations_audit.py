@@ -285,3 +285,16 @@ def test_an_interrupted_step_leaves_theta_and_no_stale_micro_batch(tmp_path, nam
     for s in range(steps):
         ref_step(s)
     assert max_diff(model, ref) < 1e-6
+
+
+def test_agnostic_sam_step_of_one_sample_gives_trainer_advice(tmp_path):
+    # The optimizer's own message advised val_closure=, which a Trainer user cannot pass
+    model = tiny_gpt2()
+    opt = O.AgnosticSAM(model.parameters(), torch.optim.SGD, lr=LR, model=model)
+    args = targs(tmp_path, max_steps=1, per_device_train_batch_size=1)
+    trainer = SharpnessAwareTrainer(
+        model=model, args=args, train_dataset=TokenData(4), optimizers=(opt, None)
+    )
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        trainer.train()
+    assert max_diff(model, tiny_gpt2()) == 0.0

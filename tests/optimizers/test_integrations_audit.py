@@ -298,3 +298,18 @@ def test_agnostic_sam_step_of_one_sample_gives_trainer_advice(tmp_path):
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         trainer.train()
     assert max_diff(model, tiny_gpt2()) == 0.0
+
+
+def test_lightning_accumulation_scheduled_later_is_refused():
+    # GradientAccumulationScheduler raises accumulate_grad_batches at an epoch start,
+    # after the callback's check at the start of fit: the run went on silently, each
+    # step's extra passes on the last micro-batch only.
+    L = pytest.importorskip("lightning.pytorch")
+    import test_integrations_lightning as tl
+
+    callbacks = [
+        tl.SharpnessAwareCallback(),
+        L.callbacks.GradientAccumulationScheduler(scheduling={1: 2}),
+    ]
+    with pytest.raises(ValueError, match="Invalid accumulate_grad_batches: 2"):
+        tl.fit(tl.Module("sam"), max_steps=6, callbacks=callbacks)

@@ -66,11 +66,22 @@ def batch_closure(
         ``closure(part=None) -> loss``.
 
     Raises:
-        ValueError: a batch the adapter cannot read, or a dict batch whose keys the
+        ValueError: an ``optimizer`` or ``model`` of the wrong type (e.g. the two
+            swapped), a batch the adapter cannot read, or a dict batch whose keys the
             model's ``forward`` does not take (before any pass).
     """
     from landscape.batches import BatchAdapter
 
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(
+            f"Invalid optimizer: {type(optimizer).__name__} is not a torch optimizer "
+            "(batch_closure(optimizer, model, batch): the optimizer comes first)"
+        )
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"Invalid model: {type(model).__name__} is not an nn.Module "
+            "(batch_closure(optimizer, model, batch))"
+        )
     adapter = BatchAdapter(
         loss_fn, compute_loss=compute_loss, input_key=input_key, target_key=target_key
     )

@@ -19,7 +19,9 @@ What Lightning's closure cannot do, :class:`SharpnessAwareCallback` refuses at t
 of ``fit`` with a ``ValueError`` (:func:`check_lightning_trainer` does the same checks):
 
 - ``accumulate_grad_batches > 1``: Lightning steps with the closure of the last
-  micro-batch only, so the extra passes would see one micro-batch;
+  micro-batch only, so the extra passes would see one micro-batch (also refused when a
+  ``GradientAccumulationScheduler`` turns it on later in the run, at the first batch
+  of that epoch);
 - ``gradient_clip_val``: Lightning clips inside the closure, i.e. every pass's gradient
   separately (which changes GSAM, GAM, FAD); clip in the base optimizer instead;
 - a precision plugin with a GradScaler (``"16-mixed"``): it runs the closure itself and
@@ -46,7 +48,8 @@ of ``fit`` with a ``ValueError`` (:func:`check_lightning_trainer` does the same 
   on the ``LightningOptimizer``, ``self.manual_backward`` in the closure).
 
 The callback also gives each optimizer built without ``model=`` the module (or, under
-DDP, the wrapped module) so that BatchNorm statistics are frozen in the extra passes.
+DDP, the wrapped module) so that BatchNorm statistics are frozen in the extra passes
+(and ASAM's ``T`` follows the parameter names, as with ``model=``).
 """
 
 from __future__ import annotations
@@ -67,8 +70,21 @@ from torch import nn
 
 from optimizers._base import SharpnessAwareOptimizer
 from optimizers.agnostic_sam import AgnosticSAM
+from optimizers.integrations._attach import attach_model
 
 __all__ = ["SharpnessAwareCallback", "check_lightning_trainer"]
+
+
+def _sharpness_aware(trainer: Any) -> list[SharpnessAwareOptimizer]:
+    return [o for o in trainer.optimizers if isinstance(o, SharpnessAwareOptimizer)]
+
+
+def _check_accumulation(trainer: Any, names: str) -> None:
+    if trainer.accumulate_grad_batches > 1:
+        raise ValueError(
+            f"Invalid accumulate_grad_batches: {trainer.accumulate_grad_batches} ({names} "
+            "would run its extra passes on the last micro-batch only); use 1"
+        )
 
 
 def check_lightning_trainer(trainer: Any, module: Any) -> None:
@@ -84,7 +100,7 @@ def check_lightning_trainer(trainer: Any, module: Any) -> None:
         ValueError: Gradient accumulation, gradient clipping or Agnostic-SAM under
             automatic optimization, or a precision plugin with a GradScaler.
     """
-    opts = [o for o in trainer.optimizers if isinstance(o, SharpnessAwareOptimizer)]
+    opts = _sharpness_aware(trainer)
     if not opts:
         return
     names = ", ".join(sorted({type(o).__name__ for o in opts}))
@@ -94,11 +110,7 @@ def check_lightning_trainer(trainer: Any, module: Any) -> None:
             "without a closure; use precision='bf16-mixed' or 32"
         )
     if module.automatic_optimization:
-        if trainer.accumulate_grad_batches > 1:
-            raise ValueError(
-                f"Invalid accumulate_grad_batches: {trainer.accumulate_grad_batches} ({names} "
-                "would run its extra passes on the last micro-batch only); use 1"
-            )
+        _check_accumulation(trainer, names)
         if trainer.gradient_clip_val:
             raise ValueError(
                 f"Invalid gradient_clip_val: {trainer.gradient_clip_val} (Lightning would clip "
@@ -113,7 +125,7 @@ def check_lightning_trainer(trainer: Any, module: Any) -> None:
     target = wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else module
     for o in opts:
         if o.model is None:
-            o.model = target
+            attach_model(o, target)
 
 
 class SharpnessAwareCallback(pl.Callback):
@@ -127,3 +139,15 @@ class SharpnessAwareCallback(pl.Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Run :func:`check_lightning_trainer`."""
         check_lightning_trainer(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Refuse gradient accumulation switched on during the run.
+
+        (``GradientAccumulationScheduler`` sets ``accumulate_grad_batches`` at an epoch's
+        start, after :meth:`on_fit_start`.)
+        """
+        opts = _sharpness_aware(trainer)
+        if opts and pl_module.automatic_optimization:
+            _check_accumulation(trainer, ", ".join(sorted({type(o).__name__ for o in opts})))

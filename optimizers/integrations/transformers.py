@@ -14,7 +14,8 @@ same batch.  :class:`SharpnessAwareTrainer` keeps the Trainer's loop and fills t
    clipping.  (Clipping the first pass's gradient instead would change GSAM, GAM and FAD.)
 
 Supported: gradient accumulation (each pass is the gradient of the whole accumulated
-batch at one point), ``bf16=True`` (autocast, no loss scaling), a learning-rate
+batch at one point; Agnostic-SAM's parts are the parts of that whole batch, so
+micro-batches of one sample work), ``bf16=True`` (autocast, no loss scaling), a learning-rate
 scheduler, ``max_grad_norm``.  Refused at construction with a ``ValueError``: ``fp16=True``
 (the Trainer's GradScaler unscales the first pass's gradient in place before the other
 passes run), DeepSpeed and FSDP (they own the optimizer step).  Under DDP the first pass
@@ -41,8 +42,9 @@ except ImportError as err:  # pragma: no cover - exercised only without transfor
     ) from err
 
 from optimizers._base import BatchPart, SharpnessAwareOptimizer
-from optimizers._registry import build_optimizer
+from optimizers._registry import OPTIMIZERS, build_optimizer
 from optimizers.agnostic_sam import AgnosticSAM
+from optimizers.integrations._attach import attach_model
 
 __all__ = ["SharpnessAwareTrainer"]
 
@@ -55,6 +57,29 @@ def _without_backward(accelerator: Any) -> Iterator[None]:
         yield
     finally:
         del accelerator.backward
+
+
+class _Rows(BatchPart):
+    """Fixed rows of one micro-batch: the share of a :class:`BatchPart` of the window."""
+
+    def __init__(self, part: BatchPart, rows: slice) -> None:
+        super().__init__(part.fraction, part.which)
+        self.rows = rows
+
+    def slice(self, n: int) -> slice:
+        """The rows, whatever ``n``."""
+        return self.rows
+
+
+def _rows(inputs: dict[str, Any]) -> int:
+    """The number of samples of a micro-batch (the first dimension of its tensors)."""
+    for value in inputs.values():
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError(
+        "Invalid batch: AgnosticSAM splits the batch along the first dimension of its "
+        f"tensors, and this one has none (keys: {', '.join(map(str, inputs))})"
+    )
 
 
 def _check_args(args: Any) -> None:
@@ -73,6 +98,35 @@ def _check_args(args: Any) -> None:
         raise ValueError(
             "Invalid TrainingArguments: this transformers version clips the first pass's "
             "gradient; set max_grad_norm=0 (or upgrade transformers)"
+        )
+
+
+_SET_BY_TRAINER = {
+    "params": "the Trainer's parameter groups",
+    "model": "the Trainer's model",
+    "lr": "TrainingArguments(learning_rate=...)",
+    "weight_decay": "TrainingArguments(weight_decay=...)",
+}
+
+
+def _check_sam_request(name: str | None, kwargs: dict[str, Any] | None) -> None:
+    """Refuse, at construction, a ``sam_optimizer``/``sam_kwargs`` pair that cannot build.
+
+    ``lr`` and ``weight_decay`` come from the ``TrainingArguments`` (a ``weight_decay``
+    in ``sam_kwargs`` would be overridden by the parameter groups' own, silently).
+    """
+    if name is None:
+        if kwargs:
+            raise ValueError("Invalid arguments: sam_kwargs without sam_optimizer")
+        return
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"Invalid sam_optimizer: {name!r} (expected one of {', '.join(OPTIMIZERS)})"
+        )
+    clash = sorted(set(kwargs or {}) & set(_SET_BY_TRAINER))
+    if clash:
+        raise ValueError(
+            f"Invalid sam_kwargs: {clash[0]!r} is set by the Trainer ({_SET_BY_TRAINER[clash[0]]})"
         )
 
 
@@ -117,8 +171,9 @@ class SharpnessAwareTrainer(Trainer):
         **kwargs: As for ``transformers.Trainer``.
 
     Raises:
-        ValueError: ``fp16=True``, DeepSpeed, FSDP, or an optimizer that is not
-            sharpness-aware.
+        ValueError: ``fp16=True``, DeepSpeed, FSDP, an optimizer that is not
+            sharpness-aware, a ``sam_optimizer`` name that is not one, or ``sam_kwargs``
+            giving what the Trainer sets (``lr``, ``weight_decay``, ``model``).
 
     Example:
         >>> opt = SAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, rho=0.05)
@@ -141,6 +196,7 @@ class SharpnessAwareTrainer(Trainer):
             self._loss_shifts_labels = True  # read by the Trainer's item count
         if sam_optimizer is not None and self.optimizer is not None:
             raise ValueError("Invalid arguments: give sam_optimizer or optimizers, not both")
+        _check_sam_request(sam_optimizer, sam_kwargs)
         self.sam_optimizer = sam_optimizer
         self.sam_kwargs = dict(sam_kwargs or {})
         self._window: list[tuple[nn.Module, dict[str, Any], Any]] = []
@@ -181,11 +237,15 @@ class SharpnessAwareTrainer(Trainer):
                 f"Invalid optimizer: {type(opt).__name__} is not sharpness-aware (pass "
                 "optimizers=(SAM(...), None) or sam_optimizer='sam')"
             )
-        if getattr(opt.step, "_sharpness_aware_trainer", None) is self:
+        previous = getattr(opt.step, "_sharpness_aware_trainer", None)
+        if previous is self:
             return
-        self._sam = opt
-        opt.base_optimizer.register_step_pre_hook(self._clip_direction)
         inner = opt.step
+        if previous is not None:  # a Trainer built before on this optimizer: unhook it
+            previous._clip_hook.remove()
+            inner = inner.__wrapped__
+        self._sam = opt
+        self._clip_hook = opt.base_optimizer.register_step_pre_hook(self._clip_direction)
 
         @functools.wraps(inner)
         def step(closure: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
@@ -210,15 +270,33 @@ class SharpnessAwareTrainer(Trainer):
         """
         opt = self._sam
         if opt.model is None or isinstance(model, nn.parallel.DistributedDataParallel):
-            opt.model = model
-        if not self._window and opt._perturbs_first:
-            opt.first_step()  # Momentum-SAM: its only pass runs at the perturbed point
-        self._window.append((model, dict(inputs), num_items_in_batch))
-        if not isinstance(opt, AgnosticSAM):
-            return super().training_step(model, inputs, num_items_in_batch)
-        # Agnostic-SAM's first pass is a part of the batch: here only the loss, at θ
-        with torch.no_grad(), _without_backward(self.accelerator):
-            return super().training_step(model, inputs, num_items_in_batch)
+            attach_model(opt, model)
+        try:
+            if not self._window and opt._perturbs_first:
+                opt.first_step()  # Momentum-SAM: its only pass runs at the perturbed point
+            self._window.append((model, dict(inputs), num_items_in_batch))
+            if not isinstance(opt, AgnosticSAM):
+                return super().training_step(model, inputs, num_items_in_batch)
+            # Agnostic-SAM's first pass is a part of the batch: here only the loss, at θ
+            with torch.no_grad(), _without_backward(self.accelerator):
+                return super().training_step(model, inputs, num_items_in_batch)
+        except BaseException:
+            self._abandon_step()
+            raise
+
+    def _abandon_step(self) -> None:
+        """After an exception (an interrupt, OOM) inside a step: back to θ, nothing kept.
+
+        The micro-batches of the step are dropped (the next step must not replay them),
+        and Momentum-SAM's move to the perturbed point is undone, so that evaluating or
+        saving after the exception sees θ.
+        """
+        self._window = []
+        opt = self._sam
+        pending, opt._pending = opt._pending, None
+        if pending is not None:
+            pending.freeze.close()
+            opt._restore()
 
     def _replay(self, window: list[tuple[nn.Module, dict[str, Any], Any]]) -> Callable[..., Any]:
         """The closure of one step: the Trainer's ``training_step`` over the window."""
@@ -226,17 +304,46 @@ class SharpnessAwareTrainer(Trainer):
         def closure(part: BatchPart | None = None) -> Tensor:
             self._sam.zero_grad()
             total = torch.zeros((), device=self.args.device)
-            for i, (model, inputs, n) in enumerate(window):
-                if part is not None:
-                    # a part's gradient is normalised by the rule: its scale does not matter
-                    inputs, n = part.select(inputs), None
-                last = i == len(window) - 1
+            items = window if part is None else self._window_part(window, part)
+            for i, (model, inputs, n) in enumerate(items):
+                last = i == len(items) - 1
                 sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
                 with sync:
                     total = total + Trainer.training_step(self, model, inputs, n)
             return total
 
         return closure
+
+    def _window_part(
+        self, window: list[tuple[nn.Module, dict[str, Any], Any]], part: BatchPart
+    ) -> list[tuple[nn.Module, dict[str, Any], Any]]:
+        """Agnostic-SAM's part of the whole accumulated batch, micro-batch by micro-batch.
+
+        The rows of the window are counted end to end and ``part`` splits them (so a
+        micro-batch of one sample is fine); each micro-batch contributes the rows of the
+        part it holds, and the part's loss is its mean over its counted items, as for the
+        whole window.
+        """
+        sizes = [_rows(inputs) for _, inputs, _ in window]
+        if sum(sizes) < 2:
+            raise ValueError(
+                f"Invalid batch size: {sum(sizes)} (AgnosticSAM splits the batch of a step "
+                "into a train and a validation part: raise per_device_train_batch_size or "
+                "gradient_accumulation_steps, or set dataloader_drop_last=True for a last "
+                "batch of one)"
+            )
+        whole = part.slice(sum(sizes))
+        out, start = [], 0
+        for (model, inputs, _), n in zip(window, sizes):
+            lo, hi = max(whole.start - start, 0), min(whole.stop - start, n)
+            start += n
+            if lo < hi:
+                out.append((model, _Rows(part, slice(lo, hi)).select(inputs)))
+        count_items = getattr(self, "_get_num_items_in_batch", None)
+        n_items = (
+            None if count_items is None else count_items([i for _, i in out], self.args.device)
+        )
+        return [(model, inputs, n_items) for model, inputs in out]
 
     def _sharpness_aware_step(self, inner: Callable[..., Any], **kwargs: Any) -> Any:
         """What ``optimizer.step()`` does when the Trainer calls it: the further passes."""
@@ -245,8 +352,12 @@ class SharpnessAwareTrainer(Trainer):
             raise ValueError("Invalid call: optimizer.step() without a training_step before it")
         closure = self._replay(window)
         if self._sam._pending is not None:  # Momentum-SAM, after first_step()
-            while not self._sam.second_step(**kwargs):
-                closure()
+            try:
+                while not self._sam.second_step(**kwargs):
+                    closure()
+            except BaseException:
+                self._abandon_step()
+                raise
             return None
         return inner(closure, **kwargs)
 

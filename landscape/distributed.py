@@ -74,14 +74,16 @@ def init_distributed(
     Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) this returns a
     single-process context and initialises nothing.
 
+    Raises:
+        ValueError: ``WORLD_SIZE``, ``RANK`` or ``LOCAL_RANK`` is not an integer, or
+            ``RANK`` is outside ``[0, WORLD_SIZE)`` (the rendezvous would wait for ever).
+
     Args:
         backend: ``"nccl"`` or ``"gloo"``; default ``nccl`` on CUDA, ``gloo`` on CPU.
         device: the device type to use (``None``/"auto": CUDA when available). Under
             torchrun, CUDA ranks use ``cuda:LOCAL_RANK``.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = _torchrun_environment()
     dev = resolve_device(device)
     if dev.type == "cuda" and world_size > 1:
         dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
@@ -95,6 +97,38 @@ def init_distributed(
     dist.init_process_group(backend=backend)
     log.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
     return DistContext(rank, world_size, local_rank, dev, initialized_here=True)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"Invalid {name}: {value!r} in the environment (torchrun sets it to an integer)"
+        ) from None
+
+
+def _torchrun_environment() -> tuple[int, int, int]:
+    """``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` from the environment, checked.
+
+    A rank outside ``[0, WORLD_SIZE)`` would wait for ever at the rendezvous: refused.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world_size < 1:
+        raise ValueError(f"Invalid WORLD_SIZE: {world_size} in the environment (at least 1)")
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"Invalid RANK: {rank} in the environment (expected 0 to WORLD_SIZE - 1 = "
+            f"{world_size - 1}); unset RANK and WORLD_SIZE outside torchrun"
+        )
+    if local_rank < 0:
+        raise ValueError(f"Invalid LOCAL_RANK: {local_rank} in the environment (at least 0)")
+    return world_size, rank, local_rank
 
 
 def cleanup_distributed(ctx: DistContext) -> None:

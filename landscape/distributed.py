@@ -7,10 +7,12 @@ so every caller can use the same code path with or without distribution.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -34,6 +36,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_TIMEOUT = timedelta(minutes=30)  # torch's default for gloo and for the store
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def init_distributed(
         return DistContext(rank, world_size, local_rank, dev, initialized_here=False)
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    _init_process_group(backend, rank, world_size)
     log.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
     return DistContext(rank, world_size, local_rank, dev, initialized_here=True)
 
@@ -129,6 +132,32 @@ def _torchrun_environment() -> tuple[int, int, int]:
     if local_rank < 0:
         raise ValueError(f"Invalid LOCAL_RANK: {local_rank} in the environment (at least 0)")
     return world_size, rank, local_rank
+
+
+_STORE: list[Any] = []  # the rendezvous store, kept for every group this process joins
+_JOINS = itertools.count()
+
+
+def _init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """Create the default process group on the rendezvous store, under a fresh prefix.
+
+    The library joins and leaves the group once per call (:func:`joined`), and every rank
+    calls in the same order, so the n-th group of each rank is the same group. Each gets
+    its own key prefix on one store kept for the process: with torch's fixed prefix a
+    group joined again read the addresses the last group left in the store, and a rank
+    joining early connected to a peer that had not yet left (refused, or a hang).
+    """
+    if not _STORE:
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=_TIMEOUT))
+        store.set_timeout(_TIMEOUT)
+        _STORE.append(store)
+    prefix = f"landscape/{next(_JOINS)}"
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore(prefix, _STORE[0]),
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def cleanup_distributed(ctx: DistContext) -> None:

@@ -6,10 +6,19 @@ use a timeout, so a hang fails the test instead of stalling the suite.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
-from landscape.distributed import init_distributed
+import landscape
+from landscape.distributed import cleanup_distributed, init_distributed
+
+ROOT = Path(landscape.__file__).resolve().parents[1]
 
 _ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -51,3 +60,49 @@ def test_init_distributed_without_cuda_computes_on_the_cpu(monkeypatch):
         init_distributed(device="cuda")
     _environment(monkeypatch, WORLD_SIZE="", RANK="")  # empty values: one process
     assert init_distributed(device="cpu").world_size == 1
+
+
+# --------------------------------------------------------------------------- torchrun
+def _torchrun(job: str, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``job`` of this file's ``__main__`` on two gloo processes (a hang: a failure)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    for key in _ENV:
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [__file__, job, *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _job_rejoin(out: str) -> None:
+    """Join and leave the group several times, rank 1 slower to leave and to join."""
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    for _ in range(4):
+        ctx = init_distributed(device="cpu")
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        assert total.item() == 2
+        if rank == 1:
+            time.sleep(0.3)
+        cleanup_distributed(ctx)
+        if rank == 1:
+            time.sleep(0.3)
+    Path(out, f"rank{rank}").write_text("ok")
+
+
+@pytest.mark.distributed
+def test_processes_join_and_leave_the_group_again_and_again(tmp_path):
+    # Each library call joins torchrun's group and leaves it (hessian_summary, then
+    # compute_metrics...): a group joined again read the last one's stale addresses.
+    res = _torchrun("rejoin", tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
+
+
+_JOBS = {"rejoin": _job_rejoin}
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _JOBS[sys.argv[1]](*sys.argv[2:])

@@ -101,7 +101,58 @@ def test_processes_join_and_leave_the_group_again_and_again(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
 
 
-_JOBS = {"rejoin": _job_rejoin}
+_SURFACE = {"x": "-1:1:5", "y": "-1:1:4", "batch_size": 16, "seed": 3, "progress": False}
+
+
+def _surface_problem():
+    sys.path.insert(0, str(Path(__file__).parent / "surface"))
+    from _surface_problem import make_problem
+
+    model, x, y = make_problem(40)
+    return model, (x, y), (x[:16], y[:16])
+
+
+def _job_surface(out: str, die_after: str) -> None:
+    """A surface into ``out``; rank 1 dies after ``die_after`` batches (-1: never)."""
+    from landscape.surface import compute_surface
+
+    calls = [0]
+
+    def loss_fn(outputs, targets):
+        calls[0] += 1
+        if os.environ["RANK"] == "1" and calls[0] == int(die_after):
+            os._exit(3)  # the process dies (a node lost), no clean-up
+        return torch.nn.functional.cross_entropy(outputs, targets)
+
+    model, data, test = _surface_problem()
+    compute_surface(
+        model, data, test_data=test, loss_fn=loss_fn, out=out, flush_seconds=0.0, **_SURFACE
+    )
+
+
+@pytest.mark.distributed
+def test_a_surface_interrupted_by_a_dead_rank_resumes_to_one_process_values(tmp_path):
+    import numpy as np
+
+    from landscape.store import read_surface
+    from landscape.surface import compute_surface
+
+    out = tmp_path / "surf.h5"
+    died = _torchrun("surface", out, 25)  # 4 batches a point: rank 1 dies at its 7th
+    assert died.returncode != 0
+    part = read_surface(out)  # readable, with the points of the finished rounds
+    assert 0 < part.done.sum() < part.done.size
+    res = _torchrun("surface", out, -1)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = read_surface(out)
+    model, data, test = _surface_problem()
+    ref = compute_surface(model, data, test_data=test, **_SURFACE)
+    assert got.complete and set(got.values) == set(ref.values)
+    for name in ref.values:
+        np.testing.assert_array_equal(got.values[name], ref.values[name])
+
+
+_JOBS = {"rejoin": _job_rejoin, "surface": _job_surface}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -75,7 +75,11 @@ def init_distributed(
     """Join the process group that ``torchrun`` describes in the environment.
 
     Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) this returns a
-    single-process context and initialises nothing.
+    single-process context and initialises nothing. A process group the caller already
+    joined (``torchrun``'s, or its own: ``mp.spawn``, ``init_method="tcp://..."``) is
+    used as it is, with its rank and world size (and left joined by
+    :func:`cleanup_distributed`); CUDA ranks then use ``cuda:LOCAL_RANK``, or
+    ``cuda:RANK`` without ``LOCAL_RANK``.
 
     Raises:
         ValueError: ``WORLD_SIZE``, ``RANK`` or ``LOCAL_RANK`` is not an integer, or
@@ -86,14 +90,20 @@ def init_distributed(
         device: the device type to use (``None``/"auto": CUDA when available). Under
             torchrun, CUDA ranks use ``cuda:LOCAL_RANK``.
     """
-    world_size, rank, local_rank = _torchrun_environment()
+    ready = dist.is_available() and dist.is_initialized()
+    if ready:  # a group already joined (by torchrun's caller, mp.spawn...): its world
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+        local = os.environ.get("LOCAL_RANK", "").strip()
+        local_rank = int(local) if local.isdigit() else rank
+    else:
+        world_size, rank, local_rank = _torchrun_environment()
     dev = resolve_device(device)
     if dev.type == "cuda" and world_size > 1:
         dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
     if world_size <= 1:
         return DistContext(device=dev)
-    if dist.is_initialized():
+    if ready:
         return DistContext(rank, world_size, local_rank, dev, initialized_here=False)
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"

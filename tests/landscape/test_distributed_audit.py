@@ -138,10 +138,12 @@ def test_a_surface_interrupted_by_a_dead_rank_resumes_to_one_process_values(tmp_
     from landscape.surface import compute_surface
 
     out = tmp_path / "surf.h5"
-    died = _torchrun("surface", out, 25)  # 4 batches a point: rank 1 dies at its 7th
+    # 4 loss calls a point, 4 points a round: rank 1 dies as its 3rd round starts, when
+    # process 0 has written round 1 at least (round 2 too unless it was stopped first).
+    died = _torchrun("surface", out, 33)
     assert died.returncode != 0
     part = read_surface(out)  # readable, with the points of the finished rounds
-    assert 0 < part.done.sum() < part.done.size
+    assert 8 <= part.done.sum() < part.done.size
     res = _torchrun("surface", out, -1)
     assert res.returncode == 0, res.stderr[-3000:]
     got = read_surface(out)
@@ -152,7 +154,53 @@ def test_a_surface_interrupted_by_a_dead_rank_resumes_to_one_process_values(tmp_
         np.testing.assert_array_equal(got.values[name], ref.values[name])
 
 
-_JOBS = {"rejoin": _job_rejoin, "surface": _job_surface}
+def _job_own_group(out: str) -> None:
+    """The caller's own process group (as ``mp.spawn`` makes: no torchrun variables)."""
+    import torch.distributed as dist
+
+    from landscape.surface import compute_surface
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    for key in _ENV:
+        os.environ.pop(key)
+    ctx = init_distributed(device="cpu")
+    assert (ctx.rank, ctx.world_size, ctx.initialized_here) == (rank, 2, False), ctx
+    model, data, test = _surface_problem()
+    surface = compute_surface(model, data, test_data=test, out=out, **_SURFACE)
+    cleanup_distributed(ctx)  # not ours: left joined
+    assert dist.is_initialized()
+    dist.destroy_process_group()
+    np = pytest.importorskip("numpy")
+    np.save(Path(out).with_name(f"rank{rank}.npy"), surface.values["train_loss"])
+
+
+@pytest.mark.distributed
+def test_a_process_group_of_the_callers_own_is_used_and_one_process_writes(tmp_path):
+    # init_distributed read the world from torchrun's variables only: under a group the
+    # caller made (mp.spawn, tcp:// init), each process computed the whole surface alone
+    # and every one of them wrote the same file.
+    import numpy as np
+
+    from landscape.store import read_surface
+    from landscape.surface import compute_surface
+
+    out = tmp_path / "surf.h5"
+    res = _torchrun("own_group", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    model, data, test = _surface_problem()
+    ref = compute_surface(model, data, test_data=test, **_SURFACE)
+    got = read_surface(out)
+    assert got.complete
+    for name in ref.values:
+        np.testing.assert_array_equal(got.values[name], ref.values[name])
+    for rank in (0, 1):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / f"rank{rank}.npy"), ref.values["train_loss"]
+        )
+
+
+_JOBS = {"rejoin": _job_rejoin, "surface": _job_surface, "own_group": _job_own_group}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -200,7 +200,53 @@ def test_a_process_group_of_the_callers_own_is_used_and_one_process_writes(tmp_p
         )
 
 
-_JOBS = {"rejoin": _job_rejoin, "surface": _job_surface, "own_group": _job_own_group}
+class _FailsOnRank1(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        if os.environ["RANK"] == "1":
+            raise RuntimeError("the model fails on rank 1")
+        return self.fc(x)
+
+
+def _job_one_rank_fails(kind: str, out: str) -> None:
+    """An error on one rank only: the model on rank 1, or ``out`` on rank 0."""
+    from landscape.hessian.summary import hessian_summary
+    from landscape.metrics import compute_metrics
+    from landscape.surface import compute_surface
+
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    model = _FailsOnRank1() if kind != "out" else torch.nn.Linear(4, 3)
+    if kind == "metrics":
+        compute_metrics(model, (x, y), ["lambda_max", "sam_sharpness"], batch_size=2)
+    elif kind == "summary":
+        hessian_summary(model, (x, y), top_k=1, batch_size=2, progress=False)
+    else:  # a folder where process 0 (the writer) looks for the file
+        where = out if os.environ["RANK"] == "0" else str(Path(out, "surf.h5"))
+        compute_surface(model, (x, y), x="-1:1:3", batch_size=2, out=where, progress=False)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("kind", ["metrics", "summary", "out"])
+def test_an_error_on_one_rank_ends_every_rank_with_its_message(tmp_path, kind):
+    start = time.perf_counter()
+    res = _torchrun("one_rank_fails", kind, tmp_path, timeout=60)  # a hang: TimeoutExpired
+    assert res.returncode != 0 and time.perf_counter() - start < 60
+    if kind == "out":  # process 0 checks out and every process raises its error
+        assert res.stderr.count("ValueError: Invalid out") >= 2, res.stderr[-3000:]
+        assert not Path(tmp_path, "surf.h5").exists()
+    else:
+        assert "RuntimeError: the model fails on rank 1" in res.stderr, res.stderr[-3000:]
+
+
+_JOBS = {
+    "rejoin": _job_rejoin,
+    "surface": _job_surface,
+    "own_group": _job_own_group,
+    "one_rank_fails": _job_one_rank_fails,
+}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

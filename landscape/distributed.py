@@ -7,10 +7,12 @@ so every caller can use the same code path with or without distribution.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -34,6 +36,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_TIMEOUT = timedelta(minutes=30)  # torch's default for gloo and for the store
 
 
 @dataclass(frozen=True)
@@ -72,29 +75,99 @@ def init_distributed(
     """Join the process group that ``torchrun`` describes in the environment.
 
     Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) this returns a
-    single-process context and initialises nothing.
+    single-process context and initialises nothing. A process group the caller already
+    joined (``torchrun``'s, or its own: ``mp.spawn``, ``init_method="tcp://..."``) is
+    used as it is, with its rank and world size (and left joined by
+    :func:`cleanup_distributed`); CUDA ranks then use ``cuda:LOCAL_RANK``, or
+    ``cuda:RANK`` without ``LOCAL_RANK``.
+
+    Raises:
+        ValueError: ``WORLD_SIZE``, ``RANK`` or ``LOCAL_RANK`` is not an integer, or
+            ``RANK`` is outside ``[0, WORLD_SIZE)`` (the rendezvous would wait for ever).
 
     Args:
         backend: ``"nccl"`` or ``"gloo"``; default ``nccl`` on CUDA, ``gloo`` on CPU.
         device: the device type to use (``None``/"auto": CUDA when available). Under
             torchrun, CUDA ranks use ``cuda:LOCAL_RANK``.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ready = dist.is_available() and dist.is_initialized()
+    if ready:  # a group already joined (by torchrun's caller, mp.spawn...): its world
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+        local = os.environ.get("LOCAL_RANK", "").strip()
+        local_rank = int(local) if local.isdigit() else rank
+    else:
+        world_size, rank, local_rank = _torchrun_environment()
     dev = resolve_device(device)
     if dev.type == "cuda" and world_size > 1:
         dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
     if world_size <= 1:
         return DistContext(device=dev)
-    if dist.is_initialized():
+    if ready:
         return DistContext(rank, world_size, local_rank, dev, initialized_here=False)
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    _init_process_group(backend, rank, world_size)
     log.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
     return DistContext(rank, world_size, local_rank, dev, initialized_here=True)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"Invalid {name}: {value!r} in the environment (torchrun sets it to an integer)"
+        ) from None
+
+
+def _torchrun_environment() -> tuple[int, int, int]:
+    """``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` from the environment, checked.
+
+    A rank outside ``[0, WORLD_SIZE)`` would wait for ever at the rendezvous: refused.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world_size < 1:
+        raise ValueError(f"Invalid WORLD_SIZE: {world_size} in the environment (at least 1)")
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"Invalid RANK: {rank} in the environment (expected 0 to WORLD_SIZE - 1 = "
+            f"{world_size - 1}); unset RANK and WORLD_SIZE outside torchrun"
+        )
+    if local_rank < 0:
+        raise ValueError(f"Invalid LOCAL_RANK: {local_rank} in the environment (at least 0)")
+    return world_size, rank, local_rank
+
+
+_STORE: list[Any] = []  # the rendezvous store, kept for every group this process joins
+_JOINS = itertools.count()
+
+
+def _init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """Create the default process group on the rendezvous store, under a fresh prefix.
+
+    The library joins and leaves the group once per call (:func:`joined`), and every rank
+    calls in the same order, so the n-th group of each rank is the same group. Each gets
+    its own key prefix on one store kept for the process: with torch's fixed prefix a
+    group joined again read the addresses the last group left in the store, and a rank
+    joining early connected to a peer that had not yet left (refused, or a hang).
+    """
+    if not _STORE:
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=_TIMEOUT))
+        store.set_timeout(_TIMEOUT)
+        _STORE.append(store)
+    prefix = f"landscape/{next(_JOINS)}"
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore(prefix, _STORE[0]),
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def cleanup_distributed(ctx: DistContext) -> None:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
 
 from landscape._compile import CompiledForward, CompileSpec, parse_compile
 from landscape._tree import rebuild
@@ -147,11 +148,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+_REORDERED = (RandomSampler, DistributedSampler)  # samplers read again in dataset order
+
+
 def ordered_loader(loader: DataLoader) -> DataLoader:
     """``loader`` read in dataset order when its sampler shuffles, else ``loader`` itself.
 
     The new loader keeps the batch size, collate function, workers, pinning and
-    ``drop_last``; only the order changes, so every pass sees the same batches.
+    ``drop_last``; only the order changes, so every pass sees the same batches. A
+    ``DistributedSampler`` (a DDP training loader) is read whole, in order, too: the
+    analyses measure the whole data set, and share it out between processes themselves.
     """
     sampler = loader.sampler
     batch_sampler = loader.batch_sampler
@@ -162,7 +168,7 @@ def ordered_loader(loader: DataLoader) -> DataLoader:
         "worker_init_fn": loader.worker_init_fn,
         "timeout": loader.timeout,
     }
-    if loader.batch_size is not None and isinstance(sampler, RandomSampler):
+    if loader.batch_size is not None and isinstance(sampler, _REORDERED):
         return DataLoader(
             loader.dataset,
             batch_size=loader.batch_size,
@@ -173,7 +179,7 @@ def ordered_loader(loader: DataLoader) -> DataLoader:
     if (
         loader.batch_size is None
         and type(batch_sampler) is BatchSampler
-        and isinstance(batch_sampler.sampler, RandomSampler)
+        and isinstance(batch_sampler.sampler, _REORDERED)
     ):
         ordered = BatchSampler(
             SequentialSampler(loader.dataset),

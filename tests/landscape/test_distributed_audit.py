@@ -62,12 +62,6 @@ def test_init_distributed_without_cuda_computes_on_the_cpu(monkeypatch):
     assert init_distributed(device="cpu").world_size == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objective.py ordered_loader keeps a DistributedSampler: under torchrun each "
-    "process reads its sampler's share and the Objective shares those batches again "
-    "(a quarter of the data with 2 processes, silently); one process reads half",
-)
 def test_a_loader_with_a_distributed_sampler_is_read_whole():
     from torch.utils.data import DataLoader, TensorDataset
     from torch.utils.data.distributed import DistributedSampler

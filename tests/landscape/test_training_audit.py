@@ -71,3 +71,14 @@ def test_stop_after_epoch_refuses_bad_values(tmp_path, value, capsys):
     if value == -1:
         assert main([*argv, "--stop-after-epoch", "-1"]) == 2
         assert "Invalid stop_after_epoch" in capsys.readouterr().err
+
+
+def test_report_tells_runs_of_one_folder_name_apart(tmp_path):
+    from landscape.report import collect_report_inputs
+
+    for seed in ("seed0", "seed1"):
+        train(out=tmp_path / seed / "run", stop_after_epoch=0, **TINY)
+    runs = collect_report_inputs([tmp_path / "seed0" / "run", tmp_path / "seed1" / "run"]).runs
+    assert [name for name, _ in runs] == ["seed0/run", "seed1/run"]  # both were "run"
+    single = collect_report_inputs([tmp_path / "seed0" / "run" / "metrics.jsonl"]).runs
+    assert [name for name, _ in single] == ["run"]

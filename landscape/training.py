@@ -489,7 +489,15 @@ def train(
     """
     args = dict(locals())  # this call's arguments by name (the configuration, the options)
     _check_train_arguments(
-        epochs, batch_size, save_every, lr, weight_decay, nonfinite, out, momentum=momentum
+        epochs,
+        batch_size,
+        save_every,
+        lr,
+        weight_decay,
+        nonfinite,
+        out,
+        momentum=momentum,
+        seed=seed,
     )
     if int(eval_batch_size) < 1:
         raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
@@ -535,8 +543,12 @@ def _check_train_arguments(
     out: str | Path | None,
     *,
     momentum: float = 0.0,
+    seed: int = 0,
 ) -> None:
     """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
+    # (a negative seed failed deep in numpy: "expected non-negative integer")
+    if isinstance(seed, bool) or not _is_integer(seed) or int(seed) < 0:
+        raise ValueError(f"Invalid seed: {seed} (an integer >= 0)")
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not _is_integer(value) or int(value) < 1:
             raise ValueError(f"Invalid {pname}: {value} (at least 1)")

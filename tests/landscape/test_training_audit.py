@@ -82,3 +82,30 @@ def test_report_tells_runs_of_one_folder_name_apart(tmp_path):
     assert [name for name, _ in runs] == ["seed0/run", "seed1/run"]  # both were "run"
     single = collect_report_inputs([tmp_path / "seed0" / "run" / "metrics.jsonl"]).runs
     assert [name for name, _ in single] == ["run"]
+
+
+def test_negative_seed_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="Invalid seed: -1"):
+        train(seed=-1, **TINY)  # was numpy's "expected non-negative integer"
+    argv = ["train", "--data", "synthetic", "--model", "mlp", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--seed", "-1"]) == 2
+    assert "Invalid seed: -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("axis", "bad"),
+    [("val_fraction", "1.5"), ("model.hidden", "abc"), ("seed", "-1"), ("data.n_train", "0")],
+)
+def test_sweep_refuses_a_bad_run_before_training_any(tmp_path, axis, bad):
+    from landscape.sweep import SweepSpec, run_sweep
+
+    good = {"val_fraction": "0.2", "model.hidden": "4", "seed": "0", "data.n_train": "32"}[axis]
+    fixed = {k: v for k, v in TINY.items() if k not in ("progress", "model_kwargs")}
+    if axis != "model.hidden":
+        fixed["model_kwargs"] = TINY["model_kwargs"]
+    if axis == "data.n_train":
+        fixed["data_kwargs"] = {"n_test": 8, "dim": 4, "classes": 3}
+    spec = SweepSpec.parse([f"{axis}={good},{bad}"], fixed)
+    with pytest.raises(ValueError, match=f"run {axis}={bad}"):
+        run_sweep(spec, tmp_path, metrics=None, progress=False)
+    assert not list((tmp_path / "runs").glob("*/final.pt"))  # the good run was trained first

@@ -499,12 +499,7 @@ def train(
         momentum=momentum,
         seed=seed,
     )
-    if int(eval_batch_size) < 1:
-        raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
-    if stop_after_epoch is not None and (
-        not _is_integer(stop_after_epoch) or int(stop_after_epoch) < 0
-    ):
-        raise ValueError(f"Invalid stop_after_epoch: {stop_after_epoch} (an epoch >= 0)")
+    _check_run_options(eval_batch_size, stop_after_epoch)
     full_hparams = _resolve_hparams(optimizer, hparams)
     bundle = _train_data(
         data, augment, data_dir, seed, label_noise, n_per_class, val_fraction, data_kwargs
@@ -523,6 +518,16 @@ def train(
             return _train(model, mspec, bundle, config, ctx, _run_options(args))
     finally:
         cleanup_distributed(ctx)
+
+
+def _check_run_options(eval_batch_size: int, stop_after_epoch: int | None) -> None:
+    """Refuse an evaluation batch below 1 and a negative or fractional ``stop_after_epoch``."""
+    if int(eval_batch_size) < 1:
+        raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
+    if stop_after_epoch is not None and (
+        not _is_integer(stop_after_epoch) or int(stop_after_epoch) < 0
+    ):
+        raise ValueError(f"Invalid stop_after_epoch: {stop_after_epoch} (an epoch >= 0)")
 
 
 def _is_integer(value: Any) -> bool:

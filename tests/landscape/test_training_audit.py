@@ -109,3 +109,26 @@ def test_sweep_refuses_a_bad_run_before_training_any(tmp_path, axis, bad):
     with pytest.raises(ValueError, match=f"run {axis}={bad}"):
         run_sweep(spec, tmp_path, metrics=None, progress=False)
     assert not list((tmp_path / "runs").glob("*/final.pt"))  # the good run was trained first
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("pca_grid", -1),
+        ("pca_grid", 1),
+        ("spectrum_runs", -1),
+        ("spectrum_steps", 0),
+        ("threads", -1),
+        ("max_samples", 0),
+    ],
+)
+def test_demo_refuses_bad_counts_before_training(tmp_path, option, value, monkeypatch):
+    from landscape import demo
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(demo, "_train_all", no_training)
+    kw = dict(epochs=3, save_every=1, optimizers=["sgd"], progress=False, **{option: value})
+    with pytest.raises(ValueError, match=f"Invalid {option}: {value}"):
+        demo.run_demo(out=tmp_path, **kw)

@@ -200,6 +200,31 @@ def _chosen_hparams(
     return {n: {**demo_hparams(n), **dict((hparams or {}).get(n, {}))} for n in optimizers}
 
 
+def _check_counts(
+    pca_grid: int,
+    max_samples: int | None,
+    spectrum_runs: int,
+    spectrum_steps: int,
+    threads: int | None,
+) -> None:
+    """Refuse, before any training, counts that failed late or deep inside torch.
+
+    ``pca_grid=-1`` failed after training with a message about an internal grid string,
+    ``pca_grid=1`` drew a one-point "plane", ``spectrum_runs=-1`` and ``spectrum_steps=0``
+    failed after training, ``threads=-1`` in ``torch.set_num_threads``.
+    """
+    if pca_grid != 0 and pca_grid < 2:
+        raise ValueError(f"Invalid pca_grid: {pca_grid} (0 for none, else at least 2)")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"Invalid max_samples: {max_samples} (at least 1, or None for all)")
+    if spectrum_runs < 0:
+        raise ValueError(f"Invalid spectrum_runs: {spectrum_runs} (0 for none)")
+    if spectrum_runs and spectrum_steps < 1:
+        raise ValueError(f"Invalid spectrum_steps: {spectrum_steps} (at least 1)")
+    if threads is not None and threads < 1:
+        raise ValueError(f"Invalid threads: {threads} (at least 1, or None to keep torch's)")
+
+
 def _check_settings(
     epochs: int,
     grid: int,
@@ -308,6 +333,7 @@ def run_demo(
     chosen = _chosen_hparams(optimizers, hparams)
     if save_every is None:  # about ten checkpoints per run
         save_every = max(1, epochs // 10)
+    _check_counts(pca_grid, max_samples, spectrum_runs, spectrum_steps, threads)
     _check_settings(
         epochs, grid, batch_size, save_every, span, label_noise, pca_grid, metrics,
         trajectory_metrics,

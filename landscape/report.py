@@ -94,12 +94,15 @@ def collect_report_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
         ValueError: for a file of a kind the report cannot show.
     """
     inputs = ReportInputs()
+    run_paths: list[Path] = []  # the folder of each run, to tell runs of one name apart
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"report input not found: {path}")
         if path.is_dir():
+            had = len(inputs.runs)
             _collect_dir(path, inputs)
+            run_paths += [path] * (len(inputs.runs) - had)
             continue
         suffix = path.suffix.lower()
         if suffix in (".h5", ".hdf5"):
@@ -108,6 +111,7 @@ def collect_report_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
             from landscape.plotting._common import read_metrics_jsonl
 
             inputs.runs.append((path.parent.name or path.stem, read_metrics_jsonl(path)))
+            run_paths.append(path.parent if path.parent.name else path.with_suffix(""))
         elif suffix == ".json":
             if not _classify_json(path, inputs):
                 raise ValueError(f"{path}: neither a comparison nor a spectral density JSON")
@@ -118,7 +122,28 @@ def collect_report_inputs(paths: Sequence[str | os.PathLike]) -> ReportInputs:
             raise ValueError(
                 f"report input {path} is not a run folder, .h5, .json, .jsonl or .pt file"
             )
+    labels = _distinct_labels(run_paths)
+    inputs.runs = [(label, rows) for label, (_, rows) in zip(labels, inputs.runs, strict=True)]
     return inputs
+
+
+def _distinct_labels(paths: Sequence[Path]) -> list[str]:
+    """The shortest trailing parts of each path that tell them apart (``a/run``, ``b/run``).
+
+    Runs of one folder name (``seed0/final``, ``seed1/final``) were drawn under the same
+    legend entry.  Paths naming the same folder keep its name.
+    """
+    resolved = [p.resolve() for p in paths]
+    for depth in range(1, max((len(p.parts) for p in resolved), default=1) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in resolved]
+        clash = any(
+            labels[i] == labels[j] and resolved[i] != resolved[j]
+            for i in range(len(labels))
+            for j in range(i)
+        )
+        if not clash:
+            return labels
+    return [str(p) for p in resolved]
 
 
 def _collect_dir(path: Path, inputs: ReportInputs) -> None:

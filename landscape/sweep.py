@@ -409,7 +409,7 @@ def _as_spec(spec: SweepSpec | Mapping[str, Any]) -> SweepSpec:
     )
 
 
-def _check_run(run: SweepRun) -> None:
+def _check_run(run: SweepRun, checked: dict[str, Any] | None = None) -> None:
     """Refuse, before any work, a configuration ``train`` would refuse."""
     from landscape.data import DATA_NAMES
     from landscape.models import MODEL_NAMES
@@ -427,6 +427,7 @@ def _check_run(run: SweepRun) -> None:
             weight_decay=kw.get("weight_decay", 5e-4),
             nonfinite="stop",
             out=None,
+            seed=kw.get("seed", 0),
         )
         _resolve_hparams(kw.get("optimizer", "sgd"), kw["hparams"])
         if not 0.0 <= kw.get("label_noise", 0.0) <= 1.0:
@@ -437,8 +438,37 @@ def _check_run(run: SweepRun) -> None:
             raise ValueError(
                 f"Invalid model: {kw['model']!r} (choose among {', '.join(MODEL_NAMES)})"
             )
-    except ValueError as exc:
+        _check_data_and_model(kw, {} if checked is None else checked)
+    except (ValueError, FileNotFoundError) as exc:
         raise ValueError(where + str(exc)) from None
+
+
+def _check_data_and_model(kw: Mapping[str, Any], checked: dict[str, Any]) -> None:
+    """Load the run's data (once per distinct data setting) and build its model on ``meta``.
+
+    A bad data or model option (``val_fraction=1.5``, ``model.width=0``) was refused by
+    ``train`` only when its run came, after the runs before it had trained.
+    """
+    import torch
+
+    from landscape.data import load_data
+    from landscape.models import build_model, model_spec
+
+    data = {
+        "name": kw.get("data", "digits"),
+        "data_dir": kw.get("data_dir"),
+        "n_per_class": kw.get("n_per_class"),
+        "val_fraction": kw.get("val_fraction", 0.0),
+        **dict(kw.get("data_kwargs") or {}),
+    }
+    key = json.dumps(data, sort_keys=True, default=str)
+    if key not in checked:
+        bundle = load_data(data.pop("name"), seed=kw.get("seed", 0), **data)
+        checked[key] = (bundle.input_shape, bundle.num_classes)
+    shape, classes = checked[key]
+    spec = model_spec(kw.get("model", "cnn"), shape, classes, **dict(kw.get("model_kwargs") or {}))
+    with torch.device("meta"):
+        build_model(spec.pop("name"), **spec)
 
 
 # --------------------------------------------------------------------------- running
@@ -692,8 +722,9 @@ def run_sweep(
         _check_correlation(names, options)
     out_dir = check_output(out, folder=True)
     runs = spec.runs()
+    checked: dict[str, Any] = {}  # the data settings loaded: (input shape, classes)
     for run in runs:
-        _check_run(run)
+        _check_run(run, checked)
     _check_sweep_file(out_dir, spec)
     if plot is not None:
         check_output(out_dir / plot, suffixes=(".png", ".pdf", ".svg", ".html"), what="plot")

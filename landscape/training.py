@@ -467,7 +467,8 @@ def train(
         eval_batch_size: batch size of the per-epoch evaluation.
         progress: tqdm progress bars (``None``: only on a terminal).
         stop_after_epoch: stop after this epoch as if the process had been killed (for
-            time-sliced jobs); call again to continue.
+            time-sliced jobs); call again to continue. ``0`` evaluates and saves the
+            initialisation only; an epoch already reached trains nothing more.
         augment: the standard CIFAR augmentation of image batches (random 4-pixel-padded
             crop and horizontal flip, seeded; :func:`random_crop_flip`).
         max_device_bytes: on CUDA, a tensor training set up to this size is moved to the
@@ -488,10 +489,17 @@ def train(
     """
     args = dict(locals())  # this call's arguments by name (the configuration, the options)
     _check_train_arguments(
-        epochs, batch_size, save_every, lr, weight_decay, nonfinite, out, momentum=momentum
+        epochs,
+        batch_size,
+        save_every,
+        lr,
+        weight_decay,
+        nonfinite,
+        out,
+        momentum=momentum,
+        seed=seed,
     )
-    if int(eval_batch_size) < 1:
-        raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
+    _check_run_options(eval_batch_size, stop_after_epoch)
     full_hparams = _resolve_hparams(optimizer, hparams)
     bundle = _train_data(
         data, augment, data_dir, seed, label_noise, n_per_class, val_fraction, data_kwargs
@@ -512,6 +520,16 @@ def train(
         cleanup_distributed(ctx)
 
 
+def _check_run_options(eval_batch_size: int, stop_after_epoch: int | None) -> None:
+    """Refuse an evaluation batch below 1 and a negative or fractional ``stop_after_epoch``."""
+    if int(eval_batch_size) < 1:
+        raise ValueError(f"Invalid eval_batch_size: {eval_batch_size} (at least 1)")
+    if stop_after_epoch is not None and (
+        not _is_integer(stop_after_epoch) or int(stop_after_epoch) < 0
+    ):
+        raise ValueError(f"Invalid stop_after_epoch: {stop_after_epoch} (an epoch >= 0)")
+
+
 def _is_integer(value: Any) -> bool:
     """Whether ``value`` is a whole number (``1.5`` epochs was read as 1)."""
     try:
@@ -530,8 +548,12 @@ def _check_train_arguments(
     out: str | Path | None,
     *,
     momentum: float = 0.0,
+    seed: int = 0,
 ) -> None:
     """Refuse bad numbers, an unknown ``nonfinite`` mode or an ``out`` that cannot be written."""
+    # (a negative seed failed deep in numpy: "expected non-negative integer")
+    if isinstance(seed, bool) or not _is_integer(seed) or int(seed) < 0:
+        raise ValueError(f"Invalid seed: {seed} (an integer >= 0)")
     for pname, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not _is_integer(value) or int(value) < 1:
             raise ValueError(f"Invalid {pname}: {value} (at least 1)")
@@ -665,6 +687,8 @@ def _train(
     if run_dir is not None and ctx.is_main:
         _write_config(run_dir, config)
     start_epoch = run.start(resume_path)
+    if start_epoch >= epochs and resume_path is not None and run_dir is not None and ctx.is_main:
+        _restore_final(run_dir, resume_path)
     train_ds = _train_set_on_device(bundle.train, ctx.device, opts["max_device_bytes"])
 
     completed = start_epoch >= epochs
@@ -677,6 +701,8 @@ def _train(
         total=epochs,
     )
     for epoch in epoch_bar:
+        if stop_after is not None and start_epoch >= stop_after:
+            break  # (stop_after_epoch=0: the initialisation only)
         t_epoch = time.perf_counter()
         stats = run.train_epoch(epoch, train_ds)
         if ctx.world_size > 1:
@@ -725,6 +751,20 @@ def _prepare_run_dir(
     resume_path = broadcast_object(resume_path, ctx)
     barrier(ctx)
     return resume_path
+
+
+def _restore_final(run_dir: Path, resume_path: Path) -> None:
+    """Write a missing ``final.pt`` of a complete run from its last epoch checkpoint.
+
+    A run stopped (killed) between writing the last epoch's checkpoint and ``final.pt``
+    resumes at its last epoch with nothing left to train: ``final.pt`` is that checkpoint.
+    """
+    final = run_dir / "final.pt"
+    if final.is_file() or resume_path == final:
+        return
+    data = resume_path.read_bytes()
+    write_atomically(final, lambda fh: fh.write(data), binary=True)
+    log.info("%s: final.pt written from %s", run_dir, resume_path.name)
 
 
 def _write_config(run_dir: Path, config: Mapping[str, Any]) -> None:

@@ -170,7 +170,8 @@ def register(subparsers: Any) -> None:
         "--stop-after-epoch",
         type=int,
         default=None,
-        help="stop after this epoch (re-run the command to continue)",
+        help="stop after this epoch (0: the initialisation only); re-run without it, or "
+        "with a later epoch, to continue",
     )
     g.add_argument(
         "--allow-nonfinite",

@@ -613,7 +613,10 @@ def _model_spec_of(
 ) -> dict[str, Any] | None:
     """The spec of a built-in model (by name, for the data); None for the user's module."""
     if isinstance(model, str):
-        return model_spec(model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {}))
+        spec = model_spec(model, bundle.input_shape, bundle.num_classes, **dict(model_kwargs or {}))
+        with torch.device("meta"):  # a bad option refused before the run folder is made
+            build_model(**spec)
+        return spec
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise ValueError("Invalid model_kwargs: they apply to built-in model names only")

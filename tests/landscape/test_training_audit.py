@@ -132,3 +132,11 @@ def test_demo_refuses_bad_counts_before_training(tmp_path, option, value, monkey
     kw = dict(epochs=3, save_every=1, optimizers=["sgd"], progress=False, **{option: value})
     with pytest.raises(ValueError, match=f"Invalid {option}: {value}"):
         demo.run_demo(out=tmp_path, **kw)
+
+
+def test_a_bad_model_option_leaves_no_run_folder(tmp_path):
+    """Refused before the run folder is made (built on the meta device first)."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="Invalid option for model 'mlp'"):
+        train("mlp", "digits", out=out, epochs=1, model_kwargs={"width": 2}, progress=False)
+    assert not out.exists()

@@ -24,11 +24,8 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """An ``argparse`` type: a finite number above 0 (``nan`` and ``inf`` refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
+    value = finite_float(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
     return value
 

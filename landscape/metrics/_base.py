@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from landscape.hessian._checks import check_integers
 from landscape.objective import Objective
 from optimizers._foreach import tl_axpby_, tl_clone, tl_copy_
 
@@ -174,8 +175,9 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 
 def check_int(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer ≥ ``minimum``."""
+    check_integers(**{name: value})
+    if value < minimum:
         raise ValueError(f"Invalid {name}: {value!r} (expected an integer ≥ {minimum})")
 
 

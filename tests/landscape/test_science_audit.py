@@ -35,29 +35,6 @@ def test_bfloat16_curve_saved_and_profiled_again(tmp_path):
     np.testing.assert_array_equal(again.loss, res.curve.loss)
 
 
-def test_linear_barrier_to_a_model_with_a_non_persistent_buffer():
-    """A rotary embedding's ``inv_freq`` (Llama, Qwen...) is in no state dict."""
-    from landscape.connectivity import linear_barrier
-
-    class Rotary(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-            self.register_buffer("inv_freq", torch.tensor([1.0, 0.5, 0.25]), persistent=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.lin(x * self.inv_freq)
-
-    torch.manual_seed(0)
-    a, b = Rotary(), Rotary()
-    x, y = torch.randn(6, 3), torch.randint(0, 3, (6,))
-    for other in (b, b.state_dict()):
-        res = linear_barrier(a, other, (x, y), num=3)
-        with torch.no_grad():
-            ends = [float(nn.functional.cross_entropy(m(x), y)) for m in (a, b)]
-        np.testing.assert_allclose(res.loss[[0, -1]], ends, rtol=1e-6)
-
-
 def test_sweep_refuses_non_finite_values():
     from landscape.sweep import SweepSpec
 

@@ -40,6 +40,26 @@ def targs(tmp_path, **kw) -> TrainingArguments:
     return TrainingArguments(**args)
 
 
+def plain_steps(ref, opt, data, steps, *, sched=None):
+    """The plain loop a Trainer run is compared with: batches of 4 in order, one step each.
+
+    The closure takes Agnostic-SAM's ``part`` (ignored by the other optimizers).
+    """
+    for s in range(steps):
+        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
+
+        def closure(part=None, ids=ids, labels=labels):
+            opt.zero_grad()
+            x, y = (ids, labels) if part is None else (ids[part], labels[part])
+            loss = ref(input_ids=x, labels=y).loss
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        if sched is not None:
+            sched.step()
+
+
 @pytest.mark.parametrize("key", ["lr", "weight_decay", "model"])
 def test_sam_kwargs_the_trainer_sets_are_refused_at_construction(tmp_path, key):
     # weight_decay was silently overridden by the groups' args.weight_decay; lr and model
@@ -91,17 +111,7 @@ def test_gsam_rho_follows_the_trainers_warmup(tmp_path):
     ref = tiny_gpt2()
     opt = gsam(ref)
     sched = get_linear_schedule_with_warmup(opt, 2, 5)
-    for s in range(5):
-        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
-
-        def closure(ids=ids, labels=labels):
-            opt.zero_grad()
-            loss = ref(input_ids=ids, labels=labels).loss
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        sched.step()
+    plain_steps(ref, opt, data, 5, sched=sched)
     assert max_diff(model, ref) < 1e-6
 
 
@@ -150,17 +160,7 @@ def test_agnostic_sam_splits_the_accumulated_batch(tmp_path, micro):
     ).train()
     ref = tiny_gpt2()
     opt = agnostic(ref)
-    for s in range(3):
-        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
-
-        def closure(part=None, ids=ids, labels=labels):
-            opt.zero_grad()
-            x, y = (ids, labels) if part is None else (ids[part], labels[part])
-            loss = ref(input_ids=x, labels=y).loss
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+    plain_steps(ref, opt, data, 3)
     assert max_diff(model, ref) < 1e-6
 
 
@@ -177,16 +177,7 @@ def test_trainer_gives_asam_the_names_of_the_model(tmp_path):
     ).train()
     ref = tiny_gpt2()
     ro = O.ASAM(ref.parameters(), torch.optim.SGD, lr=LR, rho=2.0, model=ref)
-    for s in range(3):
-        ids, labels = data.ids[4 * s : 4 * s + 4], data.labels[4 * s : 4 * s + 4]
-
-        def closure(ids=ids, labels=labels):
-            ro.zero_grad()
-            loss = ref(input_ids=ids, labels=labels).loss
-            loss.backward()
-            return loss
-
-        ro.step(closure)
+    plain_steps(ref, ro, data, 3)
     assert max_diff(model, ref) < 1e-6
 
 
@@ -264,26 +255,13 @@ def test_an_interrupted_step_leaves_theta_and_no_stale_micro_batch(tmp_path, nam
     ref = tiny_gpt2()
     ro = O.build_optimizer(name, ref.parameters(), model=ref, lr=LR, rho=0.5)
 
-    def ref_step(s):
-        def closure():
-            ro.zero_grad()
-            loss = ref(
-                input_ids=data.ids[4 * s : 4 * s + 4], labels=data.labels[4 * s : 4 * s + 4]
-            ).loss
-            loss.backward()
-            return loss
-
-        ro.step(closure)
-
     done = (fail_at - 1) // 2  # the steps completed before the failure
     with pytest.raises(_Interrupted):
         trainer.train()
-    for s in range(done):
-        ref_step(s)
+    plain_steps(ref, ro, data, done)
     assert max_diff(model, ref) < 1e-6  # at θ after the steps done
     trainer.train()  # the run again, from its first batch
-    for s in range(steps):
-        ref_step(s)
+    plain_steps(ref, ro, data, steps)
     assert max_diff(model, ref) < 1e-6
 
 

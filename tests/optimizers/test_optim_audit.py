@@ -35,17 +35,6 @@ ALL = pytest.mark.parametrize("cfg", CONFIGS, ids=repr)
 IDENTITY = [c for c in CONFIGS if c.identity is not None and not c.splits_batch]
 
 
-def _closure(model, opt, x, y):
-    def closure(part=None):
-        opt.zero_grad()
-        xb, yb = (x, y) if part is None else (x[part], y[part])
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        return loss
-
-    return closure
-
-
 def _passes(cfg) -> int:
     """Closure calls per step of ``cfg`` with its battery hyper-parameters."""
     opt = build(cfg, make_model())
@@ -106,8 +95,8 @@ def test_frozen_unused_tied_and_0dim_parameters_follow_the_rule(cfg):
         _without_frozen_and_unused(_Odd()), cfg.base_kwargs, cfg.hparams.get("val_fraction", 0.5)
     )
     for x, y in _token_batches(3):
-        opt.step(_closure(model, opt, x, y))
-        opt_only.step(_closure(only, opt_only, x, y))
+        opt.step(make_closure(model, opt, x, y))
+        opt_only.step(make_closure(only, opt_only, x, y))
         ref.step(cfg.ref, cfg.hparams, x, y)
     assert_same(state_of(model), state_of(only))
     assert torch.equal(model.frozen.weight, frozen_before)
@@ -160,7 +149,7 @@ def test_groups_with_their_own_lr_radius_and_weight_decay(cfg):
     ref.params, ref.opt = params, sgd  # the two-group SGD on the same tensors
     ref.weight_decay = per_element(1e-3, 0.0)
     for x, y in make_batches(3):
-        opt.step(_closure(model, opt, x, y))
+        opt.step(make_closure(model, opt, x, y))
         ref.step(cfg.ref, hp, x, y)
         torch.testing.assert_close(flat(model.parameters()), flat(params), rtol=1e-10, atol=1e-12)
 
@@ -213,8 +202,8 @@ def test_rho_zero_is_the_base_optimizer_with_spectral_norm(cfg):
     opt = build(cfg, m1, hparams=cfg.identity)
     base = torch.optim.SGD(m2.parameters(), **cfg.base_kwargs)
     for x, y in make_batches(3):
-        opt.step(_closure(m1, opt, x, y))
-        base.step(_closure(m2, base, x, y))
+        opt.step(make_closure(m1, opt, x, y))
+        base.step(make_closure(m2, base, x, y))
     assert_same(state_of(m1), state_of(m2))
 
 
@@ -237,7 +226,7 @@ def test_rho_zero_is_the_base_optimizer_whatever_the_other_weights(cfg):
         torch.manual_seed(10 + i)
         opt.step(make_closure(m1, opt, x, y, calls=calls))
         torch.manual_seed(10 + i)
-        base.step(_closure(m2, base, x, y))
+        base.step(make_closure(m2, base, x, y))
     assert len(calls) == 3  # one pass per step: the perturbation is zero
     assert_same(state_of(m1), state_of(m2))
 
@@ -250,8 +239,8 @@ def test_gsam_rho_zero_with_a_schedule_is_sgd():
     s1 = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3)
     s2 = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=3)
     for x, y in make_batches(3):
-        opt.step(_closure(m1, opt, x, y))
-        base.step(_closure(m2, base, x, y))
+        opt.step(make_closure(m1, opt, x, y))
+        base.step(make_closure(m2, base, x, y))
         s1.step()
         s2.step()
     assert_same(state_of(m1), state_of(m2))
@@ -270,7 +259,7 @@ def test_zeroed_gradients_before_step_are_not_a_first_pass(cfg, who):
     o1, o2 = build(cfg, m1), build(cfg, m2)
     calls = []
     for x, y in batches:
-        o1.step(_closure(m1, o1, x, y))
+        o1.step(make_closure(m1, o1, x, y))
         (o2 if who == "optimizer" else m2).zero_grad(set_to_none=False)
         loss = o2.step(make_closure(m2, o2, x, y, calls=calls))
         assert loss is not None
@@ -284,7 +273,7 @@ def test_zero_grad_set_to_none_false_inside_the_closure():
     o1 = O.SAM(m1.parameters(), torch.optim.SGD, rho=0.3, model=m1, lr=0.1, momentum=0.9)
     o2 = O.SAM(m2.parameters(), torch.optim.SGD, rho=0.3, model=m2, lr=0.1, momentum=0.9)
     for x, y in batches:
-        o1.step(_closure(m1, o1, x, y))
+        o1.step(make_closure(m1, o1, x, y))
 
         def closure(x=x, y=y):
             o2.zero_grad(set_to_none=False)
@@ -337,7 +326,7 @@ def _one_step_with_a_bad_pass(cfg, bad: int, value: float) -> None:
     model = make_model()
     x, y = make_batches(1)[0]
     opt = build(cfg, model)
-    opt.step(_closure(model, opt, x, y))
+    opt.step(make_closure(model, opt, x, y))
     before = flat(model.parameters()).clone()
     mom = {id(p): s["momentum_buffer"].clone() for p, s in opt.state.items()}
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
@@ -384,7 +373,7 @@ def test_resume_from_a_checkpoint_with_a_schedule_and_nesterov(cfg):
 
     def train(model, opt, sched, part):
         for x, y in part:
-            opt.step(_closure(model, opt, x, y))
+            opt.step(make_closure(model, opt, x, y))
             sched.step()
 
     model, opt, sched = fresh()
@@ -467,7 +456,7 @@ def test_a_closure_that_is_not_callable_raises_naming_it():
     ag = O.AgnosticSAM(net.parameters(), torch.optim.SGD, lr=0.1)
     x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
     with pytest.raises(ValueError, match=r"Invalid val_closure: 'x'"):
-        ag.step(_closure(net, ag, x, y), val_closure="x")
+        ag.step(make_closure(net, ag, x, y), val_closure="x")
     assert torch.equal(flat(net.parameters()), before)
 
 
@@ -522,7 +511,7 @@ def test_fad_groups_with_their_own_finite_difference_step():
         }
         ref_rule = next(c.ref for c in CONFIGS if c.name == "fad")
         for x, y in make_batches(2):
-            opt.step(_closure(model, opt, x, y))
+            opt.step(make_closure(model, opt, x, y))
             ref.step(ref_rule, hp, x, y)
         torch.testing.assert_close(
             flat(model.parameters()), flat(ref.params), rtol=1e-10, atol=1e-12
@@ -572,7 +561,7 @@ def _ours(opt_factory, model, batches, sched=None):
     opt = opt_factory(model)
     s = sched(opt) if sched is not None else None
     for x, y in batches:
-        opt.step(_closure(model, opt, x, y))
+        opt.step(make_closure(model, opt, x, y))
         if s is not None:
             s.step()
     return {n: p.detach() for n, p in model.named_parameters()}
@@ -652,7 +641,7 @@ def test_gsam_group_added_later_maps_its_own_lr_to_rho_max():
     assert opt.param_groups[1]["lr_max"] == 0.05
     assert O.GSAM.rho_t(opt.param_groups[1]) == pytest.approx(0.1)
     x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
-    opt.step(_closure(net, opt, x, y))
+    opt.step(make_closure(net, opt, x, y))
 
 
 @pytest.mark.parametrize("cfg", IDENTITY, ids=repr)
@@ -674,7 +663,7 @@ def test_explicit_protocol_at_rho_zero_is_the_base_optimizer(cfg):
         opt.first_step()
         backward(x, y)
         assert opt.second_step()
-        base.step(_closure(m2, base, x, y))
+        base.step(make_closure(m2, base, x, y))
     assert_same(state_of(m1), state_of(m2))
 
 
@@ -717,7 +706,7 @@ def test_gsam_radius_stays_between_rho_min_and_rho_max():
     x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
     for _ in range(9):
         assert 0.02 <= O.GSAM.rho_t(group) <= 0.1
-        opt.step(_closure(net, opt, x, y))
+        opt.step(make_closure(net, opt, x, y))
         sched.step()
 
 
@@ -737,16 +726,16 @@ def test_asam_resumed_without_names_takes_them_from_the_checkpoint():
     m1 = fresh()
     o1 = O.ASAM(m1.named_parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
     for _ in range(2):
-        o1.step(_closure(m1, o1, x, y))
+        o1.step(make_closure(m1, o1, x, y))
     saved_model, saved_opt = copy.deepcopy(m1.state_dict()), copy.deepcopy(o1.state_dict())
     for _ in range(2):
-        o1.step(_closure(m1, o1, x, y))
+        o1.step(make_closure(m1, o1, x, y))
     m2 = fresh()
     m2.load_state_dict(saved_model)
     o2 = O.ASAM(m2.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
     o2.load_state_dict(saved_opt)
     for _ in range(2):
-        o2.step(_closure(m2, o2, x, y))
+        o2.step(make_closure(m2, o2, x, y))
     assert_same(state_of(m1), state_of(m2))
 
 
@@ -773,7 +762,7 @@ def test_a_deep_copy_or_pickle_continues_the_trajectory(cfg):
     model = make_model()
     opt = build(cfg, model)
     for x, y in batches[:2]:
-        opt.step(_closure(model, opt, x, y))
+        opt.step(make_closure(model, opt, x, y))
     copied, opt_copy = copy.deepcopy((model, opt))
     buf = io.BytesIO()
     torch.save((model, opt), buf)
@@ -781,7 +770,7 @@ def test_a_deep_copy_or_pickle_continues_the_trajectory(cfg):
     loaded, opt_loaded = torch.load(buf, weights_only=False)
     for x, y in batches[2:]:
         for m, o in ((model, opt), (copied, opt_copy), (loaded, opt_loaded)):
-            o.step(_closure(m, o, x, y))
+            o.step(make_closure(m, o, x, y))
     assert opt_copy.model is copied and opt_loaded.model is loaded
     assert_same(state_of(model), state_of(copied))
     assert_same(state_of(model), state_of(loaded))
@@ -812,7 +801,7 @@ def test_a_plain_base_optimizer_checkpoint_loads_and_keeps_the_hyper_parameters(
     batches = make_batches(3)
     model = make_model()
     sgd = torch.optim.SGD(model.parameters(), **cfg.base_kwargs)
-    sgd.step(_closure(model, sgd, *batches[0]))
+    sgd.step(make_closure(model, sgd, *batches[0]))
     other = copy.deepcopy(model)
     opt = build(cfg, model)
     opt.load_state_dict(sgd.state_dict())
@@ -822,8 +811,8 @@ def test_a_plain_base_optimizer_checkpoint_loads_and_keeps_the_hyper_parameters(
     for p, q in zip(model.parameters(), other.parameters(), strict=True):
         by_hand.state[q]["momentum_buffer"] = sgd.state[p]["momentum_buffer"].clone()
     for x, y in batches[1:]:
-        opt.step(_closure(model, opt, x, y))
-        by_hand.step(_closure(other, by_hand, x, y))
+        opt.step(make_closure(model, opt, x, y))
+        by_hand.step(make_closure(other, by_hand, x, y))
     assert_same(state_of(model), state_of(other))
 
 
@@ -834,13 +823,13 @@ def test_a_gradient_left_before_construction_is_not_the_first_pass():
     m1, m2 = make_model(), make_model()
     for m in (m1, m2):
         sgd = torch.optim.SGD(m.parameters(), lr=0.1)
-        sgd.step(_closure(m, sgd, *batches[0]))
+        sgd.step(make_closure(m, sgd, *batches[0]))
     m2.zero_grad()
     o1 = O.SAM(m1.parameters(), torch.optim.SGD, rho=0.3, model=m1, lr=0.1)
     o2 = O.SAM(m2.parameters(), torch.optim.SGD, rho=0.3, model=m2, lr=0.1)
     x, y = batches[1]
-    assert o1.step(_closure(m1, o1, x, y)) is not None
-    o2.step(_closure(m2, o2, x, y))
+    assert o1.step(make_closure(m1, o1, x, y)) is not None
+    o2.step(make_closure(m2, o2, x, y))
     assert_same(state_of(m1), state_of(m2))
 
 
@@ -898,10 +887,10 @@ def test_agnostic_sam_on_a_batch_of_one_says_what_to_do():
     before = flat(net.parameters()).clone()
     x, y = torch.randn(1, 3), torch.randint(0, 2, (1,))
     with pytest.raises(ValueError, match=r"Invalid batch size: 1 .*drop_last=True"):
-        opt.step(_closure(net, opt, x, y))
+        opt.step(make_closure(net, opt, x, y))
     assert torch.equal(flat(net.parameters()), before)
     xs, ys = torch.randn(3, 3), torch.randint(0, 2, (3,))  # a smaller last batch: fine
-    opt.step(_closure(net, opt, xs, ys))
+    opt.step(make_closure(net, opt, xs, ys))
     assert not torch.equal(flat(net.parameters()), before)
 
 
@@ -939,8 +928,8 @@ def test_a_branch_switched_on_only_at_a_moved_point_is_not_stepped(cfg):
     o1 = cfg.cls(m1.parameters(), torch.optim.SGD, **cfg.hparams, **cfg.base_kwargs)
     trained = [*m2.lin.parameters(), *m2.head.parameters()]
     o2 = cfg.cls(trained, torch.optim.SGD, **cfg.hparams, **cfg.base_kwargs)
-    o1.step(_closure(m1, o1, x, y))
-    o2.step(_closure(m2, o2, x, y))
+    o1.step(make_closure(m1, o1, x, y))
+    o2.step(make_closure(m2, o2, x, y))
     assert m1.expert_calls > 0  # the moved weights did switch the branch on
     assert torch.equal(m1.expert.weight, before)
     assert m1.expert.weight.grad is None

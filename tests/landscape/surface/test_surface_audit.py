@@ -268,3 +268,17 @@ def test_directions_read_back_from_a_file_give_the_same_surface(tmp_path):
     assert names == [n for n, _ in model.named_parameters()]
     again = compute_surface(model, (x, y), x="-1:1:3", y="-1:1:2", directions=(dx, dy))
     np.testing.assert_array_equal(again.values["train_loss"], first.values["train_loss"])
+
+
+def test_linear_barrier_to_a_model_with_a_non_persistent_buffer():
+    """A rotary embedding's ``inv_freq`` (Llama, Qwen...) is in no state dict."""
+    from landscape.connectivity import linear_barrier
+
+    torch.manual_seed(0)
+    a, b = _Rotary(), _Rotary()
+    x, y = torch.randn(6, 3), torch.randint(0, 3, (6,))
+    for other in (b, b.state_dict()):
+        res = linear_barrier(a, other, (x, y), num=3)
+        with torch.no_grad():
+            ends = [float(nn.functional.cross_entropy(m(x), y)) for m in (a, b)]
+        np.testing.assert_allclose(res.loss[[0, -1]], ends, rtol=1e-6)
